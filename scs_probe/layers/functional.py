@@ -1,0 +1,164 @@
+"""Fused forward/backward of the sharpened layers.
+
+Autograd through the textbook formula keeps ~8 intermediate tensors per layer and runs a dozen elementwise
+passes. This module computes SCS and SharpenedSDP in one custom autograd function that saves only the layer's
+input (which the convolution needs anyway), its output (which the next layer saves anyway) and the one-channel
+patch norm, and recovers everything else in the backward pass:
+
+    y = c / n,   a = |y| + eps,   out = sign(y) * a**p      (c: convolution, n: patch norm, 1 for SDP)
+    a = |out| ** (1/p),   d out / d y = p * |out| / a,   d out / d p = out * log(a)
+
+Convolutions run in the autocast dtype when autocast is on; the sharpening itself runs in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6
+_aten = torch.ops.aten
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev) and x.is_floating_point():
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def patch_sq_norm(x: torch.Tensor, kernel_size, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """Sum of x**2 over every patch (and over the channels of each group): shape [B, groups, H', W']."""
+    sq = x.square()
+    b, c, h, w = sq.shape
+    if groups > 1:
+        sq = sq.view(b, groups, c // groups, h, w)
+    sq = sq.sum(dim=-3) if groups > 1 else sq.sum(dim=1, keepdim=True)
+    ones = torch.ones((groups, 1, *kernel_size), device=x.device, dtype=x.dtype)
+    return F.conv2d(sq, ones, None, stride, padding, dilation, groups)
+
+
+def _expand_groups(t: torch.Tensor, out_channels: int) -> torch.Tensor:
+    """[B, groups, H, W] -> broadcastable against [B, out_channels, H, W]."""
+    g = t.shape[1]
+    if g == 1:
+        return t
+    b, _, h, w = t.shape
+    return t.view(b, g, 1, h, w).expand(b, g, out_channels // g, h, w).reshape(b, out_channels, h, w)
+
+
+def _reduce_groups(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """[B, out_channels, H, W] -> sum over the channels of each group: [B, groups, H, W]."""
+    b, c, h, w = t.shape
+    if groups == 1:
+        return t.sum(dim=1, keepdim=True)
+    return t.view(b, groups, c // groups, h, w).sum(dim=2)
+
+
+class _Sharpened2d(torch.autograd.Function):
+    """out = sign(y) * (|y| + eps)**p with y = conv(x, w) / n (n = patch norm + q, or 1 without `normalize`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, p, q, stride, padding, dilation, groups, normalize, eps):
+        dev = x.device.type
+        dtype = _compute_dtype(x)
+        with torch.autocast(dev, enabled=False):
+            xc, wc = x.to(dtype), weight.to(dtype)
+            sdt = torch.promote_types(dtype, torch.float32)  # sharpening precision: float32 at least
+            c = F.conv2d(xc, wc, None, stride, padding, dilation, groups)
+            out_channels = c.shape[1]
+            if normalize:
+                ksz = weight.shape[-2:]
+                s = patch_sq_norm(xc, ksz, stride, padding, dilation, groups).to(sdt)
+                root = (s + eps).sqrt_()
+                n = root + q.to(sdt)
+                y = c.to(sdt).div_(_expand_groups(n, out_channels))
+            else:
+                root = n = None
+                y = c.to(sdt)
+            pv = p.to(sdt).view(1, -1, 1, 1)
+            sign = y.sign()
+            out = y.abs_().add_(eps).pow_(pv).mul_(sign).to(dtype)
+        ctx.conf = (stride, padding, dilation, groups, normalize, eps, dtype, x.dtype, weight.dtype, q.dtype)
+        ctx.save_for_backward(xc, wc, p, out, root, n)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        stride, padding, dilation, groups, normalize, eps, dtype, x_dtype, w_dtype, q_dtype = ctx.conf
+        xc, wc, p, out, root, n = ctx.saved_tensors
+        dev = xc.device.type
+        need_x, need_w, need_p, need_q = ctx.needs_input_grad[:4]
+        with torch.autocast(dev, enabled=False):
+            sdt = torch.promote_types(dtype, torch.float32)
+            pv = p.to(sdt).view(1, -1, 1, 1)
+            o = out.to(sdt)
+            g = grad_out.to(sdt)
+            mag = o.abs()
+            # log a = log|out| / p. Where out == 0 (y == 0 exactly, sign(y) = 0) every term below carries a factor
+            # |out| or out and so vanishes, as autograd through the formula gives; clamping only keeps log finite.
+            log_a = mag.clamp_min(torch.finfo(sdt).tiny).log_().div_(pv)
+            inv_a = log_a.neg().exp_()
+            go = g * o
+            # d out / d y = p * a**(p-1) = p * |out| / a
+            gy = mag.mul_(inv_a).mul_(pv).mul_(g)
+            out_channels = o.shape[1]
+            grad_q = grad_x = grad_w = None
+            if normalize:
+                gc = gy.div_(_expand_groups(n, out_channels))
+                if need_x or need_q:
+                    # d L / d n = -sum_c(gy * y) / n with gy * y = p * g * out * (a - eps) / a
+                    t = inv_a.mul_(-eps).add_(1.0).mul_(go).mul_(pv)
+                    gn = -_reduce_groups(t, groups) / n
+                    del t
+                    if need_q:
+                        grad_q = gn.sum().reshape(()).to(q_dtype)
+                    gs = gn / (2.0 * root)  # d root / d s = 1 / (2 root)
+            else:
+                gc = gy
+            grad_p = go.mul_(log_a).sum(dim=(0, 2, 3)).to(p.dtype) if need_p else None
+            del go, log_a
+            gc = gc.to(dtype)
+            if need_x or need_w:
+                gx, gw, _ = _aten.convolution_backward(
+                    gc, xc, wc, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
+                    [need_x, need_w, False])
+                if need_x:
+                    grad_x = gx.to(sdt)
+                    if normalize:
+                        ones = torch.ones((groups, 1, *wc.shape[-2:]), device=xc.device, dtype=sdt)
+                        gsq = torch.nn.grad.conv2d_input(
+                            (xc.shape[0], groups, *xc.shape[-2:]), ones, gs, stride, padding, dilation, groups)
+                        grad_x += 2.0 * xc.to(sdt) * _expand_groups(gsq, xc.shape[1])
+                    grad_x = grad_x.to(x_dtype)
+                if need_w:
+                    grad_w = gw.to(w_dtype)
+        return grad_x, grad_w, grad_p, grad_q, None, None, None, None, None, None
+
+
+def sharpened_cosine_similarity2d(x, weight, p, q, stride=1, padding=0, dilation=1, groups=1, eps=EPS):
+    """SCS: sign(s.k) * (|s.k| / ((||s|| + q) ||k||) + eps) ** p for every patch s and kernel k.
+
+    `p` has one value per output channel, `q` is a scalar tensor; the kernel is normalised here (through autograd,
+    it is small) and the rest runs in the fused function.
+    """
+    w_hat = weight / weight.square().sum(dim=(1, 2, 3), keepdim=True).add(eps).sqrt()
+    q = q.reshape(())
+    return _Sharpened2d.apply(x, w_hat, p, q, _pair(stride), _pair(padding), _pair(dilation), groups, True, eps)
+
+
+def sharpened_sdp2d(x, weight, p, stride=1, padding=0, dilation=1, groups=1, eps=EPS):
+    """SharpenedSDP: sign(s.k) * (|s.k| + eps) ** p, no normalisation."""
+    q = weight.new_zeros(())
+    return _Sharpened2d.apply(x, weight, p, q, _pair(stride), _pair(padding), _pair(dilation), groups, False, eps)
+
+
+def max_abs_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Per window, the element of largest magnitude with its sign; ties go to the positive value."""
+    pos = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+    neg = F.max_pool2d(-x, kernel_size, stride, padding, dilation, ceil_mode)
+    return torch.where(pos >= neg, pos, -neg)
