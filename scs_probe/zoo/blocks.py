@@ -1,0 +1,60 @@
+"""The swappable parts of every zoo model: kernel layer, activation, pooling, normalisation."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..layers import MaxAbsPool2d, SharpenedCosineSimilarity2d, SharpenedSDP2d
+
+
+def kernel_layer(layer: str, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 groups: int = 1, bias: bool = True, fixed_p: float | None = None) -> nn.Module:
+    """Conv2d (with `bias`) or a sharpened layer of the same shape (sharpened layers never have a bias)."""
+    if layer == "conv":
+        return nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, groups=groups, bias=bias)
+    cls = {"scs": SharpenedCosineSimilarity2d, "sdp": SharpenedSDP2d}[layer]
+    return cls(in_ch, out_ch, kernel_size, stride, padding, groups=groups, fixed_p=fixed_p)
+
+
+def activation(kind: str) -> nn.Module:
+    return nn.ReLU(inplace=True) if kind == "relu" else nn.Identity()
+
+
+def pooling(kind: str, kernel_size, stride=None, padding=0, ceil_mode=False) -> nn.Module:
+    if kind == "max":
+        return nn.MaxPool2d(kernel_size, stride, padding, ceil_mode=ceil_mode)
+    if kind == "maxabs":
+        return MaxAbsPool2d(kernel_size, stride, padding, ceil_mode=ceil_mode)
+    return nn.Identity()
+
+
+def batchnorm(kind: str, channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels) if kind == "bn" else nn.Identity()
+
+
+def swap_conv2d(module: nn.Module, layer: str, fixed_p: float | None = None) -> None:
+    """Replace every nn.Conv2d below `module` by `layer` of the same shape, in place (names kept)."""
+    if layer == "conv":
+        return
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Conv2d):
+            setattr(module, name, kernel_layer(layer, child.in_channels, child.out_channels, child.kernel_size,
+                                               child.stride, child.padding, child.groups, fixed_p=fixed_p))
+        else:
+            swap_conv2d(child, layer, fixed_p)
+
+
+class Normalize(nn.Module):
+    """Per-channel input normalisation inside the model, so that data and analyses stay in [0, 1]."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        import torch
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

@@ -1,0 +1,105 @@
+"""ResNets: torchvision's ImageNet ResNet18 (10 classes) and the CIFAR ResNet20 (option-A shortcuts)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from .blocks import CIFAR_MEAN, CIFAR_STD, Normalize, activation, batchnorm, kernel_layer, pooling, swap_conv2d
+from .registry import ArchSpec, register
+from .variants import Variant
+
+
+class Normalized(nn.Module):
+    """`net` behind a per-channel input normalisation: the model takes [0, 1] images."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.normalize = Normalize(CIFAR_MEAN, CIFAR_STD)
+        self.net = net
+
+    def forward(self, x):
+        return self.net(self.normalize(x))
+
+
+def _swap_modules(module: nn.Module, v: Variant) -> None:
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.ReLU):
+            setattr(module, name, activation(v.activation))
+        elif isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, batchnorm(v.norm, child.num_features))
+        else:
+            _swap_modules(child, v)
+
+
+def _resnet18(v: Variant) -> nn.Module:
+    net = torchvision.models.resnet18(weights=None, num_classes=10)
+    swap_conv2d(net, v.layer, v.fixed_p)
+    _swap_modules(net, v)
+    net.maxpool = pooling(v.pool, 3, 2, 1)
+    return Normalized(net)
+
+
+class _Shortcut(nn.Module):
+    """Option A: subsample by 2 and zero-pad the new channels (no parameters)."""
+
+    def __init__(self, pad: int):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x):
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, v: Variant, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = kernel_layer(v.layer, cin, cout, 3, stride, 1, bias=False, fixed_p=v.fixed_p)
+        self.bn1 = batchnorm(v.norm, cout)
+        self.act1 = activation(v.activation)
+        self.conv2 = kernel_layer(v.layer, cout, cout, 3, 1, 1, bias=False, fixed_p=v.fixed_p)
+        self.bn2 = batchnorm(v.norm, cout)
+        self.act2 = activation(v.activation)
+        self.shortcut = _Shortcut(cout // 4) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        out = self.act1(self.bn1(self.conv1(x)))
+        return self.act2(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    def __init__(self, v: Variant, blocks_per_stage: int = 3):
+        super().__init__()
+        self.conv1 = kernel_layer(v.layer, 3, 16, 3, 1, 1, bias=False, fixed_p=v.fixed_p)
+        self.bn1 = batchnorm(v.norm, 16)
+        self.act1 = activation(v.activation)
+        stages, cin = [], 16
+        for i, cout in enumerate((16, 32, 64)):
+            blocks = []
+            for j in range(blocks_per_stage):
+                blocks.append(_BasicBlock(v, cin, cout, 2 if (i > 0 and j == 0) else 1))
+                cin = cout
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+_RESNET = dict(family="resnet", batch_size=128, max_lr=0.01, epochs=200)
+register(ArchSpec("resnet18", builder=_resnet18, paper_name="ResNet18", params_conv=11_181_642,
+                  stated_params=11_181_642, source="torchvision.models.resnet18(num_classes=10)",
+                  axes={"layer": ("conv", "scs", "sdp"), "activation": ("relu", "none"), "pool": ("max", "maxabs"),
+                        "norm": ("bn", "none"), "image_size": (32, 224)}, **_RESNET))
+register(ArchSpec("resnet20", builder=lambda v: Normalized(ResNet20(v)), params_conv=269_722,
+                  stated_params=270_000, source="He et al. 2016, CIFAR ResNet20 (option A)",
+                  axes={"layer": ("conv", "scs", "sdp"), "activation": ("relu", "none"), "pool": ("none",),
+                        "norm": ("bn", "none"), "image_size": (32,)},
+                  study_grid_extra=({"layer": "conv", "activation": "relu", "norm": "bn"},
+                                    {"layer": "scs", "activation": "none", "norm": "bn"},
+                                    {"layer": "scs", "activation": "relu", "norm": "bn"}), **_RESNET))
