@@ -13,6 +13,8 @@ Convolutions run in the autocast dtype when autocast is on; the sharpening itsel
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -101,7 +103,8 @@ class _Sharpened2d(torch.autograd.Function):
             mag = o.abs()
             # log a = log|out| / p. Where out == 0 (y == 0 exactly, sign(y) = 0) every term below carries a factor
             # |out| or out and so vanishes, as autograd through the formula gives; clamping only keeps log finite.
-            log_a = mag.clamp_min(torch.finfo(sdt).tiny).log_().div_(pv)
+            # a >= eps by definition; the clamp also keeps exp(-log a) finite where out == 0 and p < 1.
+            log_a = mag.clamp_min(torch.finfo(sdt).tiny).log_().div_(pv).clamp_min_(math.log(eps))
             inv_a = log_a.neg().exp_()
             go = g * o
             # d out / d y = p * a**(p-1) = p * |out| / a

@@ -1,0 +1,235 @@
+"""The `scs-probe` command line. Thin: each command parses options and calls the library.
+
+Every expected failure (bad option, missing or foreign checkpoint, missing data, diverged run) ends in one line
+on stderr and a non-zero exit code: 2 for usage errors, 1 for bad files and failed runs, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from .zoo.variants import ACTIVATIONS, LAYERS, NORMS, POOLS
+
+ARCHS = ("rohrer25k", "rohrer47k", "rohrer68k", "rohrer100k", "rohrer583k", "resnet18", "resnet20")
+
+
+class Failure(click.ClickException):
+    """A run-time failure reported as one line with exit code 1."""
+    exit_code = 1
+
+
+def _fail_on(*errors):
+    """Turn the library's expected exceptions into one-line CLI failures."""
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except ValueError as e:
+                raise click.UsageError(str(e)) from None
+            except errors as e:
+                raise Failure(str(e)) from None
+        return inner
+    return wrap
+
+
+def _known_errors():
+    from .data import DataError
+    from .runs import NoRunsError
+    from .training import CheckpointError, TrainingDiverged, TrainingError
+    return DataError, NoRunsError, CheckpointError, TrainingDiverged, TrainingError
+
+
+def _explicit(ctx: click.Context) -> set[str]:
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="scs-probe")
+def cli():
+    """Does Sharpened Cosine Similarity beat convolution? Train the study's variants and compare them."""
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def variant_options(fn):
+    """The variant axes shared by train and the analyses that build models."""
+    opts = [
+        click.option("--arch", type=click.Choice(ARCHS), default="rohrer100k", show_default=True),
+        click.option("--layer", type=click.Choice(LAYERS), default="scs", show_default=True),
+        click.option("--activation", type=click.Choice(ACTIVATIONS), default="none", show_default=True),
+        click.option("--pool", type=click.Choice(POOLS), default="maxabs", show_default=True),
+        click.option("--norm", type=click.Choice(NORMS), default="none", show_default=True),
+        click.option("--image-size", type=click.Choice(["32", "224"]), default="32", show_default=True),
+        click.option("--fixed-p", type=click.FloatRange(min=0.1), default=None,
+                     help="Fix every sharpened layer's p to this value (1: plain cosine similarity)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def training_options(fn):
+    """Options shared by train and sweep."""
+    opts = [
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
+                     help="Default: the architecture's preset (800 gallery, 200 ResNets)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the preset."),
+        click.option("--max-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="OneCycleLR peak; default: the preset."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Initial weights (shared by all variants) and data order."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
+                     show_default=True),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None, envvar="SCS_PROBE_DATA",
+                     help="Folder holding cifar-10-batches-py [env SCS_PROBE_DATA; default ./data, downloaded]."),
+        click.option("--limit-train", type=click.IntRange(min=1), default=None, help="Use the first N images."),
+        click.option("--limit-test", type=click.IntRange(min=1), default=None, help="Use the first N images."),
+        click.option("--norms-every-batch", is_flag=True, help="Also record weight/grad norms per mini-batch."),
+        click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="DataLoader worker processes."),
+        click.option("--amp", is_flag=True, help="bfloat16 autocast where the device supports it."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@cli.command()
+@variant_options
+@training_options
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory [./runs/<variant>].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--init-from", type=click.Path(), default=None,
+              help="Start from the weights of another checkpoint of this architecture (matching shapes).")
+@click.pass_context
+def train(ctx, quiet, resume, **kw):
+    """Train one variant; writes checkpoint.pt, config.json, history.csv, norms.csv, exponents.csv."""
+    from .training import TrainOptions, train as run_train
+    kw["image_size"] = int(kw["image_size"])
+
+    @_fail_on(*_known_errors())
+    def go():
+        explicit = _explicit(ctx) - {"quiet", "resume"}
+        result = run_train(TrainOptions(**kw), resume=resume, explicit=explicit, progress=not quiet)
+        hist = result.get("epochs_done")
+        click.echo(f"done: {result['variant_name']} ({hist} epochs) in {TrainOptions(**kw).run_dir()}")
+    go()
+
+
+@cli.command()
+@click.option("--arch", type=click.Choice(ARCHS), default="rohrer100k", show_default=True)
+@click.option("--grid", type=click.Choice(["study", "full"]), default="study", show_default=True,
+              help="study: the variants of the paper's table; full: every combination of the axes.")
+@training_options
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep directory [./sweeps/<arch>].")
+def sweep(arch, grid, quiet, out, **kw):
+    """Train every variant of a grid into OUT/<variant>/ and write OUT/summary.csv."""
+    from .training import TrainOptions, sweep as run_sweep
+
+    @_fail_on(*_known_errors())
+    def go():
+        out_dir = Path(out or Path("sweeps") / arch)
+        rows = run_sweep(arch, grid, out_dir, TrainOptions(arch=arch, **kw).resolved(), progress=not quiet)
+        _print_table(rows, ("variant", "test_acc", "train_seconds_mean", "eval_seconds_mean", "params", "status"))
+        click.echo(f"summary: {out_dir / 'summary.csv'}")
+    go()
+
+
+def _print_table(rows: list[dict], columns) -> None:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+@cli.command()
+@click.option("--arch", type=click.Choice(ARCHS), default=None, help="Only this architecture.")
+def zoo(arch):
+    """List architectures, their variant axes and the parameter count of every variant."""
+    import torch
+
+    from .zoo import build_model, count_params, get_arch, list_archs, variant_grid
+    for name in [arch] if arch else list_archs():
+        spec = get_arch(name)
+        click.echo(f"{name}  ({spec.source}; preset: batch {spec.batch_size}, max_lr {spec.max_lr}, "
+                   f"{spec.epochs} epochs, {spec.augment} augmentation)")
+        axes = ", ".join(f"{k} {'|'.join(map(str, v))}" for k, v in spec.axes.items())
+        click.echo(f"  axes: {axes}")
+        stated = f"{spec.stated_params:,}" if spec.stated_params else "-"
+        click.echo(f"  stated parameter count: {stated}")
+        for v in variant_grid(name, "full"):
+            if v.image_size != spec.axes["image_size"][0]:
+                continue  # image size does not change the parameter count
+            with torch.device("meta"):
+                n = count_params(build_model(v, init=False))
+            click.echo(f"    {v.name:<36} {n:>12,}")
+
+
+@cli.command()
+@click.argument("ckpt", type=click.Path())
+def inspect(ckpt):
+    """Print a checkpoint's variant, epochs, accuracy and options (nothing in it is executed)."""
+    from .training.checkpoint import CheckpointError, load_checkpoint
+    try:
+        c = load_checkpoint(ckpt)
+    except CheckpointError as e:
+        raise Failure(str(e)) from None
+    from .zoo import Variant
+    v = Variant.from_dict(c["variant"])
+    o, hist = c.get("options", {}), c.get("history", [])
+    click.echo(f"variant:   {v.name}")
+    click.echo(f"axes:      layer={v.layer} activation={v.activation} pool={v.pool} norm={v.norm} "
+               f"image_size={v.image_size}" + (f" fixed_p={v.fixed_p}" if v.fixed_p is not None else ""))
+    click.echo(f"status:    {c.get('status', 'unknown')}, epoch {c['epoch']} of {o.get('epochs', '?')}")
+    if c.get("diverged"):
+        click.echo(f"diverged:  {c['diverged'].get('reason')}")
+    if hist:
+        best = max(float(r["test_acc"]) for r in hist)
+        click.echo(f"accuracy:  test {float(hist[-1]['test_acc']):.2%} (best {best:.2%}), "
+                   f"train {float(hist[-1]['train_acc']):.2%}")
+        secs = [float(r["train_seconds"]) for r in hist]
+        click.echo(f"seconds:   {sum(secs) / len(secs):.1f} train per epoch, "
+                   f"{sum(float(r['eval_seconds']) for r in hist) / len(hist):.1f} eval")
+    click.echo(f"params:    {c.get('params', '?'):,}" if isinstance(c.get("params"), int) else "params:    ?")
+    click.echo("options:   " + " ".join(f"{k}={val}" for k, val in o.items() if val not in (None, False)))
+    if c.get("data"):
+        click.echo("data:      " + " ".join(f"{k}={val}" for k, val in c["data"].items()))
+    if c.get("versions"):
+        click.echo("versions:  " + " ".join(f"{k}={val}" for k, val in c["versions"].items()))
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    warnings.showwarning = _one_line_warnings
+    try:
+        rv = cli.main(args=argv, prog_name="scs-probe", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("scs-probe: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("\nscs-probe: interrupted; the last checkpoint is intact (continue with --resume)", err=True)
+        return 130
+    except click.ClickException as e:
+        msg = " ".join(e.format_message().split())
+        click.echo(f"scs-probe: error: {msg}", err=True)
+        return e.exit_code

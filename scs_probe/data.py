@@ -1,0 +1,195 @@
+"""CIFAR-10: torchvision's download and files, a checked fallback for local copies, batched augmentation.
+
+Images stay uint8 in memory and become float [0, 1] batches on the training device; augmentation (the study's
+RandomCrop(32, padding=4) + horizontal flip, or RandomAffine + flip for the 25K gallery model) and the resize to
+224 px run batched on that device, which keeps two CPU cores from being the bottleneck of a GPU run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATA_ENV = "SCS_PROBE_DATA"
+DEFAULT_DATA_DIR = "./data"
+FOLDER = "cifar-10-batches-py"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_EXPECTED = {True: (5, 5000), False: (1, 1000)}  # train: 5 batch files, 5,000 per class; test: 1, 1,000
+
+
+class DataError(Exception):
+    """The data set is missing, unreachable or malformed."""
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """--data-dir, else $SCS_PROBE_DATA, else ./data."""
+    return Path(data_dir or os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR).expanduser()
+
+
+@dataclass
+class Split:
+    images: torch.Tensor   # uint8 [N, 3, 32, 32]
+    labels: torch.Tensor   # int64 [N]
+    official: bool         # files passed torchvision's md5 check
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def limit(self, n: int | None) -> "Split":
+        return self if not n or n >= len(self) else Split(self.images[:n], self.labels[:n], self.official)
+
+
+def _read_unverified(base: Path, train: bool) -> Split:
+    """Read batch files that fail the md5 check, accepting them only with CIFAR-10's exact structure."""
+    n_files, per_class = _EXPECTED[train]
+    names = [f"data_batch_{i}" for i in range(1, n_files + 1)] if train else ["test_batch"]
+    data, labels = [], []
+    for name in names:
+        path = base / name
+        if not path.is_file():
+            raise DataError(f"CIFAR-10 copy in {base} is incomplete: {name} is missing")
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(entry.get("labels", entry.get("fine_labels", [])))
+        except Exception as e:  # truncated pickle, wrong keys, wrong sizes
+            raise DataError(f"{path} is not a CIFAR-10 batch file ({type(e).__name__}: {e})") from None
+    images, labels = np.concatenate(data), np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=10) if len(labels) and labels.min() >= 0 else np.array([-1])
+    if len(labels) != len(images) or len(counts) != 10 or not (counts == per_class).all():
+        raise DataError(f"{base} does not have CIFAR-10's structure: expected {per_class:,} images of each of 10 "
+                        f"classes in the {'train' if train else 'test'} split, found {len(images):,} images and "
+                        f"class counts {counts.tolist()}")
+    return Split(torch.from_numpy(images), torch.from_numpy(labels), official=False)
+
+
+def load_cifar10(data_dir=None, train: bool = True, download: bool = True) -> Split:
+    """Load one split. Official files go through torchvision (md5-checked, downloaded when missing); a local
+    copy whose files differ from the official ones is used after a structure check, with a warning."""
+    from torchvision.datasets import CIFAR10
+
+    root = resolve_data_dir(data_dir)
+    base = root / FOLDER
+    if base.is_dir():
+        try:
+            ds = CIFAR10(str(root), train=train, download=False)
+        except RuntimeError:
+            split = _read_unverified(base, train)
+            warnings.warn(f"CIFAR-10 files in {base} do not match the official md5 checksums; using them after "
+                          "a structure check (shapes, 10 classes, 5,000/1,000 images per class)",
+                          UnverifiedDataWarning)
+            return split
+    elif download:
+        try:
+            ds = CIFAR10(str(root), train=train, download=True)
+        except Exception as e:
+            raise DataError(f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); name a local "
+                            f"copy with --data-dir DIR or ${DATA_ENV} (DIR/{FOLDER}/)") from None
+    else:
+        raise DataError(f"no CIFAR-10 copy in {root} (expected {base}/); pass --data-dir or set ${DATA_ENV}")
+    images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+    return Split(images, torch.as_tensor(ds.targets, dtype=torch.int64), official=True)
+
+
+class UnverifiedDataWarning(UserWarning):
+    """A local CIFAR-10 copy that is not bit-identical to the official files."""
+
+
+# ---------------------------------------------------------------------------------------------------- batches
+
+def random_crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """RandomCrop(size, padding, fill 0) + RandomHorizontalFlip, per image, batched."""
+    b, c, h, w = x.shape
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+    xp = F.pad(x, (padding,) * 4)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(b, c, h, w + 2 * padding)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(b, c, h, w)
+    out = xp.gather(2, rows).gather(3, cols)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def random_affine_flip(x: torch.Tensor, gen: torch.Generator, degrees: float = 10.0,
+                       translate: float = 0.1) -> torch.Tensor:
+    """RandomAffine(degrees, translate=(t, t)) with zero fill + RandomHorizontalFlip, per image, batched."""
+    b = x.shape[0]
+    angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(degrees)
+    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * translate * 2  # grid units: [-1, 1] spans the image
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1).to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+AUGMENTATIONS = {"crop": random_crop_flip, "affine": random_affine_flip, "none": None}
+
+
+class _Indexable(torch.utils.data.Dataset):
+    """Serves whole batches of uint8 images (DataLoader calls __getitems__ with a batch of indices)."""
+
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        return self.split.images[i], self.split.labels[i]
+
+    def __getitems__(self, idx):
+        idx = torch.as_tensor(idx)
+        return self.split.images[idx], self.split.labels[idx]
+
+
+def _as_batch(batch):
+    return batch
+
+
+class BatchLoader:
+    """Iterates (images float [0, 1] on `device`, labels) in batches; reshuffled and re-augmented per epoch
+    from a generator seeded by (seed, epoch), so a resumed run sees the same batches it would have seen."""
+
+    def __init__(self, split: Split, batch_size: int, device: torch.device, train: bool, augment: str = "crop",
+                 image_size: int = 32, seed: int = 0, workers: int = 0):
+        self.split, self.batch_size, self.device, self.train = split, batch_size, torch.device(device), train
+        self.augment = AUGMENTATIONS[augment] if train else None
+        self.image_size, self.seed, self.workers, self.epoch = image_size, seed, workers, 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.split) / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        sampler = (torch.utils.data.RandomSampler(self.split.labels, generator=gen) if self.train
+                   else torch.utils.data.SequentialSampler(self.split.labels))
+        loader = torch.utils.data.DataLoader(
+            _Indexable(self.split), batch_size=self.batch_size, sampler=sampler, collate_fn=_as_batch,
+            num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        for images, labels in loader:
+            x = images.to(self.device, non_blocking=True).float().div_(255)
+            if self.augment is not None:
+                x = self.augment(x, gen)
+            if self.image_size != x.shape[-1]:
+                x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                  align_corners=False).clamp_(0, 1)
+            yield x, labels.to(self.device, non_blocking=True)
+
+
+def describe(split_train: Split, split_test: Split, root: Path) -> dict:
+    return {"dataset": "CIFAR-10", "root": str(root.resolve()), "official_files": split_train.official
+            and split_test.official, "n_train": len(split_train), "n_test": len(split_test)}

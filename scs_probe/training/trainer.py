@@ -1,0 +1,350 @@
+"""Training one variant: Adam + OneCycleLR (stepped every batch), weight decay 0, records every epoch."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..data import BatchLoader, describe, load_cifar10, resolve_data_dir
+from ..zoo import build_model, count_params, get_arch, make_variant
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from .records import (RunRecords, exponent_rows, tracked_layers, weight_norm_rows, write_json)
+
+
+class TrainingError(Exception):
+    """A run that cannot start or continue (bad options, a run directory in the way)."""
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the run's records are marked diverged."""
+
+
+@dataclass
+class TrainOptions:
+    arch: str = "rohrer100k"
+    layer: str = "scs"
+    activation: str = "none"
+    pool: str = "maxabs"
+    norm: str = "none"
+    image_size: int = 32
+    fixed_p: float | None = None
+    epochs: int | None = None          # None: the architecture's preset
+    batch_size: int | None = None
+    max_lr: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    out: str | None = None             # None: ./runs/<variant>
+    limit_train: int | None = None
+    limit_test: int | None = None
+    init_from: str | None = None
+    norms_every_batch: bool = False
+    workers: int = 0
+    amp: bool = False
+
+    # Options that may change when a run is resumed (where and how fast it runs, not what it computes).
+    RESUMABLE = ("device", "data_dir", "workers", "out")
+
+    def resolved(self) -> "TrainOptions":
+        """Fill the architecture's presets and validate the variant axes (ValueError names allowed values)."""
+        spec = get_arch(self.arch)
+        make_variant(self.arch, self.layer, self.activation, self.pool, self.norm, self.image_size, self.fixed_p)
+        d = asdict(self)
+        d["epochs"] = self.epochs or spec.epochs
+        d["batch_size"] = self.batch_size or spec.batch_size
+        d["max_lr"] = self.max_lr or spec.max_lr
+        for key in ("epochs", "batch_size"):
+            if d[key] < 1:
+                raise ValueError(f"{key} must be >= 1, got {d[key]}")
+        if d["max_lr"] <= 0:
+            raise ValueError(f"max_lr must be > 0, got {d['max_lr']}")
+        return TrainOptions(**d)
+
+    @property
+    def variant(self):
+        return make_variant(self.arch, self.layer, self.activation, self.pool, self.norm, self.image_size,
+                            self.fixed_p)
+
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / self.variant.name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainOptions":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA, then MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda asked for, but CUDA is not available here")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TrainingError("--device mps asked for, but MPS is not available here")
+    return device
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bfloat16 autocast where the device supports it, else None (float32)."""
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type in ("cpu", "mps") and torch.amp.autocast_mode.is_autocast_available(device.type):
+        return torch.bfloat16
+    return None
+
+
+def versions() -> dict:
+    import torchvision
+    return {"scs_probe": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def load_init_weights(model: torch.nn.Module, path: str, arch: str) -> int:
+    """Copy every tensor of another checkpoint of the same architecture whose name and shape match (e.g. SCS
+    from trained conv kernels). Returns how many tensors were copied."""
+    src = load_checkpoint(path)
+    if src["variant"].get("arch") != arch:
+        raise CheckpointError(f"--init-from {path} is a {src['variant'].get('arch')} checkpoint, not {arch}")
+    own = model.state_dict()
+    matched = {k: v for k, v in src["model"].items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise CheckpointError(f"--init-from {path}: no tensor matches this model's names and shapes")
+    model.load_state_dict(matched, strict=False)
+    return len(matched)
+
+
+class Trainer:
+    """Trains one run directory from scratch or from its checkpoint (`resume`)."""
+
+    def __init__(self, options: TrainOptions, resume: bool = False, explicit: set[str] | None = None,
+                 progress: bool = True, log=print):
+        self.log, self.progress = log, progress
+        run_dir = options.run_dir()
+        ckpt_path = run_dir / CHECKPOINT_NAME
+        self.ckpt = None
+        if ckpt_path.exists():
+            if not resume:
+                raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose "
+                                    f"another --out")
+            self.ckpt = load_checkpoint(ckpt_path)
+            stored = TrainOptions.from_dict(self.ckpt["options"])
+            for key in sorted(explicit or ()):
+                if key not in TrainOptions.RESUMABLE and getattr(options, key) != getattr(stored, key):
+                    raise TrainingError(f"{run_dir} was trained with {key}={getattr(stored, key)!r}; resuming "
+                                        f"keeps the stored options (got {getattr(options, key)!r})")
+            for key in TrainOptions.RESUMABLE:
+                setattr(stored, key, getattr(options, key))
+            options = stored
+        self.options = options.resolved()
+        self.run_dir = run_dir
+        self.records = RunRecords(run_dir)
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def _setup(self):
+        o = self.options
+        spec = get_arch(o.arch)
+        self.device = resolve_device(o.device)
+        self.amp = amp_dtype(self.device, o.amp)
+        if o.amp and self.amp is None:
+            self.log(f"warning: bfloat16 autocast is not supported on {self.device}; training in float32")
+        torch.manual_seed(o.seed)
+        root = resolve_data_dir(o.data_dir)
+        train = load_cifar10(root, train=True).limit(o.limit_train)
+        test = load_cifar10(root, train=False).limit(o.limit_test)
+        self.data_info = describe(train, test, root)
+        self.train_loader = BatchLoader(train, o.batch_size, self.device, True, spec.augment, o.image_size, o.seed,
+                                        o.workers)
+        self.test_loader = BatchLoader(test, max(o.batch_size, 256), self.device, False, image_size=o.image_size,
+                                       workers=o.workers)
+        self.variant = o.variant
+        self.model = build_model(self.variant, seed=o.seed).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.max_lr, weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=o.max_lr, total_steps=o.epochs * len(self.train_loader))
+        self.label_smoothing = spec.label_smoothing
+        self.layers = tracked_layers(self.model)
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        if self.ckpt is not None:
+            self.model.load_state_dict(self.ckpt["model"])
+            self.optimizer.load_state_dict(self.ckpt["optimizer"])
+            self.scheduler.load_state_dict(self.ckpt["scheduler"])
+            self.history = list(self.ckpt.get("history", []))
+            self.start_epoch = int(self.ckpt["epoch"])
+            self.records.truncate(self.start_epoch)
+        else:
+            if o.init_from:
+                n = load_init_weights(self.model, o.init_from, o.arch)
+                self.log(f"initialised {n} tensors from {o.init_from}")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.records.start()
+            self.records.append("norms.csv", weight_norm_rows(0, self.layers))
+            self.records.append("exponents.csv", exponent_rows(0, self.model))
+            self._save(0, "running")
+
+    def _config(self, status: str, **extra) -> dict:
+        return {"variant": self.variant.to_dict(), "variant_name": self.variant.name, "options": self.options.to_dict(),
+                "params": count_params(self.model), "data": self.data_info, "versions": versions(),
+                "device": str(self.device), "amp": str(self.amp) if self.amp else None, "status": status,
+                "epochs_done": len(self.history), "updated": datetime.now(timezone.utc).isoformat(), **extra}
+
+    def _save(self, epoch: int, status: str, **extra) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT_NAME, {
+            "variant": self.variant.to_dict(), "options": self.options.to_dict(), "epoch": epoch,
+            "status": status, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "history": self.history, "data": self.data_info,
+            "params": count_params(self.model), "versions": versions(), **extra})
+        write_json(self.run_dir / "config.json", self._config(status, **extra))
+
+    # ------------------------------------------------------------------------------------------------ loops
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+    def _train_epoch(self, epoch: int) -> dict:
+        model, o = self.model, self.options
+        model.train()
+        self.train_loader.set_epoch(epoch)
+        grads = [w for _, w in self.layers]
+        grad_sum = torch.zeros(len(grads), device=self.device)
+        batch_norms = []
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, check_every = 0, 1 if self.device.type == "cpu" else 25
+        _sync(self.device)
+        t0 = time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{o.epochs}", leave=False, disable=not self.progress,
+                   unit="batch", dynamic_ncols=True)
+        for b, (x, y) in enumerate(bar):
+            with self._autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+            if b % check_every == 0 and not torch.isfinite(loss).item():
+                raise TrainingDiverged(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {b}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norms = torch.stack(torch._foreach_norm([g.grad if g.grad is not None else torch.zeros_like(g)
+                                                     for g in grads])).float()
+            grad_sum += norms
+            self.optimizer.step()
+            self.scheduler.step()
+            if o.norms_every_batch:
+                wn = torch.stack(torch._foreach_norm([w.detach() for w in grads])).float()
+                batch_norms.append(torch.stack([wn, norms]))
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            if b % 20 == 0 and self.progress:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.1%}")
+        _sync(self.device)
+        seconds = time.perf_counter() - t0
+        train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"non-finite loss ({train_loss}) in epoch {epoch}")
+        norm_rows = []
+        names = [n for n, _ in self.layers]
+        for bi, pair in enumerate(torch.stack(batch_norms).cpu().tolist() if batch_norms else []):
+            for kind, values in zip(("weight", "grad"), pair):
+                norm_rows += [{"epoch": epoch, "batch": bi, "layer": n, "kind": kind, "l2": f"{v:.6g}"}
+                              for n, v in zip(names, values)]
+        norm_rows += weight_norm_rows(epoch, self.layers)
+        norm_rows += [{"epoch": epoch, "batch": "", "layer": n, "kind": "grad", "l2": f"{v:.6g}"}
+                      for n, v in zip(names, (grad_sum / max(1, b + 1)).cpu().tolist())]
+        return {"train_loss": train_loss, "train_acc": correct.item() / seen, "train_seconds": seconds,
+                "norm_rows": norm_rows}
+
+    @torch.no_grad()
+    def _evaluate(self) -> dict:
+        return evaluate(self.model, self.test_loader, self.device, self._autocast)
+
+    def run(self) -> dict:
+        """Train the remaining epochs. Returns the config dict of the finished run."""
+        self._setup()
+        o = self.options
+        if self.ckpt is not None and self.ckpt.get("status") == "finished":
+            self.log(f"{self.run_dir}: already finished ({self.start_epoch} epochs)")
+            return self._config("finished")
+        self.log(f"{self.variant.name}: {count_params(self.model):,} parameters, {o.epochs} epochs of "
+                 f"{len(self.train_loader)} batches on {self.device}"
+                 + (f" (bf16 autocast)" if self.amp else "") + (f", resuming after epoch {self.start_epoch}"
+                                                                if self.start_epoch else ""))
+        for epoch in range(self.start_epoch + 1, o.epochs + 1):
+            try:
+                tr = self._train_epoch(epoch)
+            except TrainingDiverged as e:
+                self._mark_diverged(epoch, str(e))
+                raise TrainingDiverged(f"{self.variant.name} diverged: {e}; records in {self.run_dir} marked "
+                                       f"diverged (last good checkpoint: epoch {epoch - 1})") from None
+            ev = self._evaluate()
+            row = {"epoch": epoch, "train_loss": round(tr["train_loss"], 6), "train_acc": round(tr["train_acc"], 6),
+                   "test_loss": round(ev["loss"], 6), "test_acc": round(ev["acc"], 6),
+                   "train_seconds": round(tr["train_seconds"], 4), "eval_seconds": round(ev["seconds"], 4),
+                   "lr": f"{self.scheduler.get_last_lr()[0]:.6g}"}
+            self.history.append(row)
+            self.records.append("history.csv", [row])
+            self.records.append("norms.csv", tr["norm_rows"])
+            self.records.append("exponents.csv", exponent_rows(epoch, self.model))
+            self._save(epoch, "finished" if epoch == o.epochs else "running")
+            msg = (f"epoch {epoch}/{o.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
+                   f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2%}  "
+                   f"train {row['train_seconds']:.1f}s eval {row['eval_seconds']:.1f}s")
+            tqdm.write(msg) if self.progress else self.log(msg)
+        return self._config("finished")
+
+    def _mark_diverged(self, epoch: int, reason: str) -> None:
+        """Keep the last good weights; mark checkpoint and config.json as diverged."""
+        ckpt = load_checkpoint(self.run_dir / CHECKPOINT_NAME)
+        ckpt.update(status="diverged", diverged={"epoch": epoch, "reason": reason})
+        save_checkpoint(self.run_dir / CHECKPOINT_NAME, {k: v for k, v in ckpt.items() if k != "format"})
+        write_json(self.run_dir / "config.json", self._config("diverged", diverged={"epoch": epoch,
+                                                                                     "reason": reason}))
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, autocast) -> dict:
+    """Test loss, accuracy and seconds of one pass (model in eval mode)."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    _sync(device)
+    t0 = time.perf_counter()
+    for x, y in loader:
+        with autocast():
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        n += len(y)
+    _sync(device)
+    return {"loss": loss_sum.item() / max(n, 1), "acc": correct.item() / max(n, 1),
+            "seconds": time.perf_counter() - t0}
+
+
+def train(options: TrainOptions, resume: bool = False, **kwargs) -> dict:
+    return Trainer(options, resume=resume, **kwargs).run()
