@@ -31,12 +31,18 @@ def _fail_on(*errors):
         def inner(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except ValueError as e:
-                raise click.UsageError(str(e)) from None
             except errors as e:
                 raise Failure(str(e)) from None
         return inner
     return wrap
+
+
+def _validated(make):
+    """Build options; a ValueError (an unknown or impossible variant) is a usage error."""
+    try:
+        return make()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _known_errors():
@@ -115,13 +121,14 @@ def train(ctx, quiet, resume, **kw):
     """Train one variant; writes checkpoint.pt, config.json, history.csv, norms.csv, exponents.csv."""
     from .training import TrainOptions, train as run_train
     kw["image_size"] = int(kw["image_size"])
+    options = TrainOptions(**kw)
+    _validated(options.resolved)  # an unknown or impossible variant is a usage error
 
     @_fail_on(*_known_errors())
     def go():
         explicit = _explicit(ctx) - {"quiet", "resume"}
-        result = run_train(TrainOptions(**kw), resume=resume, explicit=explicit, progress=not quiet)
-        hist = result.get("epochs_done")
-        click.echo(f"done: {result['variant_name']} ({hist} epochs) in {TrainOptions(**kw).run_dir()}")
+        result = run_train(options, resume=resume, explicit=explicit, progress=not quiet)
+        click.echo(f"done: {result['variant_name']} ({result.get('epochs_done')} epochs) in {options.run_dir()}")
     go()
 
 
@@ -129,16 +136,21 @@ def train(ctx, quiet, resume, **kw):
 @click.option("--arch", type=click.Choice(ARCHS), default="rohrer100k", show_default=True)
 @click.option("--grid", type=click.Choice(["study", "full"]), default="study", show_default=True,
               help="study: the variants of the paper's table; full: every combination of the axes.")
+@click.option("--only", default=None, metavar="PATTERNS",
+              help="Comma-separated variant names or globs (e.g. '*-scs-*') to restrict the grid to.")
 @training_options
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep directory [./sweeps/<arch>].")
-def sweep(arch, grid, quiet, out, **kw):
+def sweep(arch, grid, only, quiet, out, **kw):
     """Train every variant of a grid into OUT/<variant>/ and write OUT/summary.csv."""
-    from .training import TrainOptions, sweep as run_sweep
+    from .training import TrainOptions, select_variants, sweep as run_sweep
+    base = _validated(lambda: TrainOptions(arch=arch, **kw).resolved())
+    patterns = [p.strip() for p in only.split(",") if p.strip()] if only else None
+    variants = _validated(lambda: select_variants(arch, grid, patterns))
 
     @_fail_on(*_known_errors())
     def go():
         out_dir = Path(out or Path("sweeps") / arch)
-        rows = run_sweep(arch, grid, out_dir, TrainOptions(arch=arch, **kw).resolved(), progress=not quiet)
+        rows = run_sweep(variants, out_dir, base, progress=not quiet)
         _print_table(rows, ("variant", "test_acc", "train_seconds_mean", "eval_seconds_mean", "params", "status"))
         click.echo(f"summary: {out_dir / 'summary.csv'}")
     go()

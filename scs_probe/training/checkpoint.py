@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -53,10 +54,12 @@ def load_checkpoint(path) -> dict:
     """Load safely: nothing in the file is executed; any problem is one CheckpointError line."""
     path = resolve_checkpoint_path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about plain pickles before refusing them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "Unpickler" in ln]
-        detail = f" ({lines[0][:160]})" if lines else ""
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln]
+        detail = f" ({lines[0].split(' was not an allowed')[0][:160]})" if lines else ""
         raise CheckpointError(f"refusing to load {path}: it needs unpickling of arbitrary objects{detail}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({type(e).__name__})") from None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 from dataclasses import replace
 from pathlib import Path
 
 from ..runs import SUMMARY_FIELDS, summarize_run
-from ..zoo import variant_grid
+from ..zoo import Variant, variant_grid
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write, load_checkpoint
 from .trainer import TrainingDiverged, TrainOptions, train
 
@@ -21,11 +22,20 @@ def write_summary(out: Path, rows: list[dict]) -> None:
     atomic_write(Path(out) / "summary.csv", lambda f: f.write(buf.getvalue().encode()))
 
 
-def sweep(arch: str, grid: str, out, base: TrainOptions, log=print, progress: bool = True) -> list[dict]:
-    """Train each variant of the grid: skip finished and diverged runs, resume unfinished ones, keep going past
-    a run that diverges. Returns the summary rows (also written to out/summary.csv after every variant)."""
-    out = Path(out)
+def select_variants(arch: str, grid: str, only: list[str] | None = None) -> list[Variant]:
+    """The grid's variants, restricted to names matching any of the `only` globs."""
     variants = variant_grid(arch, grid)
+    if only:
+        variants = [v for v in variants if any(fnmatch.fnmatchcase(v.name, pat) for pat in only)]
+        if not variants:
+            raise ValueError(f"--only {','.join(only)} matches no variant of the {arch} {grid} grid")
+    return variants
+
+
+def sweep(variants: list[Variant], out, base: TrainOptions, log=print, progress: bool = True) -> list[dict]:
+    """Train each variant in turn: skip finished and diverged runs, resume unfinished ones, keep going past a
+    run that diverges. Returns the summary rows (also written to out/summary.csv after every variant)."""
+    out = Path(out)
     rows = []
     for i, v in enumerate(variants, 1):
         run_dir = out / v.name

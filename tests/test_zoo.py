@@ -1,0 +1,102 @@
+"""Zoo: true parameter counts (REFERENCE.md section 3), shared initial weights, validation, grids."""
+
+import pytest
+import torch
+
+from scs_probe.layers import MaxAbsPool2d, SharpenedCosineSimilarity2d, SharpenedSDP2d
+from scs_probe.zoo import build_model, count_params, get_arch, list_archs, make_variant, variant_grid
+
+SCS_COUNTS = {"rohrer25k": 24_974, "rohrer47k": 47_653, "rohrer68k": 68_029, "rohrer100k": 113_741,
+              "rohrer583k": 629_933}
+
+
+@pytest.mark.parametrize("arch,count", SCS_COUNTS.items())
+def test_rohrer_scs_parameter_counts(arch, count):
+    model = build_model(arch, layer="scs", activation="none", pool="maxabs")
+    assert count_params(model) == count == get_arch(arch).params_scs
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    # conv variants swap each SCS (weights + p + q) for a Conv2d with bias
+    n_layers = sum(isinstance(m, SharpenedCosineSimilarity2d) for m in model.modules())
+    assert count_params(build_model(arch, layer="conv", activation="relu")) == count - n_layers
+
+
+def test_stated_counts_are_known():
+    assert get_arch("rohrer25k").stated_params == 25_214
+    assert get_arch("rohrer583k").stated_params == 583_843
+
+
+@pytest.mark.parametrize("arch,count", [("resnet18", 11_181_642), ("resnet20", 269_722)])
+def test_resnet_conv_parameter_counts(arch, count):
+    model = build_model(arch, layer="conv", activation="relu", pool="max", norm="bn")
+    assert count_params(model) == count == get_arch(arch).params_conv
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    scs = build_model(arch, layer="scs", activation="none", pool="maxabs", norm="bn")
+    # every Conv2d becomes SCS: + one p per output channel + one q per layer
+    assert count_params(scs) == count + sum(c.out_channels + 1 for c in convs)
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in scs.modules())
+
+
+def test_resnet18_variants_swap_parts():
+    m = build_model("resnet18", layer="sdp", activation="none", pool="maxabs", norm="none")
+    mods = list(m.modules())
+    assert any(isinstance(x, SharpenedSDP2d) for x in mods)
+    assert not any(isinstance(x, (torch.nn.ReLU, torch.nn.BatchNorm2d)) for x in mods)
+    assert isinstance(m.net.maxpool, MaxAbsPool2d)
+    assert m(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_resnet20_forward_and_no_pooling_axis():
+    m = build_model("resnet20", layer="scs", activation="relu", norm="bn")
+    assert m.variant.pool == "none"
+    assert m(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("arch", ["rohrer25k", "rohrer100k", "resnet20", "resnet18"])
+def test_variants_share_initial_weights(arch):
+    spec = get_arch(arch)
+    norm = spec.axes["norm"][0]
+    a = build_model(arch, layer="conv", activation="relu", pool="max", norm=norm, seed=3).state_dict()
+    b = build_model(arch, layer="scs", activation="none", pool="maxabs", norm=norm, seed=3).state_dict()
+    c = build_model(arch, layer="sdp", activation="none", pool="max", norm=norm, seed=3).state_dict()
+    shared = set(a) & set(b)
+    assert any(k.endswith("conv1.weight") for k in shared)
+    for k in shared:
+        assert torch.equal(a[k], b[k]), k
+    for k in set(b) & set(c):  # p is shared by the sharpened variants
+        assert torch.equal(b[k], c[k]), k
+    other = build_model(arch, layer="conv", activation="relu", pool="max", norm=norm, seed=4).state_dict()
+    weights = [k for k in shared if k.endswith("weight") and a[k].dim() > 1]
+    assert not torch.equal(a[weights[0]], other[weights[0]])
+
+
+def test_unknown_values_name_the_allowed_ones():
+    with pytest.raises(ValueError, match="allowed: .*rohrer100k"):
+        build_model("vgg16")
+    with pytest.raises(ValueError, match="allowed: conv, scs, sdp"):
+        build_model("rohrer100k", layer="linear")
+    with pytest.raises(ValueError, match="allowed: relu, none"):
+        build_model("rohrer100k", activation="gelu")
+    with pytest.raises(ValueError, match="rohrer100k has no norm 'bn'"):
+        build_model("rohrer100k", norm="bn")
+    with pytest.raises(ValueError, match="image_size"):
+        build_model("rohrer100k", image_size=224)
+
+
+def test_study_grid_follows_paper_tables():
+    names = {v.name for v in variant_grid("rohrer100k", "study")}
+    assert "rohrer100k-conv-none-maxabs" in names            # table 1
+    assert "rohrer100k-sdp-relu-max" in names                # table 6
+    assert "rohrer100k-conv-relu-max" in names
+    assert len(names) == 12
+    r18 = variant_grid("resnet18", "study")
+    assert {v.image_size for v in r18} == {32, 224}
+    assert len(variant_grid("rohrer100k", "full")) == 12
+    assert len(variant_grid("resnet18", "full")) == 3 * 2 * 2 * 2 * 2
+    assert set(list_archs()) == {"rohrer25k", "rohrer47k", "rohrer68k", "rohrer100k", "rohrer583k", "resnet18",
+                                 "resnet20"}
+
+
+def test_variant_names_roundtrip():
+    v = make_variant("resnet18", "conv", "relu", "max", "bn", 224)
+    assert v.name == "resnet18-conv-relu-max-bn-224px"
+    assert type(v).from_dict(v.to_dict()) == v
