@@ -47,7 +47,7 @@ def _validated(make):
 
 def _known_errors():
     from .data import DataError
-    from .runs import NoRunsError
+    from .training.runs import NoRunsError
     from .training import CheckpointError, TrainingDiverged, TrainingError
     return DataError, NoRunsError, CheckpointError, TrainingDiverged, TrainingError
 
@@ -220,6 +220,156 @@ def inspect(ckpt):
         click.echo("data:      " + " ".join(f"{k}={val}" for k, val in c["data"].items()))
     if c.get("versions"):
         click.echo("versions:  " + " ".join(f"{k}={val}" for k, val in c["versions"].items()))
+
+
+# ------------------------------------------------------------------------------------------------ analyses
+
+def model_sources(fn):
+    """--ckpt (repeatable) and/or --sweep DIR, plus device and data options."""
+    opts = [
+        click.option("--ckpt", "ckpts", multiple=True, type=click.Path(),
+                     help="A checkpoint (or run directory); repeat for several."),
+        click.option("--sweep", "sweep_dir", type=click.Path(), default=None,
+                     help="A directory whose subdirectories are runs."),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None, envvar="SCS_PROBE_DATA",
+                     help="Folder holding cifar-10-batches-py [env SCS_PROBE_DATA; default ./data]."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
+                     show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _sources(ckpts, sweep_dir):
+    """Checkpoint paths from --ckpt/--sweep; exactly what the user named, or a one-line error."""
+    from .analysis.sources import checkpoint_paths
+    if not ckpts and not sweep_dir:
+        raise click.UsageError("name the models: --ckpt CKPT (repeatable) or --sweep DIR")
+    return checkpoint_paths(ckpts, sweep_dir)
+
+
+def _default_out(out, sweep_dir, name):
+    return Path(out) if out else (Path(sweep_dir) / "analysis" / name if sweep_dir else Path("analysis") / name)
+
+
+@cli.command()
+@model_sources
+@click.option("--n-images", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--indices", default=None, help="Comma-separated test-set indices (instead of a random draw).")
+@click.option("--classes", default=None, help="Draw only from these classes (names or 0-9, comma-separated).")
+@click.option("--target", type=click.Choice(["label", "pred"]), default="label", show_default=True,
+              help="Explain the true label's logit or the predicted one's.")
+@click.option("--per-image-scale", is_flag=True, help="Scale each image's maps on their own (default: one scale).")
+@click.option("--deletion-steps", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder [SWEEP/analysis/saliency or ./analysis/saliency].")
+def saliency(ckpts, sweep_dir, data_dir, device, seed, n_images, indices, classes, target, per_image_scale,
+             deletion_steps, out):
+    """Vanilla-gradient saliency maps of the same test images across models, with sparseness, complexity and
+    deletion curves."""
+    from .analysis import analyze_saliency
+    from .analysis.sources import parse_classes, parse_indices
+    from .training import resolve_device
+    idx = _validated(lambda: parse_indices(indices))
+    cls = _validated(lambda: parse_classes(classes))
+
+    @_fail_on(*_known_errors())
+    def go():
+        dest = _default_out(out, sweep_dir, "saliency")
+        info = analyze_saliency(_sources(ckpts, sweep_dir), data_dir, dest, n_images, idx, cls, target, seed,
+                                per_image_scale, deletion_steps, resolve_device(device))
+        _print_table(info["summary"], ("model", "n", "sparseness_mean", "complexity_mean", "deletion_auc",
+                                       "accuracy"))
+        click.echo(f"outputs: {dest}")
+    _validated(go)
+
+
+@cli.command()
+@model_sources
+@click.option("--eps-range", default=None, metavar="START:STOP:NUM",
+              help="NUM evenly spaced eps from START to STOP; fractions allowed (0:8/255:5).")
+@click.option("--eps", "eps_list", default=None, help="Explicit comma-separated eps values (e.g. 0,2/255,8/255).")
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--alpha", default=None, help="PGD step size (absolute; default 2.5 * eps / steps).")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--n-images", type=click.IntRange(min=1), default=500, show_default=True,
+              help="The first N test images.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--attack", "attacks", type=click.Choice(["pgd", "square"]), multiple=True, default=("pgd",),
+              show_default=True, help="Repeat to add Square (gradient-free) beside PGD.")
+@click.option("--n-queries", type=click.IntRange(min=1), default=1000, show_default=True, help="Square's budget.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder [SWEEP/analysis/pgd or ./analysis/pgd].")
+def pgd(ckpts, sweep_dir, data_dir, device, seed, eps_range, eps_list, steps, alpha, restarts, n_images,
+        batch_size, attacks, n_queries, out):
+    """Robust accuracy under PGD (L-inf) over a range of eps, one curve per model, with the area under it."""
+    from .analysis import analyze_robustness, parse_eps_list, parse_eps_range
+    from .analysis.robustness import parse_eps_value
+    from .training import resolve_device
+    if (eps_range is None) == (eps_list is None):
+        raise click.UsageError("give exactly one of --eps-range START:STOP:NUM and --eps LIST")
+    eps_values = _validated(lambda: parse_eps_range(eps_range) if eps_range else parse_eps_list(eps_list))
+    alpha_value = _validated(lambda: parse_eps_value(alpha)) if alpha is not None else None
+
+    @_fail_on(*_known_errors())
+    def go():
+        dest = _default_out(out, sweep_dir, "pgd")
+        info = analyze_robustness(_sources(ckpts, sweep_dir), data_dir, dest, eps_values, tuple(attacks), n_images,
+                                  steps, alpha_value, restarts, batch_size, seed, n_queries, resolve_device(device))
+        _print_table(info["summary"], ("model", "attack", "auc", "clean_acc", "eps_max", "acc_at_eps_max"))
+        click.echo(f"outputs: {dest}")
+    _validated(go)
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, type=click.Path())
+@click.option("--sweep", "sweep_dir", type=click.Path(), default=None, help="A directory whose subdirectories are runs.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder [SWEEP/analysis/norms or ./analysis/norms].")
+def norms(run_dirs, sweep_dir, out):
+    """Weight and gradient L2 norms per layer over epochs (and batches), and the learned p per kernel."""
+    from .analysis import run_norms
+    from .training.runs import find_runs
+    if not run_dirs and not sweep_dir:
+        raise click.UsageError("name runs: RUN_DIR ... or --sweep DIR")
+
+    @_fail_on(*_known_errors(), FileNotFoundError)
+    def go():
+        dirs = [Path(d) for d in run_dirs] + (find_runs(sweep_dir) if sweep_dir else [])
+        for d in dirs:
+            if not (d / "norms.csv").is_file():
+                raise FileNotFoundError(f"{d} is not a run directory (no norms.csv)")
+        dest = _default_out(out, sweep_dir, "norms")
+        info = run_norms(dirs, dest)
+        _print_table(info["summary"].round(4).to_dict("records"),
+                     ("run", "layer", "weight_l2_first", "weight_l2_last", "grad_l2_mean", "p_mean_last"))
+        click.echo(f"outputs: {dest}")
+    go()
+
+
+@cli.command()
+@click.argument("directory", type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="HTML file [DIR/report.html].")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, envvar="SCS_PROBE_DATA",
+              help="For analyses that are missing [env SCS_PROBE_DATA; default ./data].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--pgd-images", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--eps-range", default="0:8/255:5", show_default=True, metavar="START:STOP:NUM")
+def report(directory, out, data_dir, device, pgd_images, eps_range):
+    """One self-contained HTML report of a directory of runs; runs the analyses that are missing."""
+    from .analysis import parse_eps_range
+    from .analysis.report import build_report
+    from .training import resolve_device
+    eps_values = _validated(lambda: parse_eps_range(eps_range))
+
+    @_fail_on(*_known_errors())
+    def go():
+        path = build_report(directory, out, data_dir, resolve_device(device), pgd_images=pgd_images,
+                            eps_values=eps_values, log=lambda m: click.echo(m, err=True))
+        click.echo(f"report: {path}")
+    go()
 
 
 # ------------------------------------------------------------------------------------------------ entry point

@@ -8,7 +8,7 @@ import io
 from dataclasses import replace
 from pathlib import Path
 
-from ..runs import SUMMARY_FIELDS, summarize_run
+from .runs import SUMMARY_FIELDS, summarize_run
 from ..zoo import Variant, variant_grid
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write, load_checkpoint
 from .trainer import TrainingDiverged, TrainOptions, train

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from .training.checkpoint import CHECKPOINT_NAME
+from .checkpoint import CHECKPOINT_NAME
 
 SUMMARY_FIELDS = ("variant", "arch", "layer", "activation", "pool", "norm", "image_size", "epochs", "test_acc",
                   "best_test_acc", "train_seconds_mean", "eval_seconds_mean", "params", "status")

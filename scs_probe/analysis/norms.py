@@ -1,0 +1,119 @@
+"""Weight/gradient L2 norms per layer and learned exponents p, from the records `scs-probe train` writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+
+def run_name(run_dir: Path) -> str:
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text())["variant_name"]
+    except (OSError, KeyError, ValueError):
+        return Path(run_dir).name
+
+
+def load_records(run_dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """norms and exponents of every run, with a `run` column."""
+    norms, exps = [], []
+    for d in run_dirs:
+        d, name = Path(d), run_name(d)
+        if not (d / "norms.csv").is_file():
+            raise FileNotFoundError(f"{d} has no norms.csv (not a run directory)")
+        n = pd.read_csv(d / "norms.csv", dtype={"batch": "string"})
+        norms.append(n.assign(run=name))
+        if (d / "exponents.csv").is_file():
+            exps.append(pd.read_csv(d / "exponents.csv").assign(run=name))
+    norms = pd.concat(norms, ignore_index=True)
+    exps = pd.concat(exps, ignore_index=True) if exps else pd.DataFrame(columns=["epoch", "layer", "channel", "p",
+                                                                                  "run"])
+    return norms, exps
+
+
+def plot_norms(norms: pd.DataFrame, out: Path):
+    """Per-epoch weight and gradient norms: one column per kind, one line per (run, layer)."""
+    import seaborn as sns
+
+    from .figures import plt, save
+    per_epoch = norms[norms["batch"].isna() | (norms["batch"] == "")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, kind in zip(axes, ("weight", "grad")):
+        d = per_epoch[per_epoch["kind"] == kind]
+        if d.empty:
+            ax.set_visible(False)
+            continue
+        sns.lineplot(data=d, x="epoch", y="l2", hue="layer", style="run" if d["run"].nunique() > 1 else None,
+                     ax=ax, marker="o", markersize=3)
+        ax.set_yscale("log")
+        ax.set_title(f"{kind} L2 norm per layer" + (" (mean over batches)" if kind == "grad" else ""))
+        ax.legend(fontsize=6)
+    return save(fig, out, "norms")
+
+
+def plot_batch_norms(norms: pd.DataFrame, out: Path):
+    """Per-mini-batch norms where recorded (--norms-every-batch), against the global step."""
+    import seaborn as sns
+
+    from .figures import plt, save
+    d = norms[norms["batch"].notna() & (norms["batch"] != "")].copy()
+    if d.empty:
+        return None
+    d["batch"] = d["batch"].astype(int)
+    per_epoch = d.groupby(["run", "epoch"])["batch"].max().add(1).groupby(level=0).cumsum()
+    offsets = per_epoch.groupby(level=0).shift(fill_value=0)
+    d["step"] = d["batch"] + [offsets.loc[(r, e)] for r, e in zip(d["run"], d["epoch"])]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, kind in zip(axes, ("weight", "grad")):
+        sns.lineplot(data=d[d["kind"] == kind], x="step", y="l2", hue="layer",
+                     style="run" if d["run"].nunique() > 1 else None, ax=ax, linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_title(f"{kind} L2 norm per mini-batch")
+        ax.legend(fontsize=6)
+    return save(fig, out, "norms_per_batch")
+
+
+def plot_exponents(exps: pd.DataFrame, out: Path):
+    """p per kernel over epochs: the first sharpened layer's kernels one line each, later layers mean +- sd."""
+    import seaborn as sns
+
+    from .figures import plt, save
+    if exps.empty:
+        return None
+    runs = list(dict.fromkeys(exps["run"]))
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.6 * len(runs)), squeeze=False)
+    for i, run in enumerate(runs):
+        e = exps[exps["run"] == run]
+        first = e["layer"].iloc[0]
+        d = e[e["layer"] == first]
+        sns.lineplot(data=d, x="epoch", y="p", units="channel", estimator=None, ax=axes[i, 0], linewidth=0.7,
+                     alpha=0.7, color="tab:blue")
+        axes[i, 0].set_title(f"{run}: p of each kernel of {first}", fontsize=9)
+        sns.lineplot(data=e, x="epoch", y="p", hue="layer", errorbar="sd", ax=axes[i, 1])
+        axes[i, 1].set_title(f"{run}: p per layer (mean, sd band)", fontsize=9)
+    return save(fig, out, "exponents")
+
+
+def summary(norms: pd.DataFrame, exps: pd.DataFrame) -> pd.DataFrame:
+    """Per run and layer: first and last per-epoch weight norm and mean grad norm, and final mean p."""
+    per_epoch = norms[norms["batch"].isna() | (norms["batch"] == "")]
+    rows = []
+    for (run, layer), d in per_epoch.groupby(["run", "layer"], sort=False):
+        w = d[d["kind"] == "weight"].sort_values("epoch")
+        g = d[d["kind"] == "grad"]
+        p = exps[(exps["run"] == run) & (exps["layer"] == layer)]
+        last_p = p[p["epoch"] == p["epoch"].max()]["p"].mean() if not p.empty else float("nan")
+        rows.append({"run": run, "layer": layer, "weight_l2_first": w["l2"].iloc[0], "weight_l2_last": w["l2"].iloc[-1],
+                     "grad_l2_mean": g["l2"].mean() if not g.empty else float("nan"), "p_mean_last": last_p})
+    return pd.DataFrame(rows)
+
+
+def run_norms(run_dirs, out: Path) -> dict:
+    norms, exps = load_records(run_dirs)
+    out = Path(out)
+    figs = {"norms": plot_norms(norms, out), "norms_per_batch": plot_batch_norms(norms, out),
+            "exponents": plot_exponents(exps, out)}
+    table = summary(norms, exps)
+    table.to_csv(out / "norms_summary.csv", index=False)
+    return {"figures": {k: v for k, v in figs.items() if v is not None}, "summary": table}
