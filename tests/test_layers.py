@@ -184,3 +184,9 @@ def test_max_abs_pool_keeps_sign_and_ties_go_positive():
     assert MaxAbsPool2d(2)(x).item() == -3.0
     tie = torch.tensor([[[[-2.0, 2.0], [1.0, -1.0]]]])
     assert MaxAbsPool2d(2)(tie).item() == 2.0
+
+
+@pytest.mark.parametrize("k,s,pad", [(2, 2, 0), (3, 2, 1)])
+def test_max_abs_pool_gradcheck(k, s, pad):
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: MaxAbsPool2d(k, s, pad, ceil_mode=True)(x), (x,))

@@ -40,8 +40,25 @@ def patch_sq_norm(x: torch.Tensor, kernel_size, stride, padding, dilation, group
     if groups > 1:
         sq = sq.view(b, groups, c // groups, h, w)
     sq = sq.sum(dim=-3) if groups > 1 else sq.sum(dim=1, keepdim=True)
-    ones = torch.ones((groups, 1, *kernel_size), device=x.device, dtype=x.dtype)
-    return F.conv2d(sq, ones, None, stride, padding, dilation, groups)
+    return _box_sum(sq, kernel_size, stride, padding, dilation, groups)
+
+
+def _box_sum(t, kernel_size, stride, padding, dilation, groups):
+    """Sum over every window: a box filter. avg_pool2d with divisor 1 is several times cheaper than a
+    one-channel convolution with a ones kernel (which it equals), forward and backward."""
+    if tuple(dilation) == (1, 1) and all(2 * p <= k for p, k in zip(padding, kernel_size)):
+        return F.avg_pool2d(t, kernel_size, stride, padding, count_include_pad=True, divisor_override=1)
+    ones = torch.ones((groups, 1, *kernel_size), device=t.device, dtype=t.dtype)
+    return F.conv2d(t, ones, None, stride, padding, dilation, groups)
+
+
+def _box_sum_backward(grad, input_shape, kernel_size, stride, padding, dilation, groups, dtype):
+    """Gradient of `_box_sum` with respect to its input."""
+    if tuple(dilation) == (1, 1) and all(2 * p <= k for p, k in zip(padding, kernel_size)):
+        return torch.ops.aten.avg_pool2d_backward(grad, grad.new_empty(input_shape), list(kernel_size),
+                                                  list(stride), list(padding), False, True, 1)
+    ones = torch.ones((groups, 1, *kernel_size), device=grad.device, dtype=dtype)
+    return torch.nn.grad.conv2d_input(input_shape, ones, grad, stride, padding, dilation, groups)
 
 
 def _expand_groups(t: torch.Tensor, out_channels: int) -> torch.Tensor:
@@ -133,9 +150,8 @@ class _Sharpened2d(torch.autograd.Function):
                 if need_x:
                     grad_x = gx.to(sdt)
                     if normalize:
-                        ones = torch.ones((groups, 1, *wc.shape[-2:]), device=xc.device, dtype=sdt)
-                        gsq = torch.nn.grad.conv2d_input(
-                            (xc.shape[0], groups, *xc.shape[-2:]), ones, gs, stride, padding, dilation, groups)
+                        gsq = _box_sum_backward(gs, (xc.shape[0], groups, *xc.shape[-2:]), wc.shape[-2:], stride,
+                                                padding, dilation, groups, sdt)
                         grad_x += 2.0 * xc.to(sdt) * _expand_groups(gsq, xc.shape[1])
                     grad_x = grad_x.to(x_dtype)
                 if need_w:
@@ -160,8 +176,33 @@ def sharpened_sdp2d(x, weight, p, stride=1, padding=0, dilation=1, groups=1, eps
     return _Sharpened2d.apply(x, weight, p, q, _pair(stride), _pair(padding), _pair(dilation), groups, False, eps)
 
 
+class _MaxAbsPool2d(torch.autograd.Function):
+    """Max-abs pooling that saves only the chosen indices (int64, output-sized), as MaxPool2d does: autograd
+    through max_pool2d(x), max_pool2d(-x) and where would also keep -x and a second index tensor."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
+        pos, ipos = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+        neg, ineg = F.max_pool2d(x.neg(), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+        take_pos = pos >= neg  # ties go to the positive value, as in the reference
+        ctx.save_for_backward(torch.where(take_pos, ipos, ineg))
+        ctx.input_shape = x.shape
+        return torch.where(take_pos, pos, neg.neg_())
+
+    @staticmethod
+    def backward(ctx, grad):
+        (idx,) = ctx.saved_tensors
+        b, c, h, w = ctx.input_shape
+        gx = grad.new_zeros((b, c, h * w)).scatter_add_(2, idx.flatten(2), grad.flatten(2))
+        return gx.view(b, c, h, w), None, None, None, None, None
+
+
 def max_abs_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """Per window, the element of largest magnitude with its sign; ties go to the positive value."""
+    stride = kernel_size if stride is None or stride == [] else stride
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _MaxAbsPool2d.apply(x, kernel_size, stride, padding, dilation, ceil_mode)
+    # inference: no indices to keep, and max_pool2d without them takes a faster path
     pos = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
-    neg = F.max_pool2d(-x, kernel_size, stride, padding, dilation, ceil_mode)
-    return torch.where(pos >= neg, pos, -neg)
+    neg = F.max_pool2d(x.neg(), kernel_size, stride, padding, dilation, ceil_mode)
+    return torch.where(pos >= neg, pos, neg.neg_())
