@@ -33,3 +33,10 @@ def data_uri(png: Path) -> str:
 def variant_palette(names) -> dict:
     colors = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
     return dict(zip(names, colors))
+
+
+def integer_epochs(*axes) -> None:
+    """Epoch axes tick at whole epochs."""
+    from matplotlib.ticker import MaxNLocator
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -36,7 +36,7 @@ def plot_norms(norms: pd.DataFrame, out: Path):
     """Per-epoch weight and gradient norms: one column per kind, one line per (run, layer)."""
     import seaborn as sns
 
-    from .figures import plt, save
+    from .figures import integer_epochs, plt, save
     per_epoch = norms[norms["batch"].isna() | (norms["batch"] == "")]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, kind in zip(axes, ("weight", "grad")):
@@ -49,6 +49,7 @@ def plot_norms(norms: pd.DataFrame, out: Path):
         ax.set_yscale("log")
         ax.set_title(f"{kind} L2 norm per layer" + (" (mean over batches)" if kind == "grad" else ""))
         ax.legend(fontsize=6)
+        integer_epochs(ax)
     return save(fig, out, "norms")
 
 
@@ -78,7 +79,7 @@ def plot_exponents(exps: pd.DataFrame, out: Path):
     """p per kernel over epochs: the first sharpened layer's kernels one line each, later layers mean +- sd."""
     import seaborn as sns
 
-    from .figures import plt, save
+    from .figures import integer_epochs, plt, save
     if exps.empty:
         return None
     runs = list(dict.fromkeys(exps["run"]))
@@ -92,6 +93,7 @@ def plot_exponents(exps: pd.DataFrame, out: Path):
         axes[i, 0].set_title(f"{run}: p of each kernel of {first}", fontsize=9)
         sns.lineplot(data=e, x="epoch", y="p", hue="layer", errorbar="sd", ax=axes[i, 1])
         axes[i, 1].set_title(f"{run}: p per layer (mean, sd band)", fontsize=9)
+        integer_epochs(axes[i, 0], axes[i, 1])
     return save(fig, out, "exponents")
 
 
@@ -106,7 +108,7 @@ def summary(norms: pd.DataFrame, exps: pd.DataFrame) -> pd.DataFrame:
         last_p = p[p["epoch"] == p["epoch"].max()]["p"].mean() if not p.empty else float("nan")
         rows.append({"run": run, "layer": layer, "weight_l2_first": w["l2"].iloc[0], "weight_l2_last": w["l2"].iloc[-1],
                      "grad_l2_mean": g["l2"].mean() if not g.empty else float("nan"), "p_mean_last": last_p})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).round(6)
 
 
 def run_norms(run_dirs, out: Path) -> dict:

@@ -13,7 +13,7 @@ from ..paper import paper_table
 from ..training.runs import find_runs, read_history, summarize_run
 from ..zoo import get_arch
 from ..zoo.variants import PAPER_NAMES
-from .figures import data_uri, plt, save, variant_palette
+from .figures import data_uri, integer_epochs, plt, save, variant_palette
 
 _REVERSE = {axis: {v: k for k, v in names.items()} for axis, names in PAPER_NAMES.items()}
 
@@ -44,6 +44,7 @@ def training_curves(run_dirs, names, out: Path) -> Path:
     axes[0].set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy")
     axes[1].set(xlabel="epoch", ylabel="train loss", title="Training loss")
     axes[0].legend(fontsize=7)
+    integer_epochs(*axes)
     return save(fig, out, "training_curves", svg=False)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import BatchLoader, describe, load_cifar10, resolve_data_dir
+from ..serialization import DictSerializable
 from ..zoo import build_model, count_params, get_arch, make_variant
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .records import (RunRecords, exponent_rows, tracked_layers, weight_norm_rows, write_json)
@@ -29,7 +30,7 @@ class TrainingDiverged(Exception):
 
 
 @dataclass
-class TrainOptions:
+class TrainOptions(DictSerializable):
     arch: str = "rohrer100k"
     layer: str = "scs"
     activation: str = "none"
@@ -77,13 +78,6 @@ class TrainOptions:
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / self.variant.name
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainOptions":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def resolve_device(name: str) -> torch.device:

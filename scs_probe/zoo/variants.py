@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from ..serialization import DictSerializable
 
 LAYERS = ("conv", "scs", "sdp")
 ACTIVATIONS = ("relu", "none")
@@ -20,7 +22,7 @@ PAPER_NAMES = {
 
 
 @dataclass(frozen=True, order=True)
-class Variant:
+class Variant(DictSerializable):
     arch: str
     layer: str = "scs"
     activation: str = "none"
@@ -43,13 +45,6 @@ class Variant:
             parts.append(f"p{self.fixed_p:g}")
         return "-".join(parts)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Variant":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def check_choice(axis: str, value, allowed) -> None:
