@@ -100,3 +100,13 @@ def test_variant_names_roundtrip():
     v = make_variant("resnet18", "conv", "relu", "max", "bn", 224)
     assert v.name == "resnet18-conv-relu-max-bn-224px"
     assert type(v).from_dict(v.to_dict()) == v
+
+
+def test_rohrer_pools_before_activation_so_maxabs_differs_from_max():
+    """ReLU first would make every value >= 0 and MaxAbsPool2d identical to MaxPool2d (no study effect)."""
+    x = torch.rand(4, 3, 32, 32)
+    a = build_model("rohrer100k", layer="conv", activation="relu", pool="max")
+    b = build_model("rohrer100k", layer="conv", activation="relu", pool="maxabs")
+    names = [n for n, _ in a.named_children()]
+    assert names.index("pool1") < names.index("act1")
+    assert not torch.allclose(a(x), b(x))

@@ -15,14 +15,17 @@ ROHRER_AXES = {"layer": ("conv", "scs", "sdp"), "activation": ("relu", "none"), 
 
 
 def _stack(v: Variant, convs, pools, head_in: int) -> nn.Sequential:
-    """convs: (name, in, out, k, padding, groups); pools: {after conv name: pool kernel}."""
+    """convs: (name, in, out, k, padding, groups); pools: {after conv name: pool kernel}. Each block is
+    kernel layer -> pooling (where it has one) -> activation."""
     mods, n_pools = OrderedDict(), 0
     for i, (name, cin, cout, k, pad, groups) in enumerate(convs, 1):
         mods[name] = kernel_layer(v.layer, cin, cout, k, padding=pad, groups=groups, fixed_p=v.fixed_p)
-        mods[f"act{i}"] = activation(v.activation)
+        # pool before the activation: after a ReLU every value is >= 0 and max-abs pooling would equal max
+        # pooling; the study's ReLU + MaxAbsPool2d collapse (Tables 1, 3-7) needs this order
         if name in pools:
             n_pools += 1
             mods[f"pool{n_pools}"] = pooling(v.pool, pools[name], ceil_mode=True)
+        mods[f"act{i}"] = activation(v.activation)
     mods["flatten"] = nn.Flatten()
     mods["fc"] = nn.Linear(head_in, 10)
     return nn.Sequential(mods)
