@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
 
-import torch
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as `scs-probe` sets it: see scs_probe/cli.py
+import torch  # noqa: E402
+
+from scs_probe.layers import BACKENDS, get_kernels, set_kernels  # noqa: E402
 
 
 def parse_args(description: str, extra=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds (median reported)")
+    ap.add_argument("--kernels", default="auto", choices=BACKENDS, help="SCS elementwise kernels")
     if extra:
         extra(ap)
     args = ap.parse_args()
+    set_kernels(args.kernels)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -26,7 +32,8 @@ def machine(device: str) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"{torch.backends.cpu.get_cpu_capability()} (torch {torch.__version__})")
+            f"{torch.backends.cpu.get_cpu_capability()} (torch {torch.__version__}), "
+            f"kernels {get_kernels()}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}")
 
 
 def sync(device: str) -> None:

@@ -25,19 +25,21 @@ CASES = [  # arch, norm, batches on CPU (GPU: --batches)
 
 def main():
     args = parse_args(__doc__.splitlines()[0], lambda ap: (ap.add_argument("--batches", type=int, default=None),
-                                                           ap.add_argument("--amp", action="store_true")))
+                                                           ap.add_argument("--amp", action="store_true"),
+                                                           ap.add_argument("--channels-last", action="store_true")))
     dev = args.device
-    print(f"# {machine(dev)}" + (" bf16 autocast" if args.amp else ""))
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    print(f"# {machine(dev)}" + (", bf16 autocast" if args.amp else "") + (", channels_last" if args.channels_last else ""))
     print(f"{'arch':<12}{'batches':>8}{'conv train s':>14}{'scs/conv train':>16}{'conv eval s':>13}"
           f"{'scs/conv eval':>15}{'mem scs/conv':>14}")
     for arch, norm, n_cpu in CASES:
         n = args.batches or (n_cpu if dev == "cpu" else 100)
         torch.manual_seed(0)
-        data = [(torch.rand(128, 3, 32, 32, device=dev), torch.randint(0, 10, (128,), device=dev)) for _ in range(n)]
+        data = [(torch.rand(128, 3, 32, 32, device=dev).contiguous(memory_format=fmt), torch.randint(0, 10, (128,), device=dev)) for _ in range(n)]
         runs, mems = {}, {}
         for key, kw in (("conv", dict(layer="conv", activation="relu", pool="max")),
                         ("scs", dict(layer="scs", activation="none", pool="maxabs"))):
-            model = build_model(arch, norm=norm, **kw).to(dev)
+            model = build_model(arch, norm=norm, **kw).to(dev, memory_format=fmt)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=10_000)
 

@@ -6,6 +6,8 @@ on stderr and a non-zero exit code: 2 for usage errors, 1 for bad files and fail
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -59,8 +61,14 @@ def _explicit(ctx: click.Context) -> set[str]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="scs-probe")
-def cli():
+@click.option("--kernels", type=click.Choice(["auto", "eager", "compiled"]), envvar="SCS_PROBE_KERNELS",
+              default="auto", show_default=True,
+              help="How sharpened layers run their elementwise work: fused by TorchInductor (compiled; auto: for "
+                   "large batches) or as eager torch ops. Env: SCS_PROBE_KERNELS.")
+def cli(kernels):
     """Does Sharpened Cosine Similarity beat convolution? Train the study's variants and compare them."""
+    from .layers import set_kernels
+    set_kernels(kernels)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -379,7 +387,12 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
 
 
 def main(argv=None) -> int:
+    # Large CPU tensors on transparent huge pages: without this, every fresh activation costs thousands of page
+    # faults, which on a VM can take longer than the elementwise pass that fills it. Set it to 0 to opt out.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     warnings.showwarning = _one_line_warnings
+    # TorchInductor's C++ build notes, on a CUDA build of torch without a GPU, that it found no CUDA runtime
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         rv = cli.main(args=argv, prog_name="scs-probe", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

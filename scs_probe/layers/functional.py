@@ -8,15 +8,16 @@ patch norm, and recovers everything else in the backward pass:
     y = c / n,   a = |y| + eps,   out = sign(y) * a**p      (c: convolution, n: patch norm, 1 for SDP)
     a = |out| ** (1/p),   d out / d y = p * |out| / a,   d out / d p = out * log(a)
 
-Convolutions run in the autocast dtype when autocast is on; the sharpening itself runs in float32.
+Convolutions run in the autocast dtype when autocast is on; the sharpening itself runs in float32 and lives in
+`kernels` (eager or fused by TorchInductor).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+
+from . import kernels
 
 EPS = 1e-6
 _aten = torch.ops.aten
@@ -70,14 +71,6 @@ def _expand_groups(t: torch.Tensor, out_channels: int) -> torch.Tensor:
     return t.view(b, g, 1, h, w).expand(b, g, out_channels // g, h, w).reshape(b, out_channels, h, w)
 
 
-def _reduce_groups(t: torch.Tensor, groups: int) -> torch.Tensor:
-    """[B, out_channels, H, W] -> sum over the channels of each group: [B, groups, H, W]."""
-    b, c, h, w = t.shape
-    if groups == 1:
-        return t.sum(dim=1, keepdim=True)
-    return t.view(b, groups, c // groups, h, w).sum(dim=2)
-
-
 class _Sharpened2d(torch.autograd.Function):
     """out = sign(y) * (|y| + eps)**p with y = conv(x, w) / n (n = patch norm + q, or 1 without `normalize`)."""
 
@@ -87,21 +80,14 @@ class _Sharpened2d(torch.autograd.Function):
         dtype = _compute_dtype(x)
         with torch.autocast(dev, enabled=False):
             xc, wc = x.to(dtype), weight.to(dtype)
-            sdt = torch.promote_types(dtype, torch.float32)  # sharpening precision: float32 at least
             c = F.conv2d(xc, wc, None, stride, padding, dilation, groups)
-            out_channels = c.shape[1]
+            root = n = None
             if normalize:
-                ksz = weight.shape[-2:]
-                s = patch_sq_norm(xc, ksz, stride, padding, dilation, groups).to(sdt)
+                sdt = torch.promote_types(dtype, torch.float32)
+                s = patch_sq_norm(xc, weight.shape[-2:], stride, padding, dilation, groups).to(sdt)
                 root = (s + eps).sqrt_()
                 n = root + q.to(sdt)
-                y = c.to(sdt).div_(_expand_groups(n, out_channels))
-            else:
-                root = n = None
-                y = c.to(sdt)
-            pv = p.to(sdt).view(1, -1, 1, 1)
-            sign = y.sign()
-            out = y.abs_().add_(eps).pow_(pv).mul_(sign).to(dtype)
+            out = kernels.sharpen(c, n, p, eps)
         ctx.conf = (stride, padding, dilation, groups, normalize, eps, dtype, x.dtype, weight.dtype, q.dtype)
         ctx.save_for_backward(xc, wc, p, out, root, n)
         return out
@@ -110,49 +96,23 @@ class _Sharpened2d(torch.autograd.Function):
     def backward(ctx, grad_out):
         stride, padding, dilation, groups, normalize, eps, dtype, x_dtype, w_dtype, q_dtype = ctx.conf
         xc, wc, p, out, root, n = ctx.saved_tensors
-        dev = xc.device.type
         need_x, need_w, need_p, need_q = ctx.needs_input_grad[:4]
-        with torch.autocast(dev, enabled=False):
-            sdt = torch.promote_types(dtype, torch.float32)
-            pv = p.to(sdt).view(1, -1, 1, 1)
-            o = out.to(sdt)
-            g = grad_out.to(sdt)
-            mag = o.abs()
-            # log a = log|out| / p. Where out == 0 (y == 0 exactly, sign(y) = 0) every term below carries a factor
-            # |out| or out and so vanishes, as autograd through the formula gives; clamping only keeps log finite.
-            # a >= eps by definition; the clamp also keeps exp(-log a) finite where out == 0 and p < 1.
-            log_a = mag.clamp_min(torch.finfo(sdt).tiny).log_().div_(pv).clamp_min_(math.log(eps))
-            inv_a = log_a.neg().exp_()
-            go = g * o
-            # d out / d y = p * a**(p-1) = p * |out| / a
-            gy = mag.mul_(inv_a).mul_(pv).mul_(g)
-            out_channels = o.shape[1]
-            grad_q = grad_x = grad_w = None
-            if normalize:
-                gc = gy.div_(_expand_groups(n, out_channels))
-                if need_x or need_q:
-                    # d L / d n = -sum_c(gy * y) / n with gy * y = p * g * out * (a - eps) / a
-                    t = inv_a.mul_(-eps).add_(1.0).mul_(go).mul_(pv)
-                    gn = -_reduce_groups(t, groups) / n
-                    del t
-                    if need_q:
-                        grad_q = gn.sum().reshape(()).to(q_dtype)
-                    gs = gn / (2.0 * root)  # d root / d s = 1 / (2 root)
-            else:
-                gc = gy
-            grad_p = go.mul_(log_a).sum(dim=(0, 2, 3)).to(p.dtype) if need_p else None
-            del go, log_a
-            gc = gc.to(dtype)
+        with torch.autocast(xc.device.type, enabled=False):
+            gc, gn, gp = kernels.sharpen_backward(grad_out, out, n, p, eps)
+            grad_p = gp.to(p.dtype) if need_p else None
+            grad_q = gn.sum().reshape(()).to(q_dtype) if normalize and need_q else None
+            grad_x = grad_w = None
             if need_x or need_w:
                 gx, gw, _ = _aten.convolution_backward(
-                    gc, xc, wc, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
+                    gc.to(dtype), xc, wc, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
                     [need_x, need_w, False])
                 if need_x:
-                    grad_x = gx.to(sdt)
+                    grad_x = gx.to(gn.dtype if normalize else gx.dtype)
                     if normalize:
+                        gs = gn.div_(root).mul_(0.5)  # d root / d s = 1 / (2 root)
                         gsq = _box_sum_backward(gs, (xc.shape[0], groups, *xc.shape[-2:]), wc.shape[-2:], stride,
-                                                padding, dilation, groups, sdt)
-                        grad_x += 2.0 * xc.to(sdt) * _expand_groups(gsq, xc.shape[1])
+                                                padding, dilation, groups, gs.dtype)
+                        grad_x += 2.0 * xc.to(gs.dtype) * _expand_groups(gsq, xc.shape[1])
                     grad_x = grad_x.to(x_dtype)
                 if need_w:
                     grad_w = gw.to(w_dtype)

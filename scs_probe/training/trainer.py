@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import time
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..data import BatchLoader, describe, load_cifar10, resolve_data_dir
 from ..serialization import DictSerializable
+from ..layers import SHARPENED_LAYERS, kernels
 from ..zoo import build_model, count_params, get_arch, make_variant
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .records import (RunRecords, exponent_rows, tracked_layers, weight_norm_rows, write_json)
@@ -277,6 +279,24 @@ class Trainer:
     def _evaluate(self) -> dict:
         return evaluate(self.model, self.test_loader, self.device, self._autocast)
 
+    def _warm_up_kernels(self) -> None:
+        """Compile the fused SCS kernels before the first epoch's clock starts, so that train seconds compare
+        layers, not compilers: one step on a throwaway copy of the model and a random batch (the run's weights,
+        data order and RNG stay untouched). A one-off of about 10 s per direction; TorchInductor caches it."""
+        if kernels.get_kernels() == "eager" or not any(isinstance(m, SHARPENED_LAYERS) for m in self.model.modules()):
+            return
+        o = self.options
+        size = int(o.image_size)
+        x = torch.rand((o.batch_size, 3, size, size), generator=torch.Generator().manual_seed(0)).to(self.device)
+        model = copy.deepcopy(self.model).train()
+        t0 = time.perf_counter()
+        with self._autocast():
+            loss = model(x).float().sum()
+        loss.backward()
+        _sync(self.device)
+        if time.perf_counter() - t0 > 1.0:
+            self.log(f"compiled SCS kernels in {time.perf_counter() - t0:.1f} s (not counted in train seconds)")
+
     def run(self) -> dict:
         """Train the remaining epochs. Returns the config dict of the finished run."""
         self._setup()
@@ -284,6 +304,7 @@ class Trainer:
         if self.ckpt is not None and self.ckpt.get("status") == "finished":
             self.log(f"{self.run_dir}: already finished ({self.start_epoch} epochs)")
             return self._config("finished")
+        self._warm_up_kernels()
         self.log(f"{self.variant.name}: {count_params(self.model):,} parameters, {o.epochs} epochs of "
                  f"{len(self.train_loader)} batches on {self.device}"
                  + (f" (bf16 autocast)" if self.amp else "") + (f", resuming after epoch {self.start_epoch}"

@@ -1,0 +1,149 @@
+"""The elementwise half of the sharpened layers, forward and backward, in two interchangeable backends.
+
+Around its convolutions SCS does elementwise work on every output (divide by the patch norm, abs, add eps, pow,
+sign; about fifteen passes in the backward). Run as separate eager ops, each pass reads and writes the whole
+output: on a CPU that costs more than a small convolution. The `compiled` backend hands the same formulas to
+TorchInductor, which fuses each direction into one loop (C++/OpenMP on CPU, Triton on CUDA).
+
+Backends (`set_kernels`, or the environment variable SCS_PROBE_KERNELS):
+- `eager`: in-place torch ops, no compilation;
+- `compiled`: the fused kernels for float32/bfloat16/float16 (float64 stays eager);
+- `auto` (default): compiled for outputs of at least `AUTO_MIN_NUMEL` elements (training batches), eager for
+  small ones, where a one-off compilation (about 10 s per direction, cached on disk) would not pay.
+If compilation fails (no C++ compiler, no Triton), a warning says so once and everything runs eager.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "eager", "compiled")
+AUTO_MIN_NUMEL = 1 << 20
+_COMPILED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+_state = {"backend": None, "failed": None, "fns": {}}
+
+
+def set_kernels(backend: str) -> None:
+    """Choose how the sharpening runs: 'auto', 'eager' or 'compiled' (see the module docstring)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    _state["backend"] = backend
+
+
+def get_kernels() -> str:
+    if _state["backend"] is None:
+        set_kernels(os.environ.get("SCS_PROBE_KERNELS", "auto").strip().lower() or "auto")
+    return _state["backend"]
+
+
+def _use_compiled(t: torch.Tensor) -> bool:
+    backend = get_kernels()
+    if backend == "eager" or _state["failed"] or t.dtype not in _COMPILED_DTYPES:
+        return False
+    if torch.compiler.is_compiling():  # inside a user's torch.compile: let it trace the eager formulas
+        return False
+    return backend == "compiled" or t.numel() >= AUTO_MIN_NUMEL
+
+
+def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, groups, C / groups, H, W] (a view), so a per-group norm broadcasts over channels."""
+    return t.unflatten(1, (groups, -1))
+
+
+def _sharpen_math(c, n, p, eps: float, sdt: torch.dtype):
+    """out = sign(y) * (|y| + eps) ** p with y = c / n per group (n None: y = c). p: [1, C, 1, 1]."""
+    y = c.to(sdt)
+    if n is not None:
+        groups = n.shape[1]
+        y = (_grouped(y, groups) / n.unsqueeze(2)).flatten(1, 2)
+    return (torch.sign(y) * (y.abs() + eps).pow(p)).to(c.dtype)
+
+
+def _sharpen_backward_math(g, out, n, p, eps: float, tiny: float, sdt: torch.dtype):
+    """Elementwise backward from the saved output alone: a = |out| ** (1 / p), d out / d y = p |out| / a.
+
+    Returns (d L / d c, t, u) with d L / d n = -sum_group(t) / n and d L / d p = sum(u): t = g p out (1 - eps / a)
+    (None without n), u = g out log a. No reductions here: fused with them, inductor would write log a and 1 / a
+    out to memory for the second loop, which costs more than reducing t and u afterwards. Where out == 0 every
+    term carries a factor out or |out| and vanishes, as autograd through the formula gives; the clamps only keep
+    log and exp finite there."""
+    o, g = out.to(sdt), g.to(sdt)
+    mag = o.abs()
+    log_a = (mag.clamp_min(tiny).log() / p).clamp_min(math.log(eps))
+    inv_a = torch.exp(-log_a)
+    go = g * o
+    gy = mag * inv_a * p * g
+    if n is None:
+        return gy, None, go * log_a
+    gc = (_grouped(gy, n.shape[1]) / n.unsqueeze(2)).flatten(1, 2)
+    return gc, (1.0 - eps * inv_a) * go * p, go * log_a
+
+
+def _sharpen_eager(c, n, p, eps, sdt):
+    """`_sharpen_math` in place on one buffer: the same values with two allocations instead of six."""
+    y = c.to(sdt)  # c is the fresh convolution output: free to overwrite
+    if n is not None:
+        _grouped(y, n.shape[1]).div_(n.unsqueeze(2))
+    sign = y.sign()
+    return y.abs_().add_(eps).pow_(p).mul_(sign).to(c.dtype)
+
+
+def _sharpen_backward_eager(g, out, n, p, eps, tiny, sdt):
+    """`_sharpen_backward_math` with in-place ops on four buffers."""
+    o, g = out.to(sdt), g.to(sdt)
+    mag = o.abs()
+    log_a = mag.clamp_min(tiny).log_().div_(p).clamp_min_(math.log(eps))
+    inv_a = log_a.neg().exp_()
+    go = g * o
+    gy = mag.mul_(inv_a).mul_(p).mul_(g)
+    u = log_a.mul_(go)
+    if n is None:
+        return gy, None, u
+    _grouped(gy, n.shape[1]).div_(n.unsqueeze(2))
+    return gy, inv_a.mul_(-eps).add_(1.0).mul_(go).mul_(p), u
+
+
+def _compiled(name: str, fn):
+    if name not in _state["fns"]:
+        _state["fns"][name] = torch.compile(fn, dynamic=True, fullgraph=True)
+    return _state["fns"][name]
+
+
+def _run(name, math_fn, eager_fn, ref: torch.Tensor, *args):
+    if _use_compiled(ref):
+        try:
+            return _compiled(name, math_fn)(*args)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
+            _state["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            warnings.warn(f"scs_probe: compiled kernels unavailable ({_state['failed'][:200]}); running eager. "
+                          "Set SCS_PROBE_KERNELS=eager to silence this.", RuntimeWarning, stacklevel=3)
+    return eager_fn(*args)
+
+
+def _sharpen_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)  # the sharpening runs in float32 at least
+
+
+def sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float) -> torch.Tensor:
+    """Forward elementwise part: c [B, C, H, W] (any float dtype), n [B, groups, H, W] or None, p [C].
+    Returns the layer output in c's dtype."""
+    sdt = _sharpen_dtype(c)
+    pv = p.to(sdt).view(1, -1, 1, 1)
+    n = None if n is None else n.to(sdt)
+    return _run("sharpen", _sharpen_math, _sharpen_eager, c, c, n, pv, eps, sdt)
+
+
+def sharpen_backward(g: torch.Tensor, out: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float):
+    """Backward elementwise part: (d L / d c, d L / d n or None, d L / d p [C]), in float32 at least."""
+    sdt = _sharpen_dtype(out)
+    pv = p.to(sdt).view(1, -1, 1, 1)
+    n = None if n is None else n.to(sdt)
+    gc, t, u = _run("sharpen_backward", _sharpen_backward_math, _sharpen_backward_eager, out,
+                    g, out, n, pv, eps, torch.finfo(sdt).tiny, sdt)
+    gn = None if n is None else _grouped(t, n.shape[1]).sum(dim=2).div_(n).neg_()
+    return gc, gn, u.sum(dim=(0, 2, 3))
