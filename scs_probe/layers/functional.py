@@ -71,34 +71,69 @@ def _expand_groups(t: torch.Tensor, out_channels: int) -> torch.Tensor:
     return t.view(b, g, 1, h, w).expand(b, g, out_channels // g, h, w).reshape(b, out_channels, h, w)
 
 
+def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t [B, C or groups, H, W] (a per-group t holds for all channels of its group) at the pooled positions
+    idx [B, C, H', W'] of each channel."""
+    b, c, g = idx.shape[0], idx.shape[1], t.shape[1]
+    if g != c:
+        t = t.unsqueeze(2).expand(b, g, c // g, *t.shape[-2:]).reshape(b, c, *t.shape[-2:])
+    out = t.new_empty(idx.shape)  # not a view: custom Functions may not return views of their intermediates
+    torch.gather(t.flatten(2), 2, idx.flatten(2), out=out.flatten(2))
+    return out
+
+
+def _scatter(t: torch.Tensor, idx: torch.Tensor, groups: int, size) -> torch.Tensor:
+    """Adjoint of `_gather`, summed over the channels of each group: [B, C, H', W'] -> [B, groups, H, W]."""
+    b = t.shape[0]
+    out = t.new_zeros((b, groups, size[0] * size[1]))
+    return out.scatter_add_(2, idx.reshape(b, groups, -1), t.reshape(b, groups, -1)).view(b, groups, *size)
+
+
 class _Sharpened2d(torch.autograd.Function):
-    """out = sign(y) * (|y| + eps)**p with y = conv(x, w) / n (n = patch norm + q, or 1 without `normalize`)."""
+    """out = sign(y) * (|y| + eps)**p with y = conv(x, w) / n (n = patch norm + q, or 1 without `normalize`).
+
+    With `pool` (absolute, kernel_size, stride, padding, dilation, ceil_mode), the output is max-pooled (max-abs
+    pooled when absolute) out, computed as the sharpening of the pooled y: sharpening is odd and increasing, so
+    both pick the same element, and the elementwise work shrinks by the pooling factor, forward and backward.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, p, q, stride, padding, dilation, groups, normalize, eps):
+    def forward(ctx, x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool):
         dev = x.device.type
         dtype = _compute_dtype(x)
         with torch.autocast(dev, enabled=False):
             xc, wc = x.to(dtype), weight.to(dtype)
             c = F.conv2d(xc, wc, None, stride, padding, dilation, groups)
-            root = n = None
+            root = n = idx = None
             if normalize:
                 sdt = torch.promote_types(dtype, torch.float32)
                 s = patch_sq_norm(xc, weight.shape[-2:], stride, padding, dilation, groups).to(sdt)
                 root = (s + eps).sqrt_()
                 n = root + q.to(sdt)
-            out = kernels.sharpen(c, n, p, eps)
-        ctx.conf = (stride, padding, dilation, groups, normalize, eps, dtype, x.dtype, weight.dtype, q.dtype)
-        ctx.save_for_backward(xc, wc, p, out, root, n)
+            if pool is None:
+                out = kernels.sharpen(c, n, p, eps)
+            else:
+                y = c if n is None else (c.to(n.dtype).unflatten(1, (groups, -1)) / n.unsqueeze(2)).flatten(1, 2)
+                idx = _pool_indices(y, pool)
+                del y
+                out = kernels.sharpen(_gather(c, idx), None if n is None else _gather(n, idx), p, eps)
+        ctx.conf = (stride, padding, dilation, groups, normalize, eps, dtype, x.dtype, weight.dtype, q.dtype,
+                    c.shape[-2:])
+        ctx.save_for_backward(xc, wc, p, out, root, n, idx)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        stride, padding, dilation, groups, normalize, eps, dtype, x_dtype, w_dtype, q_dtype = ctx.conf
-        xc, wc, p, out, root, n = ctx.saved_tensors
+        stride, padding, dilation, groups, normalize, eps, dtype, x_dtype, w_dtype, q_dtype, size = ctx.conf
+        xc, wc, p, out, root, n, idx = ctx.saved_tensors
         need_x, need_w, need_p, need_q = ctx.needs_input_grad[:4]
         with torch.autocast(xc.device.type, enabled=False):
-            gc, gn, gp = kernels.sharpen_backward(grad_out, out, n, p, eps)
+            if idx is None:
+                gc, gn, gp = kernels.sharpen_backward(grad_out, out, n, p, eps)
+            else:  # the gradients at the pooled positions, scattered back to the convolution's grid
+                gc, gn, gp = kernels.sharpen_backward(grad_out, out, None if n is None else _gather(n, idx), p, eps)
+                gc = _scatter(gc, idx, gc.shape[1], size)
+                gn = None if n is None else _scatter(gn, idx, groups, size)
             grad_p = gp.to(p.dtype) if need_p else None
             grad_q = gn.sum().reshape(()).to(q_dtype) if normalize and need_q else None
             grad_x = grad_w = None
@@ -116,53 +151,75 @@ class _Sharpened2d(torch.autograd.Function):
                     grad_x = grad_x.to(x_dtype)
                 if need_w:
                     grad_w = gw.to(w_dtype)
-        return grad_x, grad_w, grad_p, grad_q, None, None, None, None, None, None
+        return grad_x, grad_w, grad_p, grad_q, None, None, None, None, None, None, None
 
 
-def sharpened_cosine_similarity2d(x, weight, p, q, stride=1, padding=0, dilation=1, groups=1, eps=EPS):
+def pool_spec(absolute: bool, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> tuple:
+    """The `pool` argument of the sharpened functions: max (absolute=False) or max-abs pooling of their output."""
+    stride = kernel_size if stride is None or stride == [] else stride
+    return (bool(absolute), _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), bool(ceil_mode))
+
+
+def sharpened_cosine_similarity2d(x, weight, p, q, stride=1, padding=0, dilation=1, groups=1, eps=EPS, pool=None):
     """SCS: sign(s.k) * (|s.k| / ((||s|| + q) ||k||) + eps) ** p for every patch s and kernel k.
 
     `p` has one value per output channel, `q` is a scalar tensor; the kernel is normalised here (through autograd,
-    it is small) and the rest runs in the fused function.
+    it is small) and the rest runs in the fused function. `pool` (see `pool_spec`): return the pooled output,
+    computed at a fraction of the cost.
     """
     w_hat = weight / weight.square().sum(dim=(1, 2, 3), keepdim=True).add(eps).sqrt()
     q = q.reshape(())
-    return _Sharpened2d.apply(x, w_hat, p, q, _pair(stride), _pair(padding), _pair(dilation), groups, True, eps)
+    return _Sharpened2d.apply(x, w_hat, p, q, _pair(stride), _pair(padding), _pair(dilation), groups, True, eps,
+                              pool)
 
 
-def sharpened_sdp2d(x, weight, p, stride=1, padding=0, dilation=1, groups=1, eps=EPS):
-    """SharpenedSDP: sign(s.k) * (|s.k| + eps) ** p, no normalisation."""
+def sharpened_sdp2d(x, weight, p, stride=1, padding=0, dilation=1, groups=1, eps=EPS, pool=None):
+    """SharpenedSDP: sign(s.k) * (|s.k| + eps) ** p, no normalisation. `pool`: as in SCS."""
     q = weight.new_zeros(())
-    return _Sharpened2d.apply(x, weight, p, q, _pair(stride), _pair(padding), _pair(dilation), groups, False, eps)
+    return _Sharpened2d.apply(x, weight, p, q, _pair(stride), _pair(padding), _pair(dilation), groups, False, eps,
+                              pool)
+
+
+_INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,
+             torch.float16: torch.int16}
+
+
+def max_abs_key(x: torch.Tensor) -> torch.Tensor:
+    """A float tensor whose max-pooling picks the element of largest magnitude, ties going to the positive one.
+
+    The bits of |x| with the lowest mantissa bit replaced by (x > 0): ordered by magnitude, and at equal magnitude
+    positive first. One pooling pass instead of pooling x and -x (CPU max pooling costs several elementwise
+    passes). Magnitudes one unit in the last place apart compare as equal (the positive, else the first, wins): a
+    difference within float rounding."""
+    it = _INT_VIEW[x.dtype]
+    mask = (1 << (torch.iinfo(it).bits - 1)) - 2  # clear the sign bit and the lowest mantissa bit
+    return x.view(it).bitwise_and(mask).bitwise_or_(x > 0).view(x.dtype)
+
+
+def _pool_indices(y: torch.Tensor, pool) -> torch.Tensor:
+    """Per window, the flat (h * W + w) index of the element max-pooling (or max-abs pooling) of y would pick."""
+    absolute, kernel_size, stride, padding, dilation, ceil_mode = pool
+    key = max_abs_key(y) if absolute else y
+    return F.max_pool2d(key, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)[1]
 
 
 class _MaxAbsPool2d(torch.autograd.Function):
-    """Max-abs pooling that saves only the chosen indices (int64, output-sized), as MaxPool2d does: autograd
-    through max_pool2d(x), max_pool2d(-x) and where would also keep -x and a second index tensor."""
+    """Max-abs pooling that saves only the chosen indices (int64, output-sized), as MaxPool2d does."""
 
     @staticmethod
-    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
-        pos, ipos = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
-        neg, ineg = F.max_pool2d(x.neg(), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
-        take_pos = pos >= neg  # ties go to the positive value, as in the reference
-        ctx.save_for_backward(torch.where(take_pos, ipos, ineg))
+    def forward(ctx, x, pool):
+        idx = _pool_indices(x, pool)
+        ctx.save_for_backward(idx)
         ctx.input_shape = x.shape
-        return torch.where(take_pos, pos, neg.neg_())
+        return _gather(x, idx)
 
     @staticmethod
     def backward(ctx, grad):
         (idx,) = ctx.saved_tensors
         b, c, h, w = ctx.input_shape
-        gx = grad.new_zeros((b, c, h * w)).scatter_add_(2, idx.flatten(2), grad.flatten(2))
-        return gx.view(b, c, h, w), None, None, None, None, None
+        return _scatter(grad, idx, c, (h, w)), None
 
 
 def max_abs_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """Per window, the element of largest magnitude with its sign; ties go to the positive value."""
-    stride = kernel_size if stride is None or stride == [] else stride
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _MaxAbsPool2d.apply(x, kernel_size, stride, padding, dilation, ceil_mode)
-    # inference: no indices to keep, and max_pool2d without them takes a faster path
-    pos = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
-    neg = F.max_pool2d(x.neg(), kernel_size, stride, padding, dilation, ceil_mode)
-    return torch.where(pos >= neg, pos, neg.neg_())
+    return _MaxAbsPool2d.apply(x, pool_spec(True, kernel_size, stride, padding, dilation, ceil_mode))

@@ -93,17 +93,18 @@ class SharpenedCosineSimilarity2d(_Sharpened2d):
         """The q the forward pass uses (a scalar tensor)."""
         return self.log_q.exp()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pool: tuple | None = None) -> torch.Tensor:
+        """`pool` (see `functional.pool_spec`): the output max- or max-abs-pooled, for `PoolFusedSequential`."""
         return sharpened_cosine_similarity2d(x, self.weight, self.effective_p(), self.effective_q(),
-                                             self.stride, self.padding, self.dilation, self.groups, self.eps)
+                                             self.stride, self.padding, self.dilation, self.groups, self.eps, pool)
 
 
 class SharpenedSDP2d(_Sharpened2d):
     """Sharpened strided dot product: sign(s.k) * |s.k| ** p (SCS without the two norms)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pool: tuple | None = None) -> torch.Tensor:
         return sharpened_sdp2d(x, self.weight, self.effective_p(), self.stride, self.padding, self.dilation,
-                               self.groups, self.eps)
+                               self.groups, self.eps, pool)
 
 
 def CosineSimilarity2d(*args, **kwargs) -> SharpenedCosineSimilarity2d:

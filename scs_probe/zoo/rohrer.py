@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 from torch import nn
 
+from ..layers import PoolFusedSequential
 from .blocks import activation, kernel_layer, pooling
 from .registry import ArchSpec, register
 from .variants import Variant
@@ -28,7 +29,7 @@ def _stack(v: Variant, convs, pools, head_in: int) -> nn.Sequential:
         mods[f"act{i}"] = activation(v.activation)
     mods["flatten"] = nn.Flatten()
     mods["fc"] = nn.Linear(head_in, 10)
-    return nn.Sequential(mods)
+    return PoolFusedSequential(mods)
 
 
 def _three_block(channels):
