@@ -5,8 +5,9 @@ import warnings
 import pytest
 import torch
 
-from scs_probe.layers import SharpenedCosineSimilarity2d, SharpenedSDP2d, get_kernels, kernels, set_kernels
-from scs_probe.layers.reference import scs_reference, sdp_reference
+from scs_probe.layers import (SharpenedCosineSimilarity2d, SharpenedSDP2d, get_kernels, kernels, pool_spec,
+                              set_kernels)
+from scs_probe.layers.reference import max_abs_pool_reference, scs_reference, sdp_reference
 
 CASES = [(SharpenedCosineSimilarity2d, 1), (SharpenedCosineSimilarity2d, 4), (SharpenedSDP2d, 1),
          (SharpenedSDP2d, 2)]
@@ -21,10 +22,10 @@ def backend():
     kernels._state["failed"] = None
 
 
-def _grads(layer, x, backend_name, amp=False):
+def _grads(layer, x, backend_name, amp=False, pool=None):
     set_kernels(backend_name)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        y = layer(x)
+        y = layer(x, pool=pool)
     weights = torch.linspace(-1, 1, y.numel()).view_as(y)
     params = [x] + list(layer.parameters())
     return [y.float()] + list(torch.autograd.grad((y.float() * weights).sum(), params))
@@ -38,19 +39,25 @@ def _reference(layer, x):
     return sdp_reference(xd, wd, pd, *args)
 
 
+@pytest.mark.parametrize("pool", [None, pool_spec(True, 2, None, 0, 1, True), pool_spec(False, 3, 2, 1, 1, False)],
+                         ids=["unpooled", "maxabs-fused", "max-fused"])
 @pytest.mark.parametrize("cls,groups", CASES, ids=lambda v: getattr(v, "__name__", str(v)))
-def test_compiled_matches_eager_and_reference(backend, cls, groups):
+def test_compiled_matches_eager_and_reference(backend, cls, groups, pool):
     torch.manual_seed(groups)
     layer = cls(8, 16, 3, padding=1, groups=groups)
     x = torch.randn(3, 8, 9, 9, requires_grad=True)
     with torch.no_grad():
         x[0, :, :4] = 0  # zero patches
-    eager = _grads(layer, x, "eager")
+    eager = _grads(layer, x, "eager", pool=pool)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="scs_probe")
-        compiled = _grads(layer, x, "compiled")
+        compiled = _grads(layer, x, "compiled", pool=pool)
     assert kernels._state["failed"] is None
-    torch.testing.assert_close(eager[0], _reference(layer, x).float(), rtol=1e-4, atol=1e-5)
+    ref = _reference(layer, x)
+    if pool is not None:
+        ref = (max_abs_pool_reference if pool[0] else torch.nn.functional.max_pool2d)(
+            ref, pool[1], pool[2], pool[3], ceil_mode=pool[5])
+    torch.testing.assert_close(eager[0], ref.float(), rtol=1e-4, atol=1e-5)
     for e, c in zip(eager, compiled):
         assert torch.isfinite(c).all()
         torch.testing.assert_close(c, e, rtol=1e-4, atol=1e-5)
@@ -100,3 +107,16 @@ def test_backend_names_are_checked(backend, monkeypatch):
     monkeypatch.setattr(kernels, "_state", {"backend": None, "failed": None, "fns": {}})
     monkeypatch.setenv("SCS_PROBE_KERNELS", "Eager")
     assert get_kernels() == "eager"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_pool_key_is_bitwise_the_eager_one(backend, dtype):
+    torch.manual_seed(0)
+    c, n = torch.randn(2, 6, 9, 9).to(dtype), torch.rand(2, 2, 9, 9) + 0.5
+    c[0, 0, 0, :2] = torch.tensor([1.5, -1.5])
+    backend("eager")
+    want = [kernels.pool_key(c, n, absolute) for absolute in (True, False)]
+    backend("compiled")
+    got = [kernels.pool_key(c, n, absolute) for absolute in (True, False)]
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)

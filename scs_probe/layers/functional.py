@@ -113,9 +113,7 @@ class _Sharpened2d(torch.autograd.Function):
             if pool is None:
                 out = kernels.sharpen(c, n, p, eps)
             else:
-                y = c if n is None else (c.to(n.dtype).unflatten(1, (groups, -1)) / n.unsqueeze(2)).flatten(1, 2)
-                idx = _pool_indices(y, pool)
-                del y
+                idx = _max_pool_indices(kernels.pool_key(c, n, absolute=pool[0]), pool)
                 out = kernels.sharpen(_gather(c, idx), None if n is None else _gather(n, idx), p, eps)
         ctx.conf = (stride, padding, dilation, groups, normalize, eps, dtype, x.dtype, weight.dtype, q.dtype,
                     c.shape[-2:])
@@ -180,26 +178,9 @@ def sharpened_sdp2d(x, weight, p, stride=1, padding=0, dilation=1, groups=1, eps
                               pool)
 
 
-_INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,
-             torch.float16: torch.int16}
-
-
-def max_abs_key(x: torch.Tensor) -> torch.Tensor:
-    """A float tensor whose max-pooling picks the element of largest magnitude, ties going to the positive one.
-
-    The bits of |x| with the lowest mantissa bit replaced by (x > 0): ordered by magnitude, and at equal magnitude
-    positive first. One pooling pass instead of pooling x and -x (CPU max pooling costs several elementwise
-    passes). Magnitudes one unit in the last place apart compare as equal (the positive, else the first, wins): a
-    difference within float rounding."""
-    it = _INT_VIEW[x.dtype]
-    mask = (1 << (torch.iinfo(it).bits - 1)) - 2  # clear the sign bit and the lowest mantissa bit
-    return x.view(it).bitwise_and(mask).bitwise_or_(x > 0).view(x.dtype)
-
-
-def _pool_indices(y: torch.Tensor, pool) -> torch.Tensor:
-    """Per window, the flat (h * W + w) index of the element max-pooling (or max-abs pooling) of y would pick."""
-    absolute, kernel_size, stride, padding, dilation, ceil_mode = pool
-    key = max_abs_key(y) if absolute else y
+def _max_pool_indices(key: torch.Tensor, pool) -> torch.Tensor:
+    """Per window, the flat (h * W + w) index of the largest key (see `kernels.pool_key`)."""
+    _, kernel_size, stride, padding, dilation, ceil_mode = pool
     return F.max_pool2d(key, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)[1]
 
 
@@ -208,7 +189,7 @@ class _MaxAbsPool2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, pool):
-        idx = _pool_indices(x, pool)
+        idx = _max_pool_indices(kernels.max_abs_key(x), pool)
         ctx.save_for_backward(idx)
         ctx.input_shape = x.shape
         return _gather(x, idx)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import types
 import warnings
 
 import torch
@@ -108,16 +109,48 @@ def _sharpen_backward_eager(g, out, n, p, eps, tiny, sdt):
     return gy, inv_a.mul_(-eps).add_(1.0).mul_(go).mul_(p), u
 
 
-def _compiled(name: str, fn):
-    if name not in _state["fns"]:
-        _state["fns"][name] = torch.compile(fn, dynamic=True, fullgraph=True)
-    return _state["fns"][name]
+_INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,
+             torch.float16: torch.int16}
 
 
-def _run(name, math_fn, eager_fn, ref: torch.Tensor, *args):
+def max_abs_key(x: torch.Tensor) -> torch.Tensor:
+    """A float tensor whose max-pooling picks the element of largest magnitude, ties going to the positive one.
+
+    The bits of |x| with the lowest mantissa bit replaced by (x > 0): ordered by magnitude, and at equal magnitude
+    positive first. One pooling pass instead of pooling x and -x (CPU max pooling costs several elementwise
+    passes). Magnitudes one unit in the last place apart compare as equal (the positive, else the first, wins): a
+    difference within float rounding."""
+    it = _INT_VIEW[x.dtype]
+    mask = (1 << (torch.iinfo(it).bits - 1)) - 2  # clear the sign bit and the lowest mantissa bit
+    return x.view(it).bitwise_and(mask).bitwise_or_(x > 0).view(x.dtype)
+
+
+
+def _pool_key_math(c, n, absolute: bool):
+    y = c if n is None else (_grouped(c.to(n.dtype), n.shape[1]) / n.unsqueeze(2)).flatten(1, 2)
+    return max_abs_key(y) if absolute else y
+
+
+def _signature(args) -> tuple:
+    return tuple((a.dtype, a.device.type, a.dim()) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _compiled(fn, args):
+    """A compiled copy of `fn` per argument signature (dtypes, devices, None-ness, flags). Dynamo caches compiled
+    graphs per code object and gives up after a few recompilations (8); one code object per signature keeps the
+    recompilations per object to the shape specialisations (sizes 0 and 1)."""
+    key = (fn.__name__, _signature(args))
+    if key not in _state["fns"]:
+        clone = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                                   fn.__closure__)
+        _state["fns"][key] = torch.compile(clone, dynamic=True, fullgraph=True)
+    return _state["fns"][key]
+
+
+def _run(math_fn, eager_fn, ref: torch.Tensor, *args):
     if _use_compiled(ref):
         try:
-            return _compiled(name, math_fn)(*args)
+            return _compiled(math_fn, args)(*args)
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
             _state["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warnings.warn(f"scs_probe: compiled kernels unavailable ({_state['failed'][:200]}); running eager. "
@@ -135,7 +168,15 @@ def sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float
     sdt = _sharpen_dtype(c)
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
-    return _run("sharpen", _sharpen_math, _sharpen_eager, c, c, n, pv, eps, sdt)
+    return _run(_sharpen_math, _sharpen_eager, c, c, n, pv, eps, sdt)
+
+
+def pool_key(c: torch.Tensor, n: torch.Tensor | None, absolute: bool) -> torch.Tensor:
+    """What max pooling of the sharpened output compares, from before the sharpening: y = c / n (per group), or
+    for max-abs pooling `max_abs_key(y)`. One fused pass when compiled."""
+    if n is None and not absolute:
+        return c
+    return _run(_pool_key_math, _pool_key_math, c, c, n, absolute)
 
 
 def sharpen_backward(g: torch.Tensor, out: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float):
@@ -143,7 +184,7 @@ def sharpen_backward(g: torch.Tensor, out: torch.Tensor, n: torch.Tensor | None,
     sdt = _sharpen_dtype(out)
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
-    gc, t, u = _run("sharpen_backward", _sharpen_backward_math, _sharpen_backward_eager, out,
+    gc, t, u = _run(_sharpen_backward_math, _sharpen_backward_eager, out,
                     g, out, n, pv, eps, torch.finfo(sdt).tiny, sdt)
     gn = None if n is None else _grouped(t, n.shape[1]).sum(dim=2).div_(n).neg_()
     return gc, gn, u.sum(dim=(0, 2, 3))
