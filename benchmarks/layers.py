@@ -3,6 +3,8 @@
 Shapes: the layers of rohrer100k and resnet18 (32 px) at batch 128, and one resnet18 layer at 224 px.
 Prints, per shape, ratios to Conv2d + ReLU measured side by side in one run; 'naive' is the straightforward
 autograd formulation (two convolutions + elementwise ops), the baseline the fused function replaces.
+A second table times rohrer100k's blocks as the zoo runs them: SCS + MaxAbsPool2d (fused by
+PoolFusedSequential) against Conv2d + MaxPool2d + ReLU, forward+backward and forward alone (evaluation).
 
     python benchmarks/layers.py [--device cuda] [--repeats 7]
 """
@@ -18,7 +20,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_medians, machine, parse_args, peak_cuda_bytes, saved_tensor_bytes  # noqa: E402
 
-from scs_probe.layers import SharpenedCosineSimilarity2d, SharpenedSDP2d  # noqa: E402
+from scs_probe.layers import (MaxAbsPool2d, PoolFusedSequential, SharpenedCosineSimilarity2d,  # noqa: E402
+                              SharpenedSDP2d)
 from scs_probe.layers.reference import scs_naive_autograd  # noqa: E402
 
 # name, batch, in, out, kernel, stride, padding, input size
@@ -64,6 +67,31 @@ def main():
               f"{t['naive'] / t['conv']:>7.2f}{mem['scs'] / mem['conv']:>9.2f}{mem['sdp'] / mem['conv']:>9.2f}")
     kind = "peak CUDA memory of the step" if dev.startswith("cuda") else "bytes saved for backward"
     print(f"# ratios to Conv2d + ReLU (time: median of {args.repeats} interleaved rounds; mem: {kind})")
+    blocks(args)
+
+
+def blocks(args):
+    dev = args.device
+    print(f"\n{'block (+ pool 2)':<22}{'conv ms':>9}{'scs':>7}{'conv eval ms':>14}{'scs eval':>10}{'mem scs':>9}")
+    for name, b, cin, cout, k, s, p, hw in SHAPES[:3]:
+        torch.manual_seed(0)
+        x = torch.rand(b, cin, hw, hw, device=dev, requires_grad=cin > 3)
+        conv = nn.Sequential(nn.Conv2d(cin, cout, k, s, p), nn.MaxPool2d(2, ceil_mode=True), nn.ReLU(True)).to(dev)
+        scs = PoolFusedSequential(SharpenedCosineSimilarity2d(cin, cout, k, s, p),
+                                  MaxAbsPool2d(2, ceil_mode=True)).to(dev)
+
+        def infer(m):
+            with torch.no_grad():
+                m(x)
+        steps = {"conv": lambda: conv(x).sum().backward(), "scs": lambda: scs(x).sum().backward(),
+                 "conv_eval": lambda: infer(conv), "scs_eval": lambda: infer(scs)}
+        t = interleaved_medians(steps, dev, args.repeats)
+        mem = {}
+        for key in ("conv", "scs"):
+            peak = peak_cuda_bytes(steps[key], dev)
+            mem[key] = peak if peak is not None else saved_tensor_bytes(steps[key])
+        print(f"{name:<22}{t['conv'] * 1e3:>9.2f}{t['scs'] / t['conv']:>7.2f}{t['conv_eval'] * 1e3:>14.2f}"
+              f"{t['scs_eval'] / t['conv_eval']:>10.2f}{mem['scs'] / mem['conv']:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,15 @@
 
 Autograd through the textbook formula keeps ~8 intermediate tensors per layer and runs a dozen elementwise
 passes. This module computes SCS and SharpenedSDP in one custom autograd function that saves only the layer's
-input (which the convolution needs anyway), its output (which the next layer saves anyway) and the one-channel
-patch norm, and recovers everything else in the backward pass:
+input (which the convolution needs anyway), its kernel parameter, its output (which the next layer saves anyway)
+and the one-channel patch norm, and recovers everything else in the backward pass:
 
     y = c / n,   a = |y| + eps,   out = sign(y) * a**p      (c: convolution, n: patch norm, 1 for SDP)
     a = |out| ** (1/p),   d out / d y = p * |out| / a,   d out / d p = out * log(a)
 
 Convolutions run in the autocast dtype when autocast is on; the sharpening itself runs in float32 and lives in
-`kernels` (eager or fused by TorchInductor).
+`kernels` (eager or fused by TorchInductor). A max or max-abs pooling right after the layer can be fused into it
+(`pool`), and MaxAbsPool2d itself is one pooling pass over an order-preserving key.
 """
 
 from __future__ import annotations
@@ -89,8 +90,17 @@ def _scatter(t: torch.Tensor, idx: torch.Tensor, groups: int, size) -> torch.Ten
     return out.scatter_add_(2, idx.reshape(b, groups, -1), t.reshape(b, groups, -1)).view(b, groups, *size)
 
 
+def _unit_kernels(weight: torch.Tensor, eps: float):
+    """Each output channel's kernel scaled to unit L2 norm (with eps), and the norms."""
+    w = weight.to(torch.promote_types(weight.dtype, torch.float32))
+    norm = w.square().sum(dim=(1, 2, 3), keepdim=True).add_(eps).sqrt_()
+    return w / norm, norm
+
+
 class _Sharpened2d(torch.autograd.Function):
-    """out = sign(y) * (|y| + eps)**p with y = conv(x, w) / n (n = patch norm + q, or 1 without `normalize`).
+    """out = sign(y) * (|y| + eps)**p with y = conv(x, w) / n; with `normalize` (SCS) n = patch norm + q and w the
+    unit-norm kernels, recomputed in the backward pass (saving the parameter, not a normalised copy: 9 MB for
+    one of resnet18's 512-channel layers); without it (SDP) n = 1 and w the raw kernels.
 
     With `pool` (absolute, kernel_size, stride, padding, dilation, ceil_mode), the output is max-pooled (max-abs
     pooled when absolute) out, computed as the sharpening of the pooled y: sharpening is odd and increasing, so
@@ -102,7 +112,8 @@ class _Sharpened2d(torch.autograd.Function):
         dev = x.device.type
         dtype = _compute_dtype(x)
         with torch.autocast(dev, enabled=False):
-            xc, wc = x.to(dtype), weight.to(dtype)
+            xc = x.to(dtype)
+            wc = (_unit_kernels(weight, eps)[0] if normalize else weight).to(dtype)
             c = F.conv2d(xc, wc, None, stride, padding, dilation, groups)
             root = n = idx = None
             if normalize:
@@ -117,13 +128,13 @@ class _Sharpened2d(torch.autograd.Function):
                 out = kernels.sharpen(_gather(c, idx), None if n is None else _gather(n, idx), p, eps)
         ctx.conf = (stride, padding, dilation, groups, normalize, eps, dtype, x.dtype, weight.dtype, q.dtype,
                     c.shape[-2:])
-        ctx.save_for_backward(xc, wc, p, out, root, n, idx)
+        ctx.save_for_backward(xc, weight, p, out, root, n, idx)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         stride, padding, dilation, groups, normalize, eps, dtype, x_dtype, w_dtype, q_dtype, size = ctx.conf
-        xc, wc, p, out, root, n, idx = ctx.saved_tensors
+        xc, weight, p, out, root, n, idx = ctx.saved_tensors
         need_x, need_w, need_p, need_q = ctx.needs_input_grad[:4]
         with torch.autocast(xc.device.type, enabled=False):
             if idx is None:
@@ -136,6 +147,8 @@ class _Sharpened2d(torch.autograd.Function):
             grad_q = gn.sum().reshape(()).to(q_dtype) if normalize and need_q else None
             grad_x = grad_w = None
             if need_x or need_w:
+                w_hat, w_norm = _unit_kernels(weight, eps) if normalize else (weight, None)
+                wc = w_hat.to(dtype)
                 gx, gw, _ = _aten.convolution_backward(
                     gc.to(dtype), xc, wc, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
                     [need_x, need_w, False])
@@ -145,9 +158,12 @@ class _Sharpened2d(torch.autograd.Function):
                         gs = gn.div_(root).mul_(0.5)  # d root / d s = 1 / (2 root)
                         gsq = _box_sum_backward(gs, (xc.shape[0], groups, *xc.shape[-2:]), wc.shape[-2:], stride,
                                                 padding, dilation, groups, gs.dtype)
-                        grad_x += 2.0 * xc.to(gs.dtype) * _expand_groups(gsq, xc.shape[1])
+                        grad_x.addcmul_(xc, _expand_groups(gsq, xc.shape[1]), value=2.0)
                     grad_x = grad_x.to(x_dtype)
                 if need_w:
+                    if normalize:  # through w_hat = w / norm: (g - w_hat * sum(g * w_hat)) / norm per kernel
+                        gw = gw.to(w_hat.dtype)
+                        gw = (gw - w_hat * (gw * w_hat).sum(dim=(1, 2, 3), keepdim=True)) / w_norm
                     grad_w = gw.to(w_dtype)
         return grad_x, grad_w, grad_p, grad_q, None, None, None, None, None, None, None
 
@@ -161,13 +177,11 @@ def pool_spec(absolute: bool, kernel_size, stride=None, padding=0, dilation=1, c
 def sharpened_cosine_similarity2d(x, weight, p, q, stride=1, padding=0, dilation=1, groups=1, eps=EPS, pool=None):
     """SCS: sign(s.k) * (|s.k| / ((||s|| + q) ||k||) + eps) ** p for every patch s and kernel k.
 
-    `p` has one value per output channel, `q` is a scalar tensor; the kernel is normalised here (through autograd,
-    it is small) and the rest runs in the fused function. `pool` (see `pool_spec`): return the pooled output,
+    `p` has one value per output channel, `q` is a scalar tensor. `pool` (see `pool_spec`): return the pooled output,
     computed at a fraction of the cost.
     """
-    w_hat = weight / weight.square().sum(dim=(1, 2, 3), keepdim=True).add(eps).sqrt()
     q = q.reshape(())
-    return _Sharpened2d.apply(x, w_hat, p, q, _pair(stride), _pair(padding), _pair(dilation), groups, True, eps,
+    return _Sharpened2d.apply(x, weight, p, q, _pair(stride), _pair(padding), _pair(dilation), groups, True, eps,
                               pool)
 
 
