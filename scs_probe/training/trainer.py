@@ -112,7 +112,7 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 def versions() -> dict:
     import torchvision
     return {"scs_probe": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "scs_kernels": kernels.get_kernels()}
 
 
 def _sync(device: torch.device) -> None:
@@ -304,11 +304,11 @@ class Trainer:
         if self.ckpt is not None and self.ckpt.get("status") == "finished":
             self.log(f"{self.run_dir}: already finished ({self.start_epoch} epochs)")
             return self._config("finished")
-        self._warm_up_kernels()
         self.log(f"{self.variant.name}: {count_params(self.model):,} parameters, {o.epochs} epochs of "
                  f"{len(self.train_loader)} batches on {self.device}"
                  + (f" (bf16 autocast)" if self.amp else "") + (f", resuming after epoch {self.start_epoch}"
                                                                 if self.start_epoch else ""))
+        self._warm_up_kernels()
         for epoch in range(self.start_epoch + 1, o.epochs + 1):
             try:
                 tr = self._train_epoch(epoch)
