@@ -125,7 +125,6 @@ def max_abs_key(x: torch.Tensor) -> torch.Tensor:
     return x.view(it).bitwise_and(mask).bitwise_or_(x > 0).view(x.dtype)
 
 
-
 def _pool_key_math(c, n, absolute: bool):
     y = c if n is None else (_grouped(c.to(n.dtype), n.shape[1]) / n.unsqueeze(2)).flatten(1, 2)
     return max_abs_key(y) if absolute else y
