@@ -170,3 +170,21 @@ def test_zoo_command_lists_counts(capsys):
     assert main(["zoo", "--arch", "rohrer25k"]) == 0
     out = capsys.readouterr().out
     assert "rohrer25k-scs-none-maxabs" in out and "24,974" in out and "25,214" in out
+
+
+def test_kernel_warm_up_leaves_the_run_unchanged(fake_cifar, tmp_path, monkeypatch):
+    """The compile warm-up steps a throwaway copy: weights, data order and RNG of the run stay as without it."""
+    from scs_probe.layers import kernels
+    calls = []
+    original = Trainer._warm_up_kernels
+    monkeypatch.setattr(Trainer, "_warm_up_kernels", lambda self: (calls.append(1), original(self)))
+    monkeypatch.setattr(kernels, "AUTO_MIN_NUMEL", 1)  # compile even these small batches
+    warm = train(opts(fake_cifar, tmp_path / "warm", epochs=1), progress=False, log=lambda *a: None)
+    monkeypatch.setattr(Trainer, "_warm_up_kernels", lambda self: None)
+    cold = train(opts(fake_cifar, tmp_path / "cold", epochs=1), progress=False, log=lambda *a: None)
+    assert calls == [1]
+    a = load_checkpoint(tmp_path / "warm" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "cold" / "checkpoint.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    assert warm["versions"]["scs_kernels"] == "auto"
