@@ -68,9 +68,10 @@ def _sharpen_math(c, n, p, eps: float, sdt: torch.dtype):
 def _sharpen_backward_math(g, out, n, p, eps: float, tiny: float, sdt: torch.dtype):
     """Elementwise backward from the saved output alone: a = |out| ** (1 / p), d out / d y = p |out| / a.
 
-    Returns (d L / d c, t, u) with d L / d n = -sum_group(t) / n and d L / d p = sum(u): t = g p out (1 - eps / a)
-    (None without n), u = g out log a. No reductions here: fused with them, inductor would write log a and 1 / a
-    out to memory for the second loop, which costs more than reducing t and u afterwards. Where out == 0 every
+    Returns (d L / d c, t, u) with d L / d n = -sum_group(t) / n and d L / d p = sum_batch(u): t = g p out
+    (1 - eps / a) (None without n), u = sum over H, W of g out log a, [B, C]. The sum over H, W rides along in the
+    elementwise loop; the channel sum for t does not: fused, inductor would write log a and 1 / a out to memory
+    for a second loop, which costs more than reducing t afterwards. Where out == 0 every
     term carries a factor out or |out| and vanishes, as autograd through the formula gives; the clamps only keep
     log and exp finite there."""
     o, g = out.to(sdt), g.to(sdt)
@@ -79,10 +80,11 @@ def _sharpen_backward_math(g, out, n, p, eps: float, tiny: float, sdt: torch.dty
     inv_a = torch.exp(-log_a)
     go = g * o
     gy = mag * inv_a * p * g
+    u = (go * log_a).sum(dim=(2, 3))
     if n is None:
-        return gy, None, go * log_a
+        return gy, None, u
     gc = (_grouped(gy, n.shape[1]) / n.unsqueeze(2)).flatten(1, 2)
-    return gc, (1.0 - eps * inv_a) * go * p, go * log_a
+    return gc, (1.0 - eps * inv_a) * go * p, u
 
 
 def _sharpen_eager(c, n, p, eps, sdt):
@@ -102,7 +104,8 @@ def _sharpen_backward_eager(g, out, n, p, eps, tiny, sdt):
     inv_a = log_a.neg().exp_()
     go = g * o
     gy = mag.mul_(inv_a).mul_(p).mul_(g)
-    u = log_a.mul_(go)
+    u = log_a.mul_(go).sum(dim=(2, 3))
+    del log_a
     if n is None:
         return gy, None, u
     _grouped(gy, n.shape[1]).div_(n.unsqueeze(2))
@@ -186,4 +189,4 @@ def sharpen_backward(g: torch.Tensor, out: torch.Tensor, n: torch.Tensor | None,
     gc, t, u = _run(_sharpen_backward_math, _sharpen_backward_eager, out,
                     g, out, n, pv, eps, torch.finfo(sdt).tiny, sdt)
     gn = None if n is None else _grouped(t, n.shape[1]).sum(dim=2).div_(n).neg_()
-    return gc, gn, u.sum(dim=(0, 2, 3))
+    return gc, gn, u.sum(dim=0)
