@@ -9,9 +9,9 @@ import statistics
 import time
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as `scs-probe` sets it: see scs_probe/cli.py
-import torch  # noqa: E402
+import torch
 
-from scs_probe.layers import BACKENDS, get_kernels, set_kernels  # noqa: E402
+from scs_probe.layers import BACKENDS, get_backend, set_backend
 
 
 def parse_args(description: str, extra=None) -> argparse.Namespace:
@@ -22,7 +22,7 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
     if extra:
         extra(ap)
     args = ap.parse_args()
-    set_kernels(args.kernels)
+    set_backend(args.kernels)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -33,7 +33,7 @@ def machine(device: str) -> str:
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
             f"{torch.backends.cpu.get_cpu_capability()} (torch {torch.__version__}), "
-            f"kernels {get_kernels()}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}")
+            f"kernels {get_backend()}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}")
 
 
 def sync(device: str) -> None:

@@ -18,11 +18,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians, machine, parse_args, peak_cuda_bytes, saved_tensor_bytes  # noqa: E402
+from common import interleaved_medians, machine, parse_args, peak_cuda_bytes, saved_tensor_bytes
 
-from scs_probe.layers import (MaxAbsPool2d, PoolFusedSequential, SharpenedCosineSimilarity2d,  # noqa: E402
-                              SharpenedSDP2d)
-from scs_probe.layers.reference import scs_naive_autograd  # noqa: E402
+from scs_probe.layers import MaxAbsPool2d, PoolFusedSequential, SharpenedCosineSimilarity2d, SharpenedSDP2d
+from scs_probe.layers.reference import scs_naive_autograd
 
 # name, batch, in, out, kernel, stride, padding, input size
 SHAPES = [

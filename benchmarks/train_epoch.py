@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians, machine, parse_args, peak_cuda_bytes, saved_tensor_bytes  # noqa: E402
+from common import interleaved_medians, machine, parse_args, peak_cuda_bytes, saved_tensor_bytes
 
-from scs_probe.zoo import build_model  # noqa: E402
+from scs_probe.zoo import build_model
 
 CASES = [  # arch, norm, batches on CPU (GPU: --batches)
     ("rohrer100k", "none", 20),
@@ -29,13 +29,15 @@ def main():
                                                            ap.add_argument("--channels-last", action="store_true")))
     dev = args.device
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    print(f"# {machine(dev)}" + (", bf16 autocast" if args.amp else "") + (", channels_last" if args.channels_last else ""))
+    print(f"# {machine(dev)}" + (", bf16 autocast" if args.amp else "")
+          + (", channels_last" if args.channels_last else ""))
     print(f"{'arch':<12}{'batches':>8}{'conv train s':>14}{'scs/conv train':>16}{'conv eval s':>13}"
           f"{'scs/conv eval':>15}{'mem scs/conv':>14}")
     for arch, norm, n_cpu in CASES:
         n = args.batches or (n_cpu if dev == "cpu" else 100)
         torch.manual_seed(0)
-        data = [(torch.rand(128, 3, 32, 32, device=dev).contiguous(memory_format=fmt), torch.randint(0, 10, (128,), device=dev)) for _ in range(n)]
+        data = [(torch.rand(128, 3, 32, 32, device=dev).contiguous(memory_format=fmt),
+                 torch.randint(0, 10, (128,), device=dev)) for _ in range(n)]
         runs, mems = {}, {}
         for key, kw in (("conv", dict(layer="conv", activation="relu", pool="max")),
                         ("scs", dict(layer="scs", activation="none", pool="maxabs"))):

@@ -18,19 +18,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import DataError
+
 DATA_ENV = "SCS_PROBE_DATA"
 DEFAULT_DATA_DIR = "./data"
 FOLDER = "cifar-10-batches-py"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-_EXPECTED = {True: (5, 5000), False: (1, 1000)}  # train: 5 batch files, 5,000 per class; test: 1, 1,000
+N_TRAIN_BATCHES = 5
 
-
-class DataError(Exception):
-    """The data set is missing, unreachable or malformed."""
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """--data-dir, else $SCS_PROBE_DATA, else ./data."""
+    """`data_dir`, else $SCS_PROBE_DATA (read here only), else ./data."""
     return Path(data_dir or os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR).expanduser()
 
 
@@ -43,14 +42,28 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def limit(self, n: int | None) -> "Split":
+    def limit(self, n: int | None) -> Split:
         return self if not n or n >= len(self) else Split(self.images[:n], self.labels[:n], self.official)
 
 
+def _cases_per_batch(base: Path) -> int:
+    """Images per batch file as batches.meta states it (10,000 in CIFAR-10; small in fake test copies)."""
+    try:
+        with open(base / "batches.meta", "rb") as f:
+            return int(pickle.load(f, encoding="latin1")["num_cases_per_batch"])
+    except FileNotFoundError:
+        return 10_000
+    except Exception as e:  # truncated pickle, wrong keys
+        raise DataError(f"{base / 'batches.meta'} is not CIFAR-10's metadata file ({type(e).__name__}: {e})") \
+            from None
+
+
 def _read_unverified(base: Path, train: bool) -> Split:
-    """Read batch files that fail the md5 check, accepting them only with CIFAR-10's exact structure."""
-    n_files, per_class = _EXPECTED[train]
-    names = [f"data_batch_{i}" for i in range(1, n_files + 1)] if train else ["test_batch"]
+    """Read batch files that fail the md5 check, accepting them only with CIFAR-10's structure: 5 train batch
+    files and one test batch, each of batches.meta's size, 32x32 RGB images, 10 classes of equal size."""
+    per_batch = _cases_per_batch(base)
+    names = [f"data_batch_{i}" for i in range(1, N_TRAIN_BATCHES + 1)] if train else ["test_batch"]
+    per_class = per_batch * len(names) // len(CLASSES)
     data, labels = [], []
     for name in names:
         path = base / name
@@ -65,7 +78,8 @@ def _read_unverified(base: Path, train: bool) -> Split:
             raise DataError(f"{path} is not a CIFAR-10 batch file ({type(e).__name__}: {e})") from None
     images, labels = np.concatenate(data), np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=10) if len(labels) and labels.min() >= 0 else np.array([-1])
-    if len(labels) != len(images) or len(counts) != 10 or not (counts == per_class).all():
+    if (len(labels) != len(images) or len(images) != per_batch * len(names) or len(counts) != 10
+            or not (counts == per_class).all()):
         raise DataError(f"{base} does not have CIFAR-10's structure: expected {per_class:,} images of each of 10 "
                         f"classes in the {'train' if train else 'test'} split, found {len(images):,} images and "
                         f"class counts {counts.tolist()}")
@@ -85,17 +99,18 @@ def load_cifar10(data_dir=None, train: bool = True, download: bool = True) -> Sp
         except RuntimeError:
             split = _read_unverified(base, train)
             warnings.warn(f"CIFAR-10 files in {base} do not match the official md5 checksums; using them after "
-                          "a structure check (shapes, 10 classes, 5,000/1,000 images per class)",
-                          UnverifiedDataWarning)
+                          "a structure check (shapes, batch sizes, 10 classes of equal size)",
+                          UnverifiedDataWarning, stacklevel=2)
             return split
     elif download:
         try:
             ds = CIFAR10(str(root), train=train, download=True)
         except Exception as e:
             raise DataError(f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); name a local "
-                            f"copy with --data-dir DIR or ${DATA_ENV} (DIR/{FOLDER}/)") from None
+                            f"copy (a folder holding {FOLDER}/) or set ${DATA_ENV}", missing=True) from None
     else:
-        raise DataError(f"no CIFAR-10 copy in {root} (expected {base}/); pass --data-dir or set ${DATA_ENV}")
+        raise DataError(f"no CIFAR-10 copy in {root} (expected {base}/); name one or set ${DATA_ENV}",
+                        missing=True)
     images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
     return Split(images, torch.as_tensor(ds.targets, dtype=torch.int64), official=True)
 

@@ -1,10 +1,19 @@
-"""The study's published results (Wu et al. 2022, Tables 1-8), shipped with the package."""
+"""The study's published results (Wu et al. 2022, Tables 1-8), shipped with the package, and how its tables
+spell each variant axis."""
 
 from __future__ import annotations
 
 import csv
 from functools import lru_cache
 from importlib import resources
+
+# paper spelling -> axis value, per axis (and the paper's column for it)
+PAPER_NAMES = {
+    "layer": ("layer", {"Conv2d": "conv", "SCS": "scs", "SharpenedSDP": "sdp"}),
+    "activation": ("activation", {"ReLU": "relu", "None": "none"}),
+    "pool": ("pooling", {"MaxPool2d": "max", "MaxAbsPool2d": "maxabs"}),
+    "norm": ("normalization", {"BatchNorm2d": "bn", "None": "none"}),
+}
 
 
 @lru_cache(maxsize=1)
@@ -16,3 +25,16 @@ def paper_rows() -> tuple[dict, ...]:
 def paper_table(architecture: str) -> list[dict]:
     """Rows of every table for one architecture as the paper names it (e.g. 'Rohrer100K', 'ResNet18')."""
     return [r for r in paper_rows() if r["architecture"] == architecture]
+
+
+def paper_axes(row: dict) -> dict:
+    """A published row's variant axes in scs-probe's values."""
+    axes = {axis: names[row[column]] for axis, (column, names) in PAPER_NAMES.items()}
+    return {**axes, "image_size": int(row["image_size"].split("x")[0])}
+
+
+def published_row(architecture: str, axes: dict) -> dict | None:
+    """The study's row for the same architecture (paper name) and axes: the latest table that has it."""
+    hits = [r for r in paper_table(architecture) if paper_axes(r) == {k: axes[k] for k in
+                                                                        (*PAPER_NAMES, "image_size")}]
+    return hits[-1] if hits else None

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 
-def write_fake_cifar(root: Path, per_class=(5000, 1000), seed: int = 0, signal: float = 0.6) -> Path:
-    """CIFAR-10's exact structure (5 train batches + test batch, 10 classes, balanced) with learnable images:
-    each class is a fixed smooth random template plus noise. The md5 sums differ from the official files."""
+def write_fake_cifar(root: Path, per_batch: int = 300, seed: int = 0, signal: float = 0.6,
+                     meta_per_batch: int | None = None) -> Path:
+    """CIFAR-10's structure (5 train batches + test batch of `per_batch` images each, 10 balanced classes,
+    batches.meta stating the batch size as torchvision's dataset tests inject it) with learnable images: each
+    class is a fixed smooth random template plus noise. The md5 sums differ from the official files.
+    `meta_per_batch` makes batches.meta state another size (a copy whose structure is wrong)."""
     rng = np.random.default_rng(seed)
     base = root / "cifar-10-batches-py"
     base.mkdir(parents=True, exist_ok=True)
@@ -19,22 +22,23 @@ def write_fake_cifar(root: Path, per_class=(5000, 1000), seed: int = 0, signal: 
     coarse = rng.integers(0, 256, size=(10, 3, 4, 4)).astype(np.float32)
     templates = np.kron(coarse, np.ones((8, 8), dtype=np.float32)).reshape(10, 3072)
 
-    def batch(n_per_class, n_files):
-        labels = np.repeat(np.arange(10), n_per_class)
+    def batch(n_files):
+        labels = np.repeat(np.arange(10), per_batch * n_files // 10)
         rng.shuffle(labels)
         noise = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8).astype(np.float32)
         data = (signal * templates[labels] + (1 - signal) * noise).astype(np.uint8)
         return np.array_split(data, n_files), np.array_split(labels, n_files)
 
-    for names, (data, labels) in ((["data_batch_%d" % i for i in range(1, 6)], batch(per_class[0], 5)),
-                                  (["test_batch"], batch(per_class[1], 1))):
+    for names, (data, labels) in (([f"data_batch_{i}" for i in range(1, 6)], batch(5)),
+                                  (["test_batch"], batch(1))):
         for name, d, lab in zip(names, data, labels):
             with open(base / name, "wb") as f:
                 pickle.dump({"batch_label": name, "labels": lab.tolist(), "data": d,
                              "filenames": [f"{i}.png" for i in range(len(lab))]}, f)
     with open(base / "batches.meta", "wb") as f:
         pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                     "ship", "truck"], "num_cases_per_batch": 10000, "num_vis": 3072}, f)
+                                     "ship", "truck"],
+                     "num_cases_per_batch": meta_per_batch or per_batch, "num_vis": 3072}, f)
     return root
 
 

@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from scs_probe.analysis import entropy, gini, parse_eps_list, parse_eps_range
+from scs_probe.analysis import RobustnessConfig, SaliencyConfig, entropy, gini
 from scs_probe.analysis.robustness import area_under_curve, robust_accuracy
 from scs_probe.analysis.saliency import deletion_curve
 from scs_probe.cli import main
+from scs_probe.cli_types import EpsList, EpsRange
+from scs_probe.errors import OptionError
+from scs_probe.rundir import RunDir
 from scs_probe.training import TrainOptions, train
+from scs_probe.zoo import Variant
 
 pytestmark = pytest.mark.filterwarnings("ignore::scs_probe.data.UnverifiedDataWarning")
 
@@ -25,9 +29,9 @@ def sweep_dir(fake_cifar, tmp_path_factory):
         warnings.simplefilter("ignore")
         for name, kw in (("conv", dict(layer="conv", activation="relu", pool="max")),
                          ("scs", dict(layer="scs", activation="none", pool="maxabs"))):
-            train(TrainOptions(arch="rohrer100k", epochs=2, batch_size=64, max_lr=0.01, limit_train=512,
+            train(TrainOptions(Variant("rohrer100k", **kw), epochs=2, batch_size=64, max_lr=0.01, limit_train=512,
                                limit_test=128, data_dir=str(fake_cifar), out=str(root / name), device="cpu",
-                               norms_every_batch=name == "scs", **kw), progress=False, log=lambda *a: None)
+                               norms_every_batch=name == "scs"), progress=False, log=lambda *a: None)
     return root
 
 
@@ -60,12 +64,29 @@ def test_deletion_curve_removes_salient_pixels_first():
 
 
 def test_eps_parsing():
-    assert parse_eps_range("0:8/255:5") == pytest.approx([0, 2 / 255, 4 / 255, 6 / 255, 8 / 255])
-    assert parse_eps_range("0.01:0.01:1") == [0.01]
-    assert parse_eps_list("8/255, 0 ,2/255") == pytest.approx([0, 2 / 255, 8 / 255])
-    for bad in ("a:b", "0:1", "0:-1:3", "-0.1:1:3", "0:1:0", "0:1:x", "1:0:3", "0:1/0:2"):
+    parse_range, parse_list = EpsRange().parse, EpsList().parse
+    assert parse_range("0:8/255:5") == pytest.approx([0, 2 / 255, 4 / 255, 6 / 255, 8 / 255])
+    assert parse_range("0.01:0.01:1") == (0.01,)
+    assert parse_list("8/255, 0 ,2/255") == pytest.approx([0, 2 / 255, 8 / 255])
+    for bad in ("a:b", "0:1", "0:-1:3", "0:1:0", "0:1:x", "1:0:3", "0:1/0:2", "0:inf:2"):
         with pytest.raises(ValueError):
-            parse_eps_range(bad)
+            parse_range(bad)
+
+
+def test_configs_check_ranges_and_survive_json():
+    """Images live in [0, 1]: an eps outside it is an error of the config, whichever way it was written."""
+    for eps in ((0, 300 / 255), (-0.1, 0.1), ()):
+        with pytest.raises(OptionError) as e:
+            RobustnessConfig(eps=eps)
+        assert e.value.option == "eps"
+    with pytest.raises(OptionError, match="attack"):
+        RobustnessConfig(attacks=("fgsm",))
+    c = RobustnessConfig(eps=[8 / 255, 0, 8 / 255], attacks=["pgd", "square"])
+    assert c.eps == (0, 8 / 255) and RobustnessConfig.from_dict(c.to_dict()) == c
+    s = SaliencyConfig(indices=[3, 1], classes=[2])
+    assert SaliencyConfig.from_dict(s.to_dict()) == s and s.indices == (3, 1)
+    with pytest.raises(OptionError, match="classes"):
+        SaliencyConfig(classes=(10,))
 
 
 def test_area_under_curve_is_mean_accuracy():
@@ -75,7 +96,7 @@ def test_area_under_curve_is_mean_accuracy():
 
 def test_pgd_lowers_accuracy_and_eps0_is_clean(sweep_dir):
     from scs_probe.analysis.sources import load_models
-    m = load_models([sweep_dir / "conv" / "checkpoint.pt"], "cpu")[0]
+    m = load_models([RunDir(sweep_dir / "conv")], "cpu")[0]
     data = torch.rand(64, 3, 32, 32)
     with torch.no_grad():
         y = m.model(data).argmax(1)  # all correct by construction
@@ -131,6 +152,9 @@ def test_pgd_command(sweep_dir, fake_cifar, tmp_path, capsys):
     (["pgd", "--eps-range", "0:1:0"], 2),
     (["pgd", "--eps", "0,-1"], 2),
     (["pgd", "--eps-range", "0:1:2", "--eps", "0"], 2),
+    (["pgd", "--eps-range", "0:300/255:3"], 2),
+    (["pgd", "--eps", "0,2"], 2),
+    (["saliency", "--classes", "cat,unicorn"], 2),
     (["saliency"], 2),
     (["saliency", "--indices", "x"], 2),
     (["norms"], 2),
@@ -140,7 +164,9 @@ def test_analysis_usage_errors(argv, code, capsys, sweep_dir):
         argv = argv + ["--sweep", str(sweep_dir)]
     assert main(argv) == code
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("scs-probe: error:"), err
+    if "300/255" in argv or "0,2" in argv:
+        assert "--eps-range/--eps: must lie in [0, 1]" in err, err
 
 
 def test_analysis_file_errors(tmp_path, capsys, sweep_dir):
@@ -192,7 +218,7 @@ def test_report_is_self_contained_and_escaped(report_html):
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
     assert html.count("data:image/png;base64,") >= 6
-    assert "Rohrer100K" in html or "table6" in html  # the paper's numbers beside ours
+    assert "0.8347 (table6)" in html  # the paper's conv/relu/max accuracy beside ours (its latest table)
     assert (report_html.parent / "analysis" / "pgd" / "pgd.csv").is_file()
 
 
@@ -201,6 +227,22 @@ def test_report_reuses_existing_analyses(report_html, capsys):
     assert main(["report", str(report_html.parent)]) == 0  # no data needed: nothing is recomputed
     assert (report_html.parent / "analysis" / "pgd" / "pgd.csv").stat().st_mtime_ns == before
     assert "running" not in capsys.readouterr().err
+    # the same options asked for explicitly: still nothing to recompute
+    assert main(["report", str(report_html.parent), "--pgd-images", "16", "--eps-range", "0:4/255:2"]) == 0
+    assert "running" not in capsys.readouterr().err
+
+
+def test_report_reruns_an_analysis_whose_options_differ(report_html, fake_cifar, capsys):
+    d = report_html.parent
+    before = {name: (d / "analysis" / name / f"{name}.png").stat().st_mtime_ns for name in ("saliency", "pgd")}
+    assert main(["report", str(d), "--eps", "0,1/255,3/255", "--data-dir", str(fake_cifar), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "running pgd" in err and "running saliency" not in err, err
+    eps = sorted({float(r["eps"]) for r in rows(d / "analysis" / "pgd" / "pgd.csv")})
+    assert eps == pytest.approx([0, 1 / 255, 3 / 255])
+    assert {int(r["n"]) for r in rows(d / "analysis" / "pgd" / "pgd.csv")} == {16}  # the stored options kept
+    assert (d / "analysis" / "saliency" / "saliency.png").stat().st_mtime_ns == before["saliency"]
+    assert (d / "analysis" / "pgd" / "pgd.png").stat().st_mtime_ns != before["pgd"]
 
 
 def _chromium():

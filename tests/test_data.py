@@ -6,26 +6,41 @@ import warnings
 import pytest
 import torch
 
-from scs_probe.data import (BatchLoader, DataError, UnverifiedDataWarning, load_cifar10, random_affine_flip,
-                            random_crop_flip, resolve_data_dir)
+from scs_probe.data import (
+    BatchLoader,
+    DataError,
+    UnverifiedDataWarning,
+    load_cifar10,
+    random_affine_flip,
+    random_crop_flip,
+    resolve_data_dir,
+)
 from tests.conftest import write_fake_cifar
 
 
 def test_local_copy_with_other_md5_is_used_with_a_warning(fake_cifar):
     with pytest.warns(UnverifiedDataWarning, match="md5"):
         train = load_cifar10(fake_cifar, train=True)
-    assert train.images.shape == (50_000, 3, 32, 32) and train.images.dtype == torch.uint8
-    assert torch.bincount(train.labels).tolist() == [5000] * 10 and not train.official
+    assert train.images.shape == (1_500, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert torch.bincount(train.labels).tolist() == [150] * 10 and not train.official
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         test = load_cifar10(fake_cifar, train=False)
-    assert len(test) == 10_000 and len(test.limit(100)) == 100
+    assert len(test) == 300 and len(test.limit(100)) == 100
 
 
 def test_wrong_structure_is_a_clear_error(tmp_path):
-    write_fake_cifar(tmp_path, per_class=(50, 10))
+    write_fake_cifar(tmp_path, per_batch=100, meta_per_batch=10_000)  # batches of another size than stated
     with pytest.raises(DataError, match="structure"):
         load_cifar10(tmp_path, train=False)
+    base = write_fake_cifar(tmp_path / "unbalanced", per_batch=100) / "cifar-10-batches-py"
+    with open(base / "test_batch", "rb") as f:
+        entry = pickle.load(f)
+    entry["labels"] = [0] * len(entry["labels"])  # right size, one class only
+    with open(base / "test_batch", "wb") as f:
+        pickle.dump(entry, f)
+    with pytest.raises(DataError, match=r"class counts \[100, 0"):
+        load_cifar10(tmp_path / "unbalanced", train=False)
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="not a CIFAR-10 batch file"):
         load_cifar10(tmp_path, train=False)
@@ -37,8 +52,9 @@ def test_missing_copy_without_network_names_the_option(tmp_path, monkeypatch):
     def offline(*a, **k):
         raise OSError("network unreachable")
     monkeypatch.setattr(tvu, "download_url", offline)
-    with pytest.raises(DataError, match="--data-dir"):
+    with pytest.raises(DataError, match="SCS_PROBE_DATA") as e:
         load_cifar10(tmp_path / "nothing", train=False, download=True)
+    assert e.value.missing and "--" not in str(e.value)  # the library names no flag; the CLI adds it
     with pytest.raises(DataError, match="SCS_PROBE_DATA"):
         load_cifar10(tmp_path / "nothing", train=False, download=False)
 

@@ -4,9 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from scs_probe.layers import (MaxAbsPool2d, PoolFusedSequential, SharpenedCosineSimilarity2d, SharpenedSDP2d,
-                              pool_spec)
-from scs_probe.layers.kernels import max_abs_key
+from scs_probe.layers import MaxAbsPool2d, PoolFusedSequential, SharpenedCosineSimilarity2d, SharpenedSDP2d, pool_spec
+from scs_probe.layers.backend import max_abs_key
 from scs_probe.zoo import build_model
 
 POOLS = [(2, None, 0, True), (3, 2, 1, False), (4, 4, 0, True)]

@@ -7,8 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from scs_probe.layers import (P_MIN, CosineSimilarity2d, MaxAbsPool2d, SharpenedCosineSimilarity2d, SharpenedSDP2d,
-                              sharpened_cosine_similarity2d, sharpened_sdp2d)
+from scs_probe.layers import (
+    P_MIN,
+    CosineSimilarity2d,
+    MaxAbsPool2d,
+    SharpenedCosineSimilarity2d,
+    SharpenedSDP2d,
+    sharpened_cosine_similarity2d,
+    sharpened_sdp2d,
+)
 from scs_probe.layers.reference import max_abs_pool_reference, scs_naive_autograd, scs_reference, sdp_reference
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -42,7 +49,8 @@ def _reference(layer, x):
 
 
 @pytest.mark.parametrize("cls", [SharpenedCosineSimilarity2d, SharpenedSDP2d])
-@pytest.mark.parametrize("c", random_configs(12, seed=1), ids=lambda c: "{cin}-{cout}-k{k}-s{stride}-p{padding}-g{groups}".format(**c))
+@pytest.mark.parametrize("c", random_configs(12, seed=1),
+                         ids=lambda c: "{cin}-{cout}-k{k}-s{stride}-p{padding}-g{groups}".format(**c))
 def test_forward_and_gradients_match_reference(cls, c):
     layer, x = _layer_and_input(cls, c)
     with torch.no_grad():

@@ -8,16 +8,22 @@ import pytest
 import torch
 
 from scs_probe.cli import main
-from scs_probe.training import TrainOptions, load_checkpoint, train
-from scs_probe.training.trainer import Trainer
+from scs_probe.errors import ResumeConflict, RunExistsError
+from scs_probe.rundir import RunDir
+from scs_probe.training import Trainer, TrainOptions, train
+from scs_probe.zoo import Variant
+
+
+def load_checkpoint(path):
+    return RunDir.of(path).load_checkpoint()
 
 pytestmark = pytest.mark.filterwarnings("ignore::scs_probe.data.UnverifiedDataWarning")
 
 
-def opts(fake_cifar, out, **kw):
-    base = dict(arch="rohrer100k", epochs=2, batch_size=64, max_lr=0.01, limit_train=512, limit_test=256,
-                data_dir=str(fake_cifar), out=str(out), device="cpu")
-    return TrainOptions(**{**base, **kw})
+def opts(fake_cifar, out, arch="rohrer100k", layer="scs", activation="none", pool="maxabs", **kw):
+    base = dict(epochs=2, batch_size=64, max_lr=0.01, limit_train=512, limit_test=256, data_dir=str(fake_cifar),
+                out=str(out), device="cpu")
+    return TrainOptions(variant=Variant(arch, layer, activation, pool), **{**base, **kw})
 
 
 def rows(path):
@@ -36,7 +42,7 @@ def test_train_writes_records_and_learns(fake_cifar, tmp_path):
     assert [int(r["epoch"]) for r in hist] == [1, 2, 3, 4]
     assert list(hist[0]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "train_seconds",
                              "eval_seconds", "lr"]
-    assert float(hist[-1]["test_acc"]) > 0.5 > 0.1  # chance is 0.1 on the fake classes
+    assert float(hist[-1]["test_acc"]) > 0.5  # chance is 0.1 on the fake classes
     assert float(hist[-1]["train_loss"]) < float(hist[0]["train_loss"])
     norms = rows(out / "norms.csv")
     layers = {"conv1", "conv2", "conv3", "fc"}
@@ -73,8 +79,10 @@ def test_resume_continues_without_lost_or_repeated_records(fake_cifar, tmp_path,
         with pytest.raises(KeyboardInterrupt):
             train(opts(fake_cifar, tmp_path / "cut", epochs=3), **quiet)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
-    with pytest.raises(Exception, match="--resume"):
+    with pytest.raises(RunExistsError):
         train(opts(fake_cifar, tmp_path / "cut", epochs=3), **quiet)
+    with pytest.raises(ResumeConflict, match="epochs=3"):  # what the run computes cannot change on resume
+        train(opts(fake_cifar, tmp_path / "cut", epochs=4), resume=True, explicit={"epochs"}, **quiet)
     train(opts(fake_cifar, tmp_path / "cut", epochs=3), resume=True, **quiet)
     for name in ("history.csv", "exponents.csv"):
         a, b = rows(tmp_path / "straight" / name), rows(tmp_path / "cut" / name)
@@ -147,10 +155,14 @@ def test_inspect_and_bad_checkpoints(fake_cifar, tmp_path, capsys):
         def __reduce__(self):
             return (open, (str(marker), "w"))
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "scs-probe/checkpoint", "x": Evil()}))
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (tmp_path / "short.txt").write_text("hello world\n")
     torch.save({"format": "scs-probe/checkpoint", "x": Evil()}, tmp_path / "evil2.pt")
     marker.unlink(missing_ok=True)
     for name, needle in [("missing.pt", "no checkpoint"), ("truncated.pt", "truncated"),
-                         ("foreign.pt", "not an scs-probe checkpoint"), ("evil.pt", ""), ("evil2.pt", "refusing")]:
+                         ("foreign.pt", "not an scs-probe checkpoint"), ("evil.pt", "refusing"),
+                         ("evil2.pt", "refusing"), ("passwd", "not a PyTorch checkpoint"),
+                         ("short.txt", "not a PyTorch checkpoint")]:
         code = main(["inspect", str(tmp_path / name)])
         err = capsys.readouterr().err
         assert code == 1, name
@@ -174,17 +186,17 @@ def test_zoo_command_lists_counts(capsys):
 
 def test_kernel_warm_up_leaves_the_run_unchanged(fake_cifar, tmp_path, monkeypatch):
     """The compile warm-up steps a throwaway copy: weights, data order and RNG of the run stay as without it."""
-    from scs_probe.layers import kernels
+    from scs_probe.layers import backend
     calls = []
-    original = Trainer._warm_up_kernels
-    monkeypatch.setattr(Trainer, "_warm_up_kernels", lambda self: (calls.append(1), original(self)))
-    monkeypatch.setattr(kernels, "AUTO_MIN_NUMEL", 1)  # compile even these small batches
+    original = Trainer._warm_up_backend
+    monkeypatch.setattr(Trainer, "_warm_up_backend", lambda self: (calls.append(1), original(self)))
+    monkeypatch.setattr(backend, "AUTO_MIN_NUMEL", 1)  # compile even these small batches
     warm = train(opts(fake_cifar, tmp_path / "warm", epochs=1), progress=False, log=lambda *a: None)
-    monkeypatch.setattr(Trainer, "_warm_up_kernels", lambda self: None)
-    cold = train(opts(fake_cifar, tmp_path / "cold", epochs=1), progress=False, log=lambda *a: None)
+    monkeypatch.setattr(Trainer, "_warm_up_backend", lambda self: None)
+    train(opts(fake_cifar, tmp_path / "cold", epochs=1), progress=False, log=lambda *a: None)
     assert calls == [1]
     a = load_checkpoint(tmp_path / "warm" / "checkpoint.pt")["model"]
     b = load_checkpoint(tmp_path / "cold" / "checkpoint.pt")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k])
-    assert warm["versions"]["scs_kernels"] == "auto"
+    assert warm["versions"]["scs_backend"] == "auto"

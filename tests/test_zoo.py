@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from scs_probe.errors import OptionError
 from scs_probe.layers import MaxAbsPool2d, SharpenedCosineSimilarity2d, SharpenedSDP2d
-from scs_probe.zoo import build_model, count_params, get_arch, list_archs, make_variant, variant_grid
+from scs_probe.zoo import Variant, axis_choices, build_model, count_params, get_arch, list_archs, variant_grid
 
 SCS_COUNTS = {"rohrer25k": 24_974, "rohrer47k": 47_653, "rohrer68k": 68_029, "rohrer100k": 113_741,
               "rohrer583k": 629_933}
@@ -70,7 +71,7 @@ def test_variants_share_initial_weights(arch):
 
 
 def test_unknown_values_name_the_allowed_ones():
-    with pytest.raises(ValueError, match="allowed: .*rohrer100k"):
+    with pytest.raises(OptionError, match="allowed: .*rohrer100k"):
         build_model("vgg16")
     with pytest.raises(ValueError, match="allowed: conv, scs, sdp"):
         build_model("rohrer100k", layer="linear")
@@ -78,8 +79,26 @@ def test_unknown_values_name_the_allowed_ones():
         build_model("rohrer100k", activation="gelu")
     with pytest.raises(ValueError, match="rohrer100k has no norm 'bn'"):
         build_model("rohrer100k", norm="bn")
-    with pytest.raises(ValueError, match="image_size"):
+    with pytest.raises(OptionError, match="image_size") as e:
         build_model("rohrer100k", image_size=224)
+    assert e.value.option == "image_size"
+    with pytest.raises(OptionError, match="fixed_p"):
+        Variant("rohrer100k", layer="conv", fixed_p=2.0)
+    with pytest.raises(TypeError):
+        build_model(Variant("rohrer100k"), layer="conv")  # one carrier: a Variant, or a name with axes
+
+
+def test_choice_lists_come_from_the_registry():
+    """Every axis value some architecture has, and only those: the CLI's choices are these."""
+    assert axis_choices("layer") == ("conv", "scs", "sdp")
+    assert axis_choices("pool") == ("max", "maxabs", "none")
+    assert axis_choices("image_size") == (32, 224)
+    assert set(axis_choices("norm")) == {"bn", "none"}
+
+
+def test_resnet20_records_no_pooling():
+    assert Variant("resnet20", pool="max").pool == "none"
+    assert Variant("resnet20") == Variant("resnet20", pool="maxabs")
 
 
 def test_study_grid_follows_paper_tables():
@@ -97,7 +116,7 @@ def test_study_grid_follows_paper_tables():
 
 
 def test_variant_names_roundtrip():
-    v = make_variant("resnet18", "conv", "relu", "max", "bn", 224)
+    v = Variant("resnet18", "conv", "relu", "max", "bn", 224)
     assert v.name == "resnet18-conv-relu-max-bn-224px"
     assert type(v).from_dict(v.to_dict()) == v
 

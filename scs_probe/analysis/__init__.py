@@ -1,9 +1,14 @@
-"""Analyses of trained checkpoints: saliency, robustness under attack, weight norms and exponents, reports."""
+"""Analyses of trained runs, one class each (`Analysis(config).run(runs, out, context)`): saliency, robustness
+under attack, weight norms and exponents; and the HTML report that gathers them."""
 
+from .base import Analysis, AnalysisConfig, AnalysisResult, Context
 from .metrics import COMPLEXITY, DELETION_AUC, SPARSENESS, Metric, entropy, gini
-from .norms import run_norms
-from .robustness import analyze_robustness, parse_eps_list, parse_eps_range
-from .saliency import analyze_saliency
+from .norms import NormsAnalysis, NormsConfig
+from .report import ANALYSES, build_report
+from .robustness import RobustnessAnalysis, RobustnessConfig
+from .saliency import SaliencyAnalysis, SaliencyConfig
+from .sources import resolve_runs
 
-__all__ = ["COMPLEXITY", "DELETION_AUC", "SPARSENESS", "Metric", "analyze_robustness", "analyze_saliency", "entropy",
-           "gini", "parse_eps_list", "parse_eps_range", "run_norms"]
+__all__ = ["ANALYSES", "COMPLEXITY", "DELETION_AUC", "SPARSENESS", "Analysis", "AnalysisConfig", "AnalysisResult",
+           "Context", "Metric", "NormsAnalysis", "NormsConfig", "RobustnessAnalysis", "RobustnessConfig",
+           "SaliencyAnalysis", "SaliencyConfig", "build_report", "entropy", "gini", "resolve_runs"]

@@ -8,20 +8,20 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+from ..storage import atomic_write
 
 sns.set_theme(style="whitegrid", context="notebook")
 
 
 def save(fig, out_dir: Path, stem: str, svg: bool = True) -> Path:
-    """Write stem.png (and stem.svg) atomically enough for reports (whole files), close the figure."""
+    """Write stem.png (and stem.svg) atomically, close the figure."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = out_dir / f"{stem}.png"
-    fig.savefig(png, dpi=120, bbox_inches="tight")
+    png = atomic_write(out_dir / f"{stem}.png", lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     if svg:
-        fig.savefig(out_dir / f"{stem}.svg", bbox_inches="tight")
+        atomic_write(out_dir / f"{stem}.svg", lambda f: fig.savefig(f, format="svg", bbox_inches="tight"))
     plt.close(fig)
     return png
 

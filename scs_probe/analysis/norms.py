@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-
-def run_name(run_dir: Path) -> str:
-    try:
-        return json.loads((Path(run_dir) / "config.json").read_text())["variant_name"]
-    except (OSError, KeyError, ValueError):
-        return Path(run_dir).name
+from ..errors import NoRunsError
+from ..rundir import RECORDS, RunDir
+from ..storage import atomic_write
+from .base import Analysis, AnalysisConfig, AnalysisResult, Context
 
 
-def load_records(run_dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
+@dataclass(frozen=True)
+class NormsConfig(AnalysisConfig):
+    """No options: the figures show every record the runs hold."""
+
+
+def load_records(runs: list[RunDir]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """norms and exponents of every run, with a `run` column."""
     norms, exps = [], []
-    for d in run_dirs:
-        d, name = Path(d), run_name(d)
-        if not (d / "norms.csv").is_file():
-            raise FileNotFoundError(f"{d} has no norms.csv (not a run directory)")
-        n = pd.read_csv(d / "norms.csv", dtype={"batch": "string"})
+    for run in runs:
+        if not run.has_record("norms"):
+            raise NoRunsError(f"{run.path} is not a run directory (no norms record)")
+        name = run.name
+        n = pd.DataFrame(run.read("norms"), columns=RECORDS["norms"]).astype({"epoch": int, "l2": float})
+        n["batch"] = n["batch"].replace("", pd.NA).astype("string")
         norms.append(n.assign(run=name))
-        if (d / "exponents.csv").is_file():
-            exps.append(pd.read_csv(d / "exponents.csv").assign(run=name))
+        e = run.read("exponents")
+        if e:
+            exps.append(pd.DataFrame(e).astype({"epoch": int, "channel": int, "p": float}).assign(run=name))
     norms = pd.concat(norms, ignore_index=True)
     exps = pd.concat(exps, ignore_index=True) if exps else pd.DataFrame(columns=["epoch", "layer", "channel", "p",
                                                                                   "run"])
@@ -111,11 +116,20 @@ def summary(norms: pd.DataFrame, exps: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).round(6)
 
 
-def run_norms(run_dirs, out: Path) -> dict:
-    norms, exps = load_records(run_dirs)
-    out = Path(out)
-    figs = {"norms": plot_norms(norms, out), "norms_per_batch": plot_batch_norms(norms, out),
-            "exponents": plot_exponents(exps, out)}
-    table = summary(norms, exps)
-    table.to_csv(out / "norms_summary.csv", index=False)
-    return {"figures": {k: v for k, v in figs.items() if v is not None}, "summary": table}
+class NormsAnalysis(Analysis):
+    """`scs-probe norms`: per-layer weight and gradient L2 norms over epochs (and mini-batches where recorded),
+    the learned p per kernel; norms.png, norms_per_batch.png, exponents.png and norms_summary.csv."""
+
+    name = "norms"
+    Config = NormsConfig
+    summary_file = "norms_summary.csv"
+    figure_stems = ("norms", "norms_per_batch", "exponents")
+
+    def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
+        norms, exps = load_records(runs)
+        figs = {"norms": plot_norms(norms, out), "norms_per_batch": plot_batch_norms(norms, out),
+                "exponents": plot_exponents(exps, out)}
+        table = summary(norms, exps)
+        atomic_write(out / self.summary_file, table.to_csv(index=False))
+        return AnalysisResult(self.name, out, table.to_dict("records"),
+                              {k: v for k, v in figs.items() if v is not None})

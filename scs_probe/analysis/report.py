@@ -1,41 +1,47 @@
-"""One self-contained HTML report for a directory of runs (figures embedded as data URIs; Jinja2, autoescaped)."""
+"""One self-contained HTML report for a directory of runs (figures embedded as data URIs; Jinja2, autoescaped).
+
+Each analysis in `ANALYSES` is reused from DIR/analysis/<name>/ when its stored options and runs answer what is
+asked, and run (again) otherwise."""
 
 from __future__ import annotations
 
-import csv
-from datetime import datetime, timezone
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jinja2
 
 from .. import __version__
-from ..paper import paper_table
-from ..training.runs import find_runs, read_history, summarize_run
+from ..errors import OptionError
+from ..paper import published_row
+from ..rundir import RunDir, RunsDir
+from ..storage import atomic_write
 from ..zoo import get_arch
-from ..zoo.variants import PAPER_NAMES
+from .base import Analysis, AnalysisResult, Context
 from .figures import data_uri, integer_epochs, plt, save, variant_palette
+from .norms import NormsAnalysis
+from .robustness import RobustnessAnalysis
+from .saliency import SaliencyAnalysis
 
-_REVERSE = {axis: {v: k for k, v in names.items()} for axis, names in PAPER_NAMES.items()}
+ANALYSES: tuple[type[Analysis], ...] = (SaliencyAnalysis, RobustnessAnalysis, NormsAnalysis)
+# where nothing is stored yet, the report runs cheaper settings than the commands' defaults
+REPORT_DEFAULTS = {"pgd": {"n_images": 200}}
 
 
 def paper_match(row: dict) -> dict | None:
     """The study's published row for the same architecture and axes (the latest table that has it)."""
     try:
-        arch = get_arch(row["arch"]).paper_name
-    except ValueError:
+        paper_name = get_arch(row["arch"]).paper_name
+    except OptionError:
         return None
-    want = {"layer": _REVERSE["layer"].get(row["layer"]), "activation": _REVERSE["activation"].get(row["activation"]),
-            "pooling": _REVERSE["pool"].get(row["pool"]), "normalization": _REVERSE["norm"].get(row["norm"]),
-            "image_size": f"{row['image_size']}x{row['image_size']}"}
-    hits = [r for r in paper_table(arch) if all(r[k] == v for k, v in want.items())]
-    return hits[-1] if hits else None
+    return published_row(paper_name, row) if paper_name else None
 
 
-def training_curves(run_dirs, names, out: Path) -> Path:
+def training_curves(runs: list[RunDir], names, out: Path) -> Path:
     pal = variant_palette(names)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for d, name in zip(run_dirs, names):
-        h = read_history(d)
+    for run, name in zip(runs, names):
+        h = run.read("history")
         if not h:
             continue
         ep = [int(r["epoch"]) for r in h]
@@ -48,61 +54,47 @@ def training_curves(run_dirs, names, out: Path) -> Path:
     return save(fig, out, "training_curves", svg=False)
 
 
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+def gather(analysis: type[Analysis], runs: list[RunDir], out: Path, asked: dict, context: Context) -> AnalysisResult:
+    """The stored result when it answers `asked` for these runs; else run it, from the stored options (or the
+    report's defaults) with `asked` on top."""
+    if analysis.up_to_date(out, runs, asked) is not None:
+        return analysis.load(out)
+    stored = analysis.stored_config(out)
+    base = stored[0] if stored else analysis.Config(**REPORT_DEFAULTS.get(analysis.name, {}))
+    why = "options or runs changed" if stored else "none stored"
+    context.log(f"report: running {analysis.name} on {len(runs)} models ({why})")
+    return analysis(replace(base, **asked)).run(runs, out, context)
 
 
-def build_report(directory, out_html=None, data_dir=None, device="cpu", saliency_images: int = 8,
-                 pgd_images: int = 200, eps_values=None, pgd_steps: int = 10, log=print) -> Path:
-    """Gather (or compute, when missing) every analysis of the runs in `directory` and render one HTML file."""
-    from .norms import run_norms
-    from .robustness import analyze_robustness, parse_eps_range
-    from .saliency import analyze_saliency
-
-    directory = Path(directory)
-    runs = find_runs(directory)
-    out_html = Path(out_html) if out_html else directory / "report.html"
-    adir = directory / "analysis"
-    rows = [summarize_run(r) for r in runs]
+def build_report(directory, out_html=None, asked: dict[str, dict] | None = None,
+                 context: Context | None = None) -> Path:
+    """Gather (or compute) every analysis of the runs in `directory` and render one HTML file. `asked`: per
+    analysis name, the options the caller wants (e.g. {"pgd": {"eps": (0, 4/255)}})."""
+    context = context or Context()
+    asked = asked or {}
+    unknown = set(asked) - {a.name for a in ANALYSES}
+    if unknown:
+        raise OptionError("asked", f"unknown analysis {sorted(unknown)[0]!r}")
+    runs_dir = RunsDir(directory)
+    runs = runs_dir.runs()
+    out_html = Path(out_html) if out_html else runs_dir.report_path
+    rows = [r.summary() for r in runs]
     names = [r["variant"] for r in rows]
     for r in rows:
         r["paper"] = paper_match(r)
 
-    figures = {"training": data_uri(training_curves(runs, names, adir))}
-    ckpts = [r / "checkpoint.pt" for r in runs]
-
-    sal_dir = adir / "saliency"
-    if not (sal_dir / "saliency_summary.csv").is_file() or not (sal_dir / "saliency.png").is_file():
-        log(f"report: running saliency on {len(ckpts)} models")
-        analyze_saliency(ckpts, data_dir, sal_dir, n_images=saliency_images, device=device)
-    saliency = _read_csv(sal_dir / "saliency_summary.csv")
-    figures["saliency"] = data_uri(sal_dir / "saliency.png")
-    figures["deletion"] = data_uri(sal_dir / "deletion.png")
-
-    pgd_dir = adir / "pgd"
-    if not (pgd_dir / "pgd_summary.csv").is_file() or not (pgd_dir / "pgd.png").is_file():
-        log(f"report: running PGD on {len(ckpts)} models")
-        analyze_robustness(ckpts, data_dir, pgd_dir, eps_values or parse_eps_range("0:8/255:5"),
-                           n_images=pgd_images, steps=pgd_steps, device=device)
-    pgd = _read_csv(pgd_dir / "pgd_summary.csv")
-    figures["pgd"] = data_uri(pgd_dir / "pgd.png")
-
-    norms_dir = adir / "norms"
-    if not (norms_dir / "norms.png").is_file():
-        run_norms(runs, norms_dir)
-    for key in ("norms", "norms_per_batch", "exponents"):
-        if (norms_dir / f"{key}.png").is_file():
-            figures[key] = data_uri(norms_dir / f"{key}.png")
-    norms_summary = _read_csv(norms_dir / "norms_summary.csv") if (norms_dir / "norms_summary.csv").is_file() else []
+    figures = {"training": data_uri(training_curves(runs, names, runs_dir.analysis_dir()))}
+    results = {a.name: gather(a, runs, runs_dir.analysis_dir(a.name), asked.get(a.name, {}), context)
+               for a in ANALYSES}
+    for result in results.values():
+        figures.update({stem: data_uri(path) for stem, path in result.figures.items()})
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("scs_probe", "templates"),
                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
                              undefined=jinja2.StrictUndefined)
     html = env.get_template("report.html.j2").render(
-        title=f"scs-probe report: {directory.name}", directory=str(directory), rows=rows, saliency=saliency,
-        pgd=pgd, norms=norms_summary, figures=figures, version=__version__,
-        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    from ..training.checkpoint import atomic_write
-    atomic_write(out_html, lambda f: f.write(html.encode()))
+        title=f"scs-probe report: {runs_dir.path.name}", directory=str(runs_dir.path), rows=rows,
+        saliency=results["saliency"].summary, pgd=results["pgd"].summary, norms=results["norms"].summary,
+        figures=figures, version=__version__, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    atomic_write(out_html, html)
     return out_html

@@ -2,51 +2,45 @@
 
 from __future__ import annotations
 
-import csv
-from fractions import Fraction
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .sources import LoadedModel
+from ..progress import progress_bar
+from ..storage import write_csv
+from .base import Analysis, AnalysisConfig, AnalysisResult, Context
+from .sources import LoadedModel, load_models, select_test_images
 
-
-def parse_eps_value(text: str) -> float:
-    """'0.03', '8/255' -> float >= 0."""
-    t = text.strip()
-    try:
-        value = float(Fraction(t)) if "/" in t else float(t)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"bad eps value {text!r}: use a number or a fraction like 8/255") from None
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"eps must be >= 0, got {text!r}")
-    return value
+ATTACKS = ("pgd", "square")
+DEFAULT_EPS = (0.0, 2 / 255, 4 / 255, 6 / 255, 8 / 255)
 
 
-def parse_eps_range(text: str) -> list[float]:
-    """'START:STOP:NUM' -> NUM evenly spaced values from START to STOP inclusive (numpy.linspace)."""
-    parts = text.split(":")
-    if len(parts) != 3:
-        raise ValueError(f"--eps-range takes START:STOP:NUM, got {text!r}")
-    start, stop = parse_eps_value(parts[0]), parse_eps_value(parts[1])
-    try:
-        num = int(parts[2])
-    except ValueError:
-        raise ValueError(f"--eps-range NUM must be an integer, got {parts[2]!r}") from None
-    if num < 1:
-        raise ValueError(f"--eps-range NUM must be >= 1, got {num}")
-    if stop < start:
-        raise ValueError(f"--eps-range STOP ({parts[1]}) is below START ({parts[0]})")
-    return [float(v) for v in np.linspace(start, stop, num)]
+@dataclass(frozen=True)
+class RobustnessConfig(AnalysisConfig):
+    eps: tuple = DEFAULT_EPS          # L-inf radii; images live in [0, 1]; 0 is the clean accuracy
+    attacks: tuple = ("pgd",)
+    n_images: int = 500               # the first N test images
+    steps: int = 10
+    alpha: float | None = None        # PGD step size; None: 2.5 eps / steps
+    restarts: int = 1                 # an image is robust only if every restart fails
+    batch_size: int = 256
+    seed: int = 0
+    n_queries: int = 1000             # Square's budget
 
-
-def parse_eps_list(text: str) -> list[float]:
-    values = [parse_eps_value(t) for t in text.split(",") if t.strip()]
-    if not values:
-        raise ValueError("--eps needs at least one value")
-    return sorted(set(values))
+    def validate(self) -> None:
+        eps = tuple(float(e) for e in self.eps)
+        self.require("eps", len(eps) > 0, "needs at least one value")
+        bad = [e for e in eps if not 0 <= e <= 1]
+        self.require("eps", not bad, f"must lie in [0, 1] (images live in [0, 1]), got {bad[0] if bad else 0:.6g}")
+        object.__setattr__(self, "eps", tuple(sorted(set(eps))))
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        self.require("attacks", not unknown and len(self.attacks) > 0,
+                     f"unknown attack {unknown[0] if unknown else None!r}; allowed: {', '.join(ATTACKS)}")
+        for key in ("n_images", "steps", "restarts", "batch_size", "n_queries"):
+            self.require(key, int(getattr(self, key)) >= 1, f"must be >= 1, got {getattr(self, key)}")
+        self.require("alpha", self.alpha is None or 0 < self.alpha <= 1, f"must lie in (0, 1], got {self.alpha}")
 
 
 def default_alpha(eps: float, steps: int) -> float:
@@ -91,20 +85,23 @@ def area_under_curve(eps: list[float], acc: list[float]) -> float:
     return float(np.trapezoid(acc, eps) / (eps[-1] - eps[0]))
 
 
-def run_sweep(models: list[LoadedModel], images, labels, eps_values, attacks=("pgd",), steps=10, alpha=None,
-              restarts=1, batch_size=256, seed=0, n_queries=1000, device="cpu", show_progress=True):
+def attack_models(models: list[LoadedModel], images, labels, config: RobustnessConfig, device="cpu",
+                  progress: bool = True) -> list[dict]:
+    """One row per model, attack and eps: robust accuracy on the same images."""
+    c = config
     images, labels = images.to(device), labels.to(device)
     rows = []
-    total = len(models) * len(attacks) * len(eps_values) * len(labels)
-    with tqdm(total=total, desc="attacks", unit="img", disable=not show_progress, dynamic_ncols=True) as bar:
+    total = len(models) * len(c.attacks) * len(c.eps) * len(labels)
+    with progress_bar(total=total, enabled=progress, desc="attacks", unit="img") as bar:
         for m in models:
-            for kind in attacks:
-                for eps in eps_values:
-                    a = default_alpha(eps, steps) if alpha is None else alpha
-                    acc = robust_accuracy(m.model, images, labels, eps, kind, steps, a, restarts, batch_size, seed,
-                                          n_queries, bar)
+            for kind in c.attacks:
+                for eps in c.eps:
+                    a = default_alpha(eps, c.steps) if c.alpha is None else c.alpha
+                    acc = robust_accuracy(m.model, images, labels, eps, kind, c.steps, a, c.restarts, c.batch_size,
+                                          c.seed, c.n_queries, bar)
                     rows.append({"model": m.name, "attack": kind, "eps": eps, "robust_acc": acc, "n": len(labels),
-                                 "steps": steps if kind == "pgd" else n_queries, "alpha": a if kind == "pgd" else ""})
+                                 "steps": c.steps if kind == "pgd" else c.n_queries,
+                                 "alpha": a if kind == "pgd" else ""})
     return rows
 
 
@@ -117,15 +114,6 @@ def summarize(rows) -> list[dict]:
                     "clean_acc": acc[0] if eps[0] == 0 else "", "eps_max": eps[-1],
                     "acc_at_eps_max": acc[-1]})
     return out
-
-
-def write_outputs(rows, summary, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in (("pgd.csv", rows), ("pgd_summary.csv", summary)):
-        with open(out / name, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(data[0]), lineterminator="\n")
-            w.writeheader()
-            w.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in data)
 
 
 def plot_curves(rows, summary, out: Path):
@@ -147,16 +135,20 @@ def plot_curves(rows, summary, out: Path):
     return save(fig, out, "pgd")
 
 
-def analyze_robustness(paths, data_dir, out: Path, eps_values, attacks=("pgd",), n_images: int = 500, steps=10,
-                       alpha=None, restarts=1, batch_size=256, seed=0, n_queries=1000, device="cpu",
-                       show_progress=True) -> dict:
-    """The whole `scs-probe pgd` command: the first n test images, every model, every eps."""
-    from .sources import load_models, test_images
-    models = load_models(paths, device)
-    images, labels, _ = test_images(data_dir, n_images, random_pick=False)
-    rows = run_sweep(models, images, labels, eps_values, attacks, steps, alpha, restarts, batch_size, seed,
-                     n_queries, device, show_progress)
-    summary = summarize(rows)
-    out = Path(out)
-    write_outputs(rows, summary, out)
-    return {"rows": rows, "summary": summary, "figures": {"pgd": plot_curves(rows, summary, out)}}
+class RobustnessAnalysis(Analysis):
+    """`scs-probe pgd`: every model attacked on the first n test images at every eps. Writes pgd.csv
+    (model, attack, eps, robust_acc, n, steps, alpha), pgd_summary.csv (area under each curve) and pgd.png/svg."""
+
+    name = "pgd"
+    Config = RobustnessConfig
+    summary_file = "pgd_summary.csv"
+    figure_stems = ("pgd",)
+
+    def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
+        models = load_models(runs, context.device)
+        images, labels, _ = select_test_images(context.data_dir, self.config.n_images, random_pick=False)
+        rows = attack_models(models, images, labels, self.config, context.device, context.progress)
+        summary = summarize(rows)
+        write_csv(out / "pgd.csv", rows, float_format=".6g")
+        write_csv(out / self.summary_file, summary, float_format=".6g")
+        return AnalysisResult(self.name, out, summary, {"pgd": plot_curves(rows, summary, out)})

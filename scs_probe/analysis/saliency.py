@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +10,32 @@ import torch
 from captum.attr import Saliency
 
 from ..data import CLASSES
+from ..storage import atomic_write, write_csv
+from .base import Analysis, AnalysisConfig, AnalysisResult, Context
 from .metrics import COMPLEXITY, DELETION_AUC, SPARSENESS, entropy, gini
-from .sources import LoadedModel
+from .sources import LoadedModel, load_models, select_test_images
+
+TARGETS = ("label", "pred")
+
+
+@dataclass(frozen=True)
+class SaliencyConfig(AnalysisConfig):
+    n_images: int = 8                 # drawn at random with `seed` (of `classes` if given) ...
+    indices: tuple | None = None      # ... unless test-set indices are given
+    classes: tuple | None = None      # class indices 0-9
+    target: str = "label"             # explain the true label's logit, or the predicted one's
+    seed: int = 0
+    per_image_scale: bool = False     # main figure scaled per image (default: one shared scale)
+    deletion_steps: int = 10
+
+    def validate(self) -> None:
+        self.require("n_images", self.n_images >= 1, f"must be >= 1, got {self.n_images}")
+        self.require("indices", self.indices is None or all(int(i) >= 0 for i in self.indices), "must be >= 0")
+        self.require("classes", self.classes is None or all(0 <= int(c) < len(CLASSES) for c in self.classes),
+                     f"must lie in 0-{len(CLASSES) - 1}")
+        self.require("target", self.target in TARGETS, f"unknown value {self.target!r}; allowed: "
+                                                       f"{', '.join(TARGETS)}")
+        self.require("deletion_steps", self.deletion_steps >= 1, f"must be >= 1, got {self.deletion_steps}")
 
 
 @dataclass
@@ -71,37 +94,25 @@ def run_saliency(models: list[LoadedModel], images, labels, target: str = "label
     return results
 
 
-def write_outputs(results: list[SaliencyResult], images, labels, indices, out: Path) -> dict:
+def write_outputs(results: list[SaliencyResult], images, labels, indices, out: Path) -> list[dict]:
     """saliency.csv (per image), saliency_summary.csv (per model), deletion.csv, saliency_maps.npz."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "saliency.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "image_index", "label", "target", "pred", SPARSENESS.name, COMPLEXITY.name])
-        for r in results:
-            for i, idx in enumerate(indices):
-                w.writerow([r.model, idx, CLASSES[int(labels[i])], CLASSES[int(r.targets[i])],
-                            CLASSES[int(r.preds[i])], f"{r.sparseness[i]:.6f}", f"{r.complexity[i]:.6f}"])
-    summary = []
-    with open(out / "saliency_summary.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "n", f"{SPARSENESS.name}_mean", f"{COMPLEXITY.name}_mean", DELETION_AUC.name,
-                    "accuracy"])
-        for r in results:
-            row = [r.model, len(indices), round(r.sparseness.mean().item(), 6), round(r.complexity.mean().item(), 6),
-                   round(r.deletion_auc, 6), round((r.preds == labels.cpu()).float().mean().item(), 6)]
-            w.writerow(row)
-            summary.append(dict(zip(["model", "n", "sparseness_mean", "complexity_mean", "deletion_auc",
-                                     "accuracy"], row)))
-    with open(out / "deletion.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "fraction_removed", "accuracy", "target_prob"])
-        for r in results:
-            for fr, (acc, p) in zip(r.fractions.tolist(), r.deletion.tolist()):
-                w.writerow([r.model, f"{fr:.3f}", f"{acc:.6f}", f"{p:.6f}"])
-    np.savez_compressed(out / "saliency_maps.npz", images=images.cpu().numpy(), labels=labels.cpu().numpy(),
-                        indices=np.asarray(indices), models=np.asarray([r.model for r in results]),
-                        maps=np.stack([r.maps.numpy() for r in results]))
-    return {"summary": summary}
+    per_image = [{"model": r.model, "image_index": idx, "label": CLASSES[int(labels[i])],
+                  "target": CLASSES[int(r.targets[i])], "pred": CLASSES[int(r.preds[i])],
+                  SPARSENESS.name: f"{r.sparseness[i]:.6f}", COMPLEXITY.name: f"{r.complexity[i]:.6f}"}
+                 for r in results for i, idx in enumerate(indices)]
+    write_csv(out / "saliency.csv", per_image)
+    summary = [{"model": r.model, "n": len(indices), f"{SPARSENESS.name}_mean": round(r.sparseness.mean().item(), 6),
+                f"{COMPLEXITY.name}_mean": round(r.complexity.mean().item(), 6),
+                DELETION_AUC.name: round(r.deletion_auc, 6),
+                "accuracy": round((r.preds == labels.cpu()).float().mean().item(), 6)} for r in results]
+    write_csv(out / "saliency_summary.csv", summary)
+    deletion = [{"model": r.model, "fraction_removed": f"{fr:.3f}", "accuracy": f"{acc:.6f}", "target_prob": f"{p:.6f}"}
+                for r in results for fr, (acc, p) in zip(r.fractions.tolist(), r.deletion.tolist())]
+    write_csv(out / "deletion.csv", deletion)
+    atomic_write(out / "saliency_maps.npz", lambda f: np.savez_compressed(
+        f, images=images.cpu().numpy(), labels=labels.cpu().numpy(), indices=np.asarray(indices),
+        models=np.asarray([r.model for r in results]), maps=np.stack([r.maps.numpy() for r in results])))
+    return summary
 
 
 def plot_grid(results: list[SaliencyResult], images, labels, out: Path, per_image_scale: bool = False):
@@ -149,18 +160,23 @@ def plot_deletion(results: list[SaliencyResult], out: Path):
     return save(fig, out, "deletion")
 
 
-def analyze_saliency(paths, data_dir, out: Path, n_images: int = 8, indices=None, classes=None,
-                     target: str = "label", seed: int = 0, per_image_scale: bool = False, steps: int = 10,
-                     device="cpu") -> dict:
-    """The whole `scs-probe saliency` command: load, explain, measure, write CSVs, maps and figures."""
-    from .sources import load_models, test_images
-    models = load_models(paths, device)
-    images, labels, idx = test_images(data_dir, n_images, indices, classes, seed)
-    results = run_saliency(models, images, labels, target, steps, device)
-    out = Path(out)
-    info = write_outputs(results, images, labels, idx, out)
-    info["figures"] = {"saliency": plot_grid(results, images, labels, out, per_image_scale),
-                       "deletion": plot_deletion(results, out)}
-    if not per_image_scale:
-        plot_grid(results, images, labels, out / "per_image", per_image_scale=True)
-    return info
+class SaliencyAnalysis(Analysis):
+    """`scs-probe saliency`: the same test images explained by every model (Captum Saliency), with sparseness,
+    complexity and deletion curves; figures saliency.png (shared scale), per_image/saliency.png, deletion.png."""
+
+    name = "saliency"
+    Config = SaliencyConfig
+    summary_file = "saliency_summary.csv"
+    figure_stems = ("saliency", "deletion")
+
+    def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
+        c = self.config
+        models = load_models(runs, context.device)
+        images, labels, idx = select_test_images(context.data_dir, c.n_images, c.indices, c.classes, c.seed)
+        results = run_saliency(models, images, labels, c.target, c.deletion_steps, context.device)
+        summary = write_outputs(results, images, labels, idx, out)
+        figures = {"saliency": plot_grid(results, images, labels, out, c.per_image_scale),
+                   "deletion": plot_deletion(results, out)}
+        if not c.per_image_scale:
+            plot_grid(results, images, labels, out / "per_image", per_image_scale=True)
+        return AnalysisResult(self.name, out, summary, figures)

@@ -9,7 +9,7 @@ and the one-channel patch norm, and recovers everything else in the backward pas
     a = |out| ** (1/p),   d out / d y = p * |out| / a,   d out / d p = out * log(a)
 
 Convolutions run in the autocast dtype when autocast is on; the sharpening itself runs in float32 and lives in
-`kernels` (eager or fused by TorchInductor). A max or max-abs pooling right after the layer can be fused into it
+`backend` (eager or fused by TorchInductor). A max or max-abs pooling right after the layer can be fused into it
 (`pool`), and MaxAbsPool2d itself is one pooling pass over an order-preserving key.
 """
 
@@ -18,13 +18,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import kernels
+from . import backend
 
 EPS = 1e-6
 _aten = torch.ops.aten
 
 
-def _pair(v):
+def to_pair(v):
+    """An int or a pair -> a pair (Conv2d's convention for kernel size, stride, padding, dilation)."""
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
@@ -97,7 +98,7 @@ def _unit_kernels(weight: torch.Tensor, eps: float):
     return w / norm, norm
 
 
-class _Sharpened2d(torch.autograd.Function):
+class _SharpenedFunction(torch.autograd.Function):
     """out = sign(y) * (|y| + eps)**p with y = conv(x, w) / n; with `normalize` (SCS) n = patch norm + q and w the
     unit-norm kernels, recomputed in the backward pass (saving the parameter, not a normalised copy: 9 MB for
     one of resnet18's 512-channel layers); without it (SDP) n = 1 and w the raw kernels.
@@ -122,10 +123,10 @@ class _Sharpened2d(torch.autograd.Function):
                 root = (s + eps).sqrt_()
                 n = root + q.to(sdt)
             if pool is None:
-                out = kernels.sharpen(c, n, p, eps)
+                out = backend.sharpen(c, n, p, eps)
             else:
-                idx = _max_pool_indices(kernels.pool_key(c, n, absolute=pool[0]), pool)
-                out = kernels.sharpen(_gather(c, idx), None if n is None else _gather(n, idx), p, eps)
+                idx = _max_pool_indices(backend.pool_key(c, n, absolute=pool[0]), pool)
+                out = backend.sharpen(_gather(c, idx), None if n is None else _gather(n, idx), p, eps)
         ctx.conf = (stride, padding, dilation, groups, normalize, eps, dtype, x.dtype, weight.dtype, q.dtype,
                     c.shape[-2:])
         ctx.save_for_backward(xc, weight, p, out, root, n, idx)
@@ -138,9 +139,9 @@ class _Sharpened2d(torch.autograd.Function):
         need_x, need_w, need_p, need_q = ctx.needs_input_grad[:4]
         with torch.autocast(xc.device.type, enabled=False):
             if idx is None:
-                gc, gn, gp = kernels.sharpen_backward(grad_out, out, n, p, eps)
+                gc, gn, gp = backend.sharpen_backward(grad_out, out, n, p, eps)
             else:  # the gradients at the pooled positions, scattered back to the convolution's grid
-                gc, gn, gp = kernels.sharpen_backward(grad_out, out, None if n is None else _gather(n, idx), p, eps)
+                gc, gn, gp = backend.sharpen_backward(grad_out, out, None if n is None else _gather(n, idx), p, eps)
                 gc = _scatter(gc, idx, gc.shape[1], size)
                 gn = None if n is None else _scatter(gn, idx, groups, size)
             grad_p = gp.to(p.dtype) if need_p else None
@@ -171,7 +172,7 @@ class _Sharpened2d(torch.autograd.Function):
 def pool_spec(absolute: bool, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> tuple:
     """The `pool` argument of the sharpened functions: max (absolute=False) or max-abs pooling of their output."""
     stride = kernel_size if stride is None or stride == [] else stride
-    return (bool(absolute), _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), bool(ceil_mode))
+    return (bool(absolute), to_pair(kernel_size), to_pair(stride), to_pair(padding), to_pair(dilation), bool(ceil_mode))
 
 
 def sharpened_cosine_similarity2d(x, weight, p, q, stride=1, padding=0, dilation=1, groups=1, eps=EPS, pool=None):
@@ -181,19 +182,19 @@ def sharpened_cosine_similarity2d(x, weight, p, q, stride=1, padding=0, dilation
     computed at a fraction of the cost.
     """
     q = q.reshape(())
-    return _Sharpened2d.apply(x, weight, p, q, _pair(stride), _pair(padding), _pair(dilation), groups, True, eps,
-                              pool)
+    return _SharpenedFunction.apply(x, weight, p, q, to_pair(stride), to_pair(padding), to_pair(dilation), groups,
+                                    True, eps, pool)
 
 
 def sharpened_sdp2d(x, weight, p, stride=1, padding=0, dilation=1, groups=1, eps=EPS, pool=None):
     """SharpenedSDP: sign(s.k) * (|s.k| + eps) ** p, no normalisation. `pool`: as in SCS."""
     q = weight.new_zeros(())
-    return _Sharpened2d.apply(x, weight, p, q, _pair(stride), _pair(padding), _pair(dilation), groups, False, eps,
-                              pool)
+    return _SharpenedFunction.apply(x, weight, p, q, to_pair(stride), to_pair(padding), to_pair(dilation), groups,
+                                    False, eps, pool)
 
 
 def _max_pool_indices(key: torch.Tensor, pool) -> torch.Tensor:
-    """Per window, the flat (h * W + w) index of the largest key (see `kernels.pool_key`)."""
+    """Per window, the flat (h * W + w) index of the largest key (see `backend.pool_key`)."""
     _, kernel_size, stride, padding, dilation, ceil_mode = pool
     return F.max_pool2d(key, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)[1]
 
@@ -203,7 +204,7 @@ class _MaxAbsPool2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, pool):
-        idx = _max_pool_indices(kernels.max_abs_key(x), pool)
+        idx = _max_pool_indices(backend.max_abs_key(x), pool)
         ctx.save_for_backward(idx)
         ctx.input_shape = x.shape
         return _gather(x, idx)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .functional import EPS, _pair
+from .functional import EPS, to_pair
 
 
 def _patches(x, kernel_size, stride, padding, dilation, groups):
     """[B, groups, C/groups * kh * kw, L] patches and the output size."""
     b, c, h, w = x.shape
-    kh, kw = _pair(kernel_size)
-    cols = F.unfold(x, (kh, kw), dilation=_pair(dilation), padding=_pair(padding), stride=_pair(stride))
-    (ph, pw), (sh, sw), (dh, dw) = _pair(padding), _pair(stride), _pair(dilation)
+    kh, kw = to_pair(kernel_size)
+    cols = F.unfold(x, (kh, kw), dilation=to_pair(dilation), padding=to_pair(padding), stride=to_pair(stride))
+    (ph, pw), (sh, sw), (dh, dw) = to_pair(padding), to_pair(stride), to_pair(dilation)
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     return cols.view(b, groups, (c // groups) * kh * kw, -1), (oh, ow)

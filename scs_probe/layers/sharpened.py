@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .functional import EPS, _pair, max_abs_pool2d, sharpened_cosine_similarity2d, sharpened_sdp2d
+from .functional import EPS, max_abs_pool2d, sharpened_cosine_similarity2d, sharpened_sdp2d, to_pair
 
 P_MIN = 0.1  # the reference clamps p here: p -> 0 flattens every response to +-1 and its gradient explodes
 
@@ -30,8 +30,8 @@ class _Sharpened2d(nn.Module):
             raise ValueError(f"fixed_p must be >= {P_MIN}, got {fixed_p}")
         factory = {"device": device, "dtype": dtype}
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.kernel_size, self.stride = to_pair(kernel_size), to_pair(stride)
+        self.padding, self.dilation = to_pair(padding), to_pair(dilation)
         self.p_init, self.fixed_p, self.eps = tuple(p_init), fixed_p, eps
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory))
         if fixed_p is None:
@@ -68,7 +68,9 @@ class _Sharpened2d(nn.Module):
 
 
 class SharpenedCosineSimilarity2d(_Sharpened2d):
-    """Sharpened cosine similarity: sign(s.k) * (|s.k| / ((||s|| + q) ||k||)) ** p per patch s, kernel k.
+    """Sharpened cosine similarity per patch s and kernel k:
+
+        y = s.k / ((sqrt(|s|^2 + eps) + q) * sqrt(|k|^2 + eps)),   out = sign(y) * (|y| + eps) ** p
 
     q = exp(log_q) is a learnable positive scalar (init 1e-3) that keeps near-zero patches from being
     amplified into full-strength responses.

@@ -3,83 +3,25 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .. import __version__
+from ..checkpoint import load_checkpoint
 from ..data import BatchLoader, describe, load_cifar10, resolve_data_dir
-from ..serialization import DictSerializable
-from ..layers import SHARPENED_LAYERS, kernels
-from ..zoo import build_model, count_params, get_arch, make_variant
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from .records import (RunRecords, exponent_rows, tracked_layers, weight_norm_rows, write_json)
-
-
-class TrainingError(Exception):
-    """A run that cannot start or continue (bad options, a run directory in the way)."""
-
-
-class TrainingDiverged(Exception):
-    """The loss became NaN or infinite; the run's records are marked diverged."""
-
-
-@dataclass
-class TrainOptions(DictSerializable):
-    arch: str = "rohrer100k"
-    layer: str = "scs"
-    activation: str = "none"
-    pool: str = "maxabs"
-    norm: str = "none"
-    image_size: int = 32
-    fixed_p: float | None = None
-    epochs: int | None = None          # None: the architecture's preset
-    batch_size: int | None = None
-    max_lr: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str | None = None
-    out: str | None = None             # None: ./runs/<variant>
-    limit_train: int | None = None
-    limit_test: int | None = None
-    init_from: str | None = None
-    norms_every_batch: bool = False
-    workers: int = 0
-    amp: bool = False
-
-    # Options that may change when a run is resumed (where and how fast it runs, not what it computes).
-    RESUMABLE = ("device", "data_dir", "workers", "out")
-
-    def resolved(self) -> "TrainOptions":
-        """Fill the architecture's presets and validate the variant axes (ValueError names allowed values)."""
-        spec = get_arch(self.arch)
-        make_variant(self.arch, self.layer, self.activation, self.pool, self.norm, self.image_size, self.fixed_p)
-        d = asdict(self)
-        d["epochs"] = self.epochs or spec.epochs
-        d["batch_size"] = self.batch_size or spec.batch_size
-        d["max_lr"] = self.max_lr or spec.max_lr
-        for key in ("epochs", "batch_size"):
-            if d[key] < 1:
-                raise ValueError(f"{key} must be >= 1, got {d[key]}")
-        if d["max_lr"] <= 0:
-            raise ValueError(f"max_lr must be > 0, got {d['max_lr']}")
-        return TrainOptions(**d)
-
-    @property
-    def variant(self):
-        return make_variant(self.arch, self.layer, self.activation, self.pool, self.norm, self.image_size,
-                            self.fixed_p)
-
-    def run_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("runs") / self.variant.name
-
+from ..errors import CheckpointError, DeviceUnavailable, ResumeConflict, RunExistsError, TrainingDiverged
+from ..layers import SHARPENED_LAYERS, get_backend
+from ..progress import progress_bar, write_line
+from ..rundir import RunDir
+from ..zoo import build_model, count_params, get_arch
+from .options import TrainOptions
+from .records import exponent_rows, tracked_layers, weight_norm_rows
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,9 +34,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda asked for, but CUDA is not available here")
+        raise DeviceUnavailable(f"device {name!r} asked for, but CUDA is not available here")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise TrainingError("--device mps asked for, but MPS is not available here")
+        raise DeviceUnavailable(f"device {name!r} asked for, but MPS is not available here")
     return device
 
 
@@ -112,7 +54,7 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 def versions() -> dict:
     import torchvision
     return {"scs_probe": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "python": platform.python_version(), "scs_kernels": kernels.get_kernels()}
+            "python": platform.python_version(), "scs_backend": get_backend()}
 
 
 def _sync(device: torch.device) -> None:
@@ -125,13 +67,14 @@ def _sync(device: torch.device) -> None:
 def load_init_weights(model: torch.nn.Module, path: str, arch: str) -> int:
     """Copy every tensor of another checkpoint of the same architecture whose name and shape match (e.g. SCS
     from trained conv kernels). Returns how many tensors were copied."""
-    src = load_checkpoint(path)
+    src = load_checkpoint(RunDir.of(path).checkpoint_path)
     if src["variant"].get("arch") != arch:
-        raise CheckpointError(f"--init-from {path} is a {src['variant'].get('arch')} checkpoint, not {arch}")
+        raise CheckpointError(f"initial weights {path} are from a {src['variant'].get('arch')} checkpoint, "
+                              f"not {arch}")
     own = model.state_dict()
     matched = {k: v for k, v in src["model"].items() if k in own and own[k].shape == v.shape}
     if not matched:
-        raise CheckpointError(f"--init-from {path}: no tensor matches this model's names and shapes")
+        raise CheckpointError(f"initial weights {path}: no tensor matches this model's names and shapes")
     model.load_state_dict(matched, strict=False)
     return len(matched)
 
@@ -141,31 +84,27 @@ class Trainer:
 
     def __init__(self, options: TrainOptions, resume: bool = False, explicit: set[str] | None = None,
                  progress: bool = True, log=print):
+        """`explicit`: the option names the user gave (TrainOptions fields, or a Variant's axes); resuming with
+        one that differs from the stored run's is a ResumeConflict, the others are taken from the run."""
         self.log, self.progress = log, progress
-        run_dir = options.run_dir()
-        ckpt_path = run_dir / CHECKPOINT_NAME
+        self.run_dir = RunDir(options.run_dir())
         self.ckpt = None
-        if ckpt_path.exists():
+        if self.run_dir.has_checkpoint():
             if not resume:
-                raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose "
-                                    f"another --out")
-            self.ckpt = load_checkpoint(ckpt_path)
+                raise RunExistsError(self.run_dir.path)
+            self.ckpt = self.run_dir.load_checkpoint()
             stored = TrainOptions.from_dict(self.ckpt["options"])
+            given, kept = options.to_dict(), stored.to_dict()
             for key in sorted(explicit or ()):
-                if key not in TrainOptions.RESUMABLE and getattr(options, key) != getattr(stored, key):
-                    raise TrainingError(f"{run_dir} was trained with {key}={getattr(stored, key)!r}; resuming "
-                                        f"keeps the stored options (got {getattr(options, key)!r})")
-            for key in TrainOptions.RESUMABLE:
-                setattr(stored, key, getattr(options, key))
-            options = stored
+                if key not in TrainOptions.RESUMABLE and given.get(key) != kept.get(key):
+                    raise ResumeConflict(self.run_dir.path, key, kept.get(key), given.get(key))
+            options = dataclasses.replace(stored, **{k: getattr(options, k) for k in TrainOptions.RESUMABLE})
         self.options = options.resolved()
-        self.run_dir = run_dir
-        self.records = RunRecords(run_dir)
 
     # ------------------------------------------------------------------------------------------------ set-up
     def _setup(self):
         o = self.options
-        spec = get_arch(o.arch)
+        spec = get_arch(o.variant.arch)
         self.device = resolve_device(o.device)
         self.amp = amp_dtype(self.device, o.amp)
         if o.amp and self.amp is None:
@@ -175,9 +114,11 @@ class Trainer:
         train = load_cifar10(root, train=True).limit(o.limit_train)
         test = load_cifar10(root, train=False).limit(o.limit_test)
         self.data_info = describe(train, test, root)
-        self.train_loader = BatchLoader(train, o.batch_size, self.device, True, spec.augment, o.image_size, o.seed,
+        self.train_loader = BatchLoader(train, o.batch_size, self.device, True, spec.augment, o.variant.image_size,
+                                        o.seed,
                                         o.workers)
-        self.test_loader = BatchLoader(test, max(o.batch_size, 256), self.device, False, image_size=o.image_size,
+        self.test_loader = BatchLoader(test, max(o.batch_size, 256), self.device, False,
+                                       image_size=o.variant.image_size,
                                        workers=o.workers)
         self.variant = o.variant
         self.model = build_model(self.variant, seed=o.seed).to(self.device)
@@ -194,30 +135,30 @@ class Trainer:
             self.scheduler.load_state_dict(self.ckpt["scheduler"])
             self.history = list(self.ckpt.get("history", []))
             self.start_epoch = int(self.ckpt["epoch"])
-            self.records.truncate(self.start_epoch)
+            self.run_dir.truncate_records(self.start_epoch)
         else:
             if o.init_from:
-                n = load_init_weights(self.model, o.init_from, o.arch)
+                n = load_init_weights(self.model, o.init_from, o.variant.arch)
                 self.log(f"initialised {n} tensors from {o.init_from}")
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.records.start()
-            self.records.append("norms.csv", weight_norm_rows(0, self.layers))
-            self.records.append("exponents.csv", exponent_rows(0, self.model))
+            self.run_dir.path.mkdir(parents=True, exist_ok=True)
+            self.run_dir.start_records()
+            self.run_dir.append("norms", weight_norm_rows(0, self.layers))
+            self.run_dir.append("exponents", exponent_rows(0, self.model))
             self._save(0, "running")
 
     def _config(self, status: str, **extra) -> dict:
         return {"variant": self.variant.to_dict(), "variant_name": self.variant.name, "options": self.options.to_dict(),
                 "params": count_params(self.model), "data": self.data_info, "versions": versions(),
                 "device": str(self.device), "amp": str(self.amp) if self.amp else None, "status": status,
-                "epochs_done": len(self.history), "updated": datetime.now(timezone.utc).isoformat(), **extra}
+                "epochs_done": len(self.history), "updated": datetime.now(UTC).isoformat(), **extra}
 
     def _save(self, epoch: int, status: str, **extra) -> None:
-        save_checkpoint(self.run_dir / CHECKPOINT_NAME, {
+        self.run_dir.save_checkpoint({
             "variant": self.variant.to_dict(), "options": self.options.to_dict(), "epoch": epoch,
             "status": status, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "history": self.history, "data": self.data_info,
             "params": count_params(self.model), "versions": versions(), **extra})
-        write_json(self.run_dir / "config.json", self._config(status, **extra))
+        self.run_dir.write_config(self._config(status, **extra))
 
     # ------------------------------------------------------------------------------------------------ loops
     def _autocast(self):
@@ -235,8 +176,8 @@ class Trainer:
         seen, check_every = 0, 1 if self.device.type == "cpu" else 25
         _sync(self.device)
         t0 = time.perf_counter()
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{o.epochs}", leave=False, disable=not self.progress,
-                   unit="batch", dynamic_ncols=True)
+        bar = progress_bar(self.train_loader, enabled=self.progress, desc=f"epoch {epoch}/{o.epochs}", leave=False,
+                           unit="batch")
         for b, (x, y) in enumerate(bar):
             with self._autocast():
                 logits = model(x)
@@ -279,14 +220,14 @@ class Trainer:
     def _evaluate(self) -> dict:
         return evaluate(self.model, self.test_loader, self.device, self._autocast)
 
-    def _warm_up_kernels(self) -> None:
-        """Compile the fused SCS kernels before the first epoch's clock starts, so that train seconds compare
+    def _warm_up_backend(self) -> None:
+        """Compile the fused SCS backend before the first epoch's clock starts, so that train seconds compare
         layers, not compilers: one step on a throwaway copy of the model and a random batch (the run's weights,
         data order and RNG stay untouched). A one-off of about 10 s per direction; TorchInductor caches it."""
-        if kernels.get_kernels() == "eager" or not any(isinstance(m, SHARPENED_LAYERS) for m in self.model.modules()):
+        if get_backend() == "eager" or not any(isinstance(m, SHARPENED_LAYERS) for m in self.model.modules()):
             return
         o = self.options
-        size = int(o.image_size)
+        size = o.variant.image_size
         x = torch.rand((o.batch_size, 3, size, size), generator=torch.Generator().manual_seed(0)).to(self.device)
         model = copy.deepcopy(self.model).train()
         t0 = time.perf_counter()
@@ -295,7 +236,7 @@ class Trainer:
         loss.backward()
         _sync(self.device)
         if time.perf_counter() - t0 > 1.0:
-            self.log(f"compiled SCS kernels in {time.perf_counter() - t0:.1f} s (not counted in train seconds)")
+            self.log(f"compiled the SCS backend in {time.perf_counter() - t0:.1f} s (not counted in train seconds)")
 
     def run(self) -> dict:
         """Train the remaining epochs. Returns the config dict of the finished run."""
@@ -306,9 +247,9 @@ class Trainer:
             return self._config("finished")
         self.log(f"{self.variant.name}: {count_params(self.model):,} parameters, {o.epochs} epochs of "
                  f"{len(self.train_loader)} batches on {self.device}"
-                 + (f" (bf16 autocast)" if self.amp else "") + (f", resuming after epoch {self.start_epoch}"
+                 + (" (bf16 autocast)" if self.amp else "") + (f", resuming after epoch {self.start_epoch}"
                                                                 if self.start_epoch else ""))
-        self._warm_up_kernels()
+        self._warm_up_backend()
         for epoch in range(self.start_epoch + 1, o.epochs + 1):
             try:
                 tr = self._train_epoch(epoch)
@@ -322,23 +263,22 @@ class Trainer:
                    "train_seconds": round(tr["train_seconds"], 4), "eval_seconds": round(ev["seconds"], 4),
                    "lr": f"{self.scheduler.get_last_lr()[0]:.6g}"}
             self.history.append(row)
-            self.records.append("history.csv", [row])
-            self.records.append("norms.csv", tr["norm_rows"])
-            self.records.append("exponents.csv", exponent_rows(epoch, self.model))
+            self.run_dir.append("history", [row])
+            self.run_dir.append("norms", tr["norm_rows"])
+            self.run_dir.append("exponents", exponent_rows(epoch, self.model))
             self._save(epoch, "finished" if epoch == o.epochs else "running")
             msg = (f"epoch {epoch}/{o.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
                    f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2%}  "
                    f"train {row['train_seconds']:.1f}s eval {row['eval_seconds']:.1f}s")
-            tqdm.write(msg) if self.progress else self.log(msg)
+            write_line(msg, self.log)
         return self._config("finished")
 
     def _mark_diverged(self, epoch: int, reason: str) -> None:
         """Keep the last good weights; mark checkpoint and config.json as diverged."""
-        ckpt = load_checkpoint(self.run_dir / CHECKPOINT_NAME)
+        ckpt = self.run_dir.load_checkpoint()
         ckpt.update(status="diverged", diverged={"epoch": epoch, "reason": reason})
-        save_checkpoint(self.run_dir / CHECKPOINT_NAME, {k: v for k, v in ckpt.items() if k != "format"})
-        write_json(self.run_dir / "config.json", self._config("diverged", diverged={"epoch": epoch,
-                                                                                     "reason": reason}))
+        self.run_dir.save_checkpoint({k: v for k, v in ckpt.items() if k != "format"})
+        self.run_dir.write_config(self._config("diverged", diverged={"epoch": epoch, "reason": reason}))
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 from .blocks import CIFAR_MEAN, CIFAR_STD, Normalize, activation, batchnorm, kernel_layer, pooling, swap_conv2d
-from .registry import ArchSpec, register
+from .registry import register_model
 from .variants import Variant
 
 
@@ -31,14 +31,6 @@ def _swap_modules(module: nn.Module, v: Variant) -> None:
             setattr(module, name, batchnorm(v.norm, child.num_features))
         else:
             _swap_modules(child, v)
-
-
-def _resnet18(v: Variant) -> nn.Module:
-    net = torchvision.models.resnet18(weights=None, num_classes=10)
-    swap_conv2d(net, v.layer, v.fixed_p)
-    _swap_modules(net, v)
-    net.maxpool = pooling(v.pool, 3, 2, 1)
-    return Normalized(net)
 
 
 class _Shortcut(nn.Module):
@@ -92,14 +84,26 @@ class ResNet20(nn.Module):
 
 
 _RESNET = dict(family="resnet", batch_size=128, max_lr=0.01, epochs=200)
-register(ArchSpec("resnet18", builder=_resnet18, paper_name="ResNet18", params_conv=11_181_642,
-                  stated_params=11_181_642, source="torchvision.models.resnet18(num_classes=10)",
-                  axes={"layer": ("conv", "scs", "sdp"), "activation": ("relu", "none"), "pool": ("max", "maxabs"),
-                        "norm": ("bn", "none"), "image_size": (32, 224)}, **_RESNET))
-register(ArchSpec("resnet20", builder=lambda v: Normalized(ResNet20(v)), params_conv=269_722,
-                  stated_params=270_000, source="He et al. 2016, CIFAR ResNet20 (option A)",
-                  axes={"layer": ("conv", "scs", "sdp"), "activation": ("relu", "none"), "pool": ("none",),
-                        "norm": ("bn", "none"), "image_size": (32,)},
-                  study_grid_extra=({"layer": "conv", "activation": "relu", "norm": "bn"},
-                                    {"layer": "scs", "activation": "none", "norm": "bn"},
-                                    {"layer": "scs", "activation": "relu", "norm": "bn"}), **_RESNET))
+
+
+@register_model("resnet18", paper_name="ResNet18", params_conv=11_181_642, stated_params=11_181_642,
+                source="torchvision.models.resnet18(num_classes=10)",
+                axes={"layer": ("conv", "scs", "sdp"), "activation": ("relu", "none"), "pool": ("max", "maxabs"),
+                      "norm": ("bn", "none"), "image_size": (32, 224)}, **_RESNET)
+def resnet18(v: Variant) -> nn.Module:
+    net = torchvision.models.resnet18(weights=None, num_classes=10)
+    swap_conv2d(net, v.layer, v.fixed_p)
+    _swap_modules(net, v)
+    net.maxpool = pooling(v.pool, 3, 2, 1)
+    return Normalized(net)
+
+
+@register_model("resnet20", params_conv=269_722, stated_params=270_000,
+                source="He et al. 2016, CIFAR ResNet20 (option A)",
+                axes={"layer": ("conv", "scs", "sdp"), "activation": ("relu", "none"), "pool": ("none",),
+                      "norm": ("bn", "none"), "image_size": (32,)},
+                study_grid_extra=({"layer": "conv", "activation": "relu", "norm": "bn"},
+                                  {"layer": "scs", "activation": "none", "norm": "bn"},
+                                  {"layer": "scs", "activation": "relu", "norm": "bn"}), **_RESNET)
+def resnet20(v: Variant) -> nn.Module:
+    return Normalized(ResNet20(v))

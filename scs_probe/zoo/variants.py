@@ -1,28 +1,23 @@
-"""Variants: one point on the study's axes (layer x activation x pooling x normalisation x image size)."""
+"""Variants: one point on the study's axes (layer x activation x pooling x normalisation x image size), the one
+value that names a model everywhere: training options, checkpoints, sweeps, the CLI."""
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+from ..errors import OptionError
 from ..serialization import DictSerializable
+from .registry import axis_choices, get_arch
 
-LAYERS = ("conv", "scs", "sdp")
-ACTIVATIONS = ("relu", "none")
-POOLS = ("max", "maxabs", "none")
-NORMS = ("bn", "none")
-
-# How the paper's tables spell each axis value.
-PAPER_NAMES = {
-    "layer": {"Conv2d": "conv", "SCS": "scs", "SharpenedSDP": "sdp"},
-    "activation": {"ReLU": "relu", "None": "none"},
-    "pool": {"MaxPool2d": "max", "MaxAbsPool2d": "maxabs"},
-    "norm": {"BatchNorm2d": "bn", "None": "none"},
-}
+AXES = ("layer", "activation", "pool", "norm", "image_size")
+GRIDS = ("study", "full")
 
 
 @dataclass(frozen=True, order=True)
 class Variant(DictSerializable):
+    """Validated against the registry when made: an unknown value, or one the architecture does not have, is an
+    `OptionError`. An architecture without pooling (resnet20) takes any pooling value and records 'none'."""
     arch: str
     layer: str = "scs"
     activation: str = "none"
@@ -30,6 +25,23 @@ class Variant(DictSerializable):
     norm: str = "none"
     image_size: int = 32
     fixed_p: float | None = None
+
+    def __post_init__(self):
+        spec = get_arch(self.arch)
+        if spec.axes["pool"] == ("none",):
+            object.__setattr__(self, "pool", "none")
+        if isinstance(self.image_size, str) and self.image_size.isdigit():
+            object.__setattr__(self, "image_size", int(self.image_size))
+        for axis in AXES:
+            value, allowed = getattr(self, axis), spec.axes[axis]
+            if value not in allowed:
+                known = axis_choices(axis)
+                what = f"{self.arch} has no {axis} {value!r}" if value in known else f"unknown value {value!r}"
+                raise OptionError(axis, f"{what}; allowed: {', '.join(map(str, allowed))}")
+        if self.fixed_p is not None:
+            if self.layer == "conv":
+                raise OptionError("fixed_p", "applies to sharpened layers (layer scs or sdp), not conv")
+            object.__setattr__(self, "fixed_p", float(self.fixed_p))
 
     @property
     def name(self) -> str:
@@ -45,13 +57,25 @@ class Variant(DictSerializable):
             parts.append(f"p{self.fixed_p:g}")
         return "-".join(parts)
 
+    def axes(self) -> dict:
+        return {axis: getattr(self, axis) for axis in AXES}
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
 
 
-def check_choice(axis: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {axis} {value!r}; allowed: {', '.join(map(str, allowed))}")
+def variant_grid(arch: str, grid: str = "study") -> list[Variant]:
+    """`full`: every combination of the arch's axes. `study`: the variants of the paper's tables for it (and
+    the arch's `study_grid_extra`)."""
+    spec = get_arch(arch)
+    if grid == "full":
+        return [Variant(arch, **dict(zip(AXES, combo))) for combo in itertools.product(*(spec.axes[a] for a in AXES))]
+    if grid != "study":
+        raise OptionError("grid", f"unknown value {grid!r}; allowed: {', '.join(GRIDS)}")
+    from ..paper import paper_axes, paper_table
+    found = {Variant(arch, **paper_axes(r)) for r in (paper_table(spec.paper_name) if spec.paper_name else [])}
+    found |= {Variant(arch, **extra) for extra in spec.study_grid_extra}
+    layers = spec.axes["layer"]
+    return sorted(found, key=lambda v: (v.image_size, layers.index(v.layer), v.activation, v.pool, v.norm))
 
-
-def product_grid(arch: str, axes: dict) -> list[Variant]:
-    keys = ("layer", "activation", "pool", "norm", "image_size")
-    return [Variant(arch, *combo) for combo in itertools.product(*(axes[k] for k in keys))]

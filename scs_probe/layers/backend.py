@@ -5,7 +5,7 @@ sign; about fifteen passes in the backward). Run as separate eager ops, each pas
 output: on a CPU that costs more than a small convolution. The `compiled` backend hands the same formulas to
 TorchInductor, which fuses each direction into one loop (C++/OpenMP on CPU, Triton on CUDA).
 
-Backends (`set_kernels`, or the environment variable SCS_PROBE_KERNELS):
+Backends (`set_backend`, or the environment variable SCS_PROBE_BACKEND):
 - `eager`: in-place torch ops, no compilation;
 - `compiled`: the fused kernels for float32/bfloat16/float16 (float64 stays eager);
 - `auto` (default): compiled for outputs of at least `AUTO_MIN_NUMEL` elements (training batches), eager for
@@ -29,21 +29,32 @@ _COMPILED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _state = {"backend": None, "failed": None, "fns": {}}
 
 
-def set_kernels(backend: str) -> None:
-    """Choose how the sharpening runs: 'auto', 'eager' or 'compiled' (see the module docstring)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    _state["backend"] = backend
+ENV_VAR = "SCS_PROBE_BACKEND"
 
 
-def get_kernels() -> str:
+def set_backend(backend: str) -> None:
+    """Choose how the sharpening runs: 'auto', 'eager' or 'compiled' (case-insensitive; see the module
+    docstring)."""
+    name = str(backend).strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    _state["backend"] = name
+
+
+def get_backend() -> str:
+    """The backend in use: the last `set_backend`, else $SCS_PROBE_BACKEND (read here only), else 'auto'."""
     if _state["backend"] is None:
-        set_kernels(os.environ.get("SCS_PROBE_KERNELS", "auto").strip().lower() or "auto")
+        value = os.environ.get(ENV_VAR, "").strip() or "auto"
+        try:
+            set_backend(value)
+        except ValueError:
+            raise ValueError(f"{ENV_VAR}={value!r} is not a backend: expected one of {', '.join(BACKENDS)}") \
+                from None
     return _state["backend"]
 
 
 def _use_compiled(t: torch.Tensor) -> bool:
-    backend = get_kernels()
+    backend = get_backend()
     if backend == "eager" or _state["failed"] or t.dtype not in _COMPILED_DTYPES:
         return False
     if torch.compiler.is_compiling():  # inside a user's torch.compile: let it trace the eager formulas
@@ -153,10 +164,10 @@ def _run(math_fn, eager_fn, ref: torch.Tensor, *args):
     if _use_compiled(ref):
         try:
             return _compiled(math_fn, args)(*args)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
+        except Exception as e:
             _state["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warnings.warn(f"scs_probe: compiled kernels unavailable ({_state['failed'][:200]}); running eager. "
-                          "Set SCS_PROBE_KERNELS=eager to silence this.", RuntimeWarning, stacklevel=3)
+                          "Set SCS_PROBE_BACKEND=eager to silence this.", RuntimeWarning, stacklevel=3)
     return eager_fn(*args)
 
 

@@ -1,4 +1,4 @@
-"""The compiled (TorchInductor) and eager sharpening kernels agree with the float64 reference and each other."""
+"""The compiled (TorchInductor) and eager sharpening backends agree with the float64 reference and each other."""
 
 import shutil
 import warnings
@@ -6,8 +6,8 @@ import warnings
 import pytest
 import torch
 
-from scs_probe.layers import (SharpenedCosineSimilarity2d, SharpenedSDP2d, get_kernels, kernels, pool_spec,
-                              set_kernels)
+from scs_probe.layers import SharpenedCosineSimilarity2d, SharpenedSDP2d, get_backend, pool_spec, set_backend
+from scs_probe.layers import backend as backend_module
 from scs_probe.layers.reference import max_abs_pool_reference, scs_reference, sdp_reference
 
 pytestmark = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")),
@@ -20,14 +20,14 @@ CASES = [(SharpenedCosineSimilarity2d, 1), (SharpenedCosineSimilarity2d, 4), (Sh
 @pytest.fixture
 def backend():
     """Set a backend for one test; restore the previous one and forget compilation failures afterwards."""
-    before = get_kernels()
-    yield set_kernels
-    set_kernels(before)
-    kernels._state["failed"] = None
+    before = get_backend()
+    yield set_backend
+    set_backend(before)
+    backend_module._state["failed"] = None
 
 
 def _grads(layer, x, backend_name, amp=False, pool=None):
-    set_kernels(backend_name)
+    set_backend(backend_name)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         y = layer(x, pool=pool)
     weights = torch.linspace(-1, 1, y.numel()).view_as(y)
@@ -56,7 +56,7 @@ def test_compiled_matches_eager_and_reference(backend, cls, groups, pool):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="scs_probe")
         compiled = _grads(layer, x, "compiled", pool=pool)
-    assert kernels._state["failed"] is None
+    assert backend_module._state["failed"] is None
     ref = _reference(layer, x)
     if pool is not None:
         ref = (max_abs_pool_reference if pool[0] else torch.nn.functional.max_pool2d)(
@@ -78,11 +78,11 @@ def test_compiled_bfloat16_autocast_matches_eager(backend):
 
 def test_auto_compiles_only_large_outputs(backend, monkeypatch):
     backend("auto")
-    small, large = torch.zeros(1, 4, 8, 8), torch.zeros(kernels.AUTO_MIN_NUMEL)
-    assert not kernels._use_compiled(small) and kernels._use_compiled(large)
-    assert not kernels._use_compiled(large.double())  # float64 (gradcheck) always runs eager
+    small, large = torch.zeros(1, 4, 8, 8), torch.zeros(backend_module.AUTO_MIN_NUMEL)
+    assert not backend_module._use_compiled(small) and backend_module._use_compiled(large)
+    assert not backend_module._use_compiled(large.double())  # float64 (gradcheck) always runs eager
     backend("eager")
-    assert not kernels._use_compiled(large)
+    assert not backend_module._use_compiled(large)
 
 
 def test_compile_failure_falls_back_to_eager_with_one_warning(backend, monkeypatch):
@@ -91,7 +91,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(backend, monkeypat
             raise RuntimeError("no C++ compiler")
         return run
 
-    monkeypatch.setattr(kernels, "_state", {"backend": None, "failed": None, "fns": {}})
+    monkeypatch.setattr(backend_module, "_state", {"backend": None, "failed": None, "fns": {}})
     monkeypatch.setattr(torch, "compile", broken)
     backend("compiled")
     layer = SharpenedCosineSimilarity2d(4, 6, 3)
@@ -106,11 +106,17 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(backend, monkeypat
 
 
 def test_backend_names_are_checked(backend, monkeypatch):
-    with pytest.raises(ValueError, match="unknown kernel backend 'fast'"):
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
         backend("fast")
-    monkeypatch.setattr(kernels, "_state", {"backend": None, "failed": None, "fns": {}})
-    monkeypatch.setenv("SCS_PROBE_KERNELS", "Eager")
-    assert get_kernels() == "eager"
+    backend("Compiled")  # the same rule as the environment variable: case-insensitive
+    assert get_backend() == "compiled"
+    monkeypatch.setattr(backend_module, "_state", {"backend": None, "failed": None, "fns": {}})
+    monkeypatch.setenv("SCS_PROBE_BACKEND", "Eager")
+    assert get_backend() == "eager"
+    monkeypatch.setattr(backend_module, "_state", {"backend": None, "failed": None, "fns": {}})
+    monkeypatch.setenv("SCS_PROBE_BACKEND", "fast")
+    with pytest.raises(ValueError, match="SCS_PROBE_BACKEND='fast' is not a backend"):
+        get_backend()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -119,8 +125,8 @@ def test_compiled_pool_key_is_bitwise_the_eager_one(backend, dtype):
     c, n = torch.randn(2, 6, 9, 9).to(dtype), torch.rand(2, 2, 9, 9) + 0.5
     c[0, 0, 0, :2] = torch.tensor([1.5, -1.5])
     backend("eager")
-    want = [kernels.pool_key(c, n, absolute) for absolute in (True, False)]
+    want = [backend_module.pool_key(c, n, absolute) for absolute in (True, False)]
     backend("compiled")
-    got = [kernels.pool_key(c, n, absolute) for absolute in (True, False)]
+    got = [backend_module.pool_key(c, n, absolute) for absolute in (True, False)]
     for g, w in zip(got, want):
         assert torch.equal(g, w)

@@ -1,0 +1,114 @@
+"""Command-line value types: text -> the library's values (eps lists, index lists, class lists). A text that
+does not parse is a usage error naming its flag, as click's own types give."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import click
+import numpy as np
+
+from .data import CLASSES
+
+
+def parse_eps_value(text: str) -> float:
+    """'0.03', '8/255' -> float (range checks belong to the analysis' config)."""
+    t = text.strip()
+    try:
+        value = float(Fraction(t)) if "/" in t else float(t)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"bad value {text!r}: use a number or a fraction like 8/255") from None
+    if not np.isfinite(value):
+        raise ValueError(f"bad value {text!r}: not finite")
+    return value
+
+
+class _Parsed(click.ParamType):
+    """A click type from a `parse(text)` that raises ValueError with a message."""
+
+    def parse(self, text: str):
+        raise NotImplementedError
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.parse(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class EpsValue(_Parsed):
+    name = "eps"
+
+    def parse(self, text):
+        return parse_eps_value(text)
+
+
+class EpsRange(_Parsed):
+    """'START:STOP:NUM' -> NUM evenly spaced values from START to STOP inclusive (numpy.linspace)."""
+    name = "START:STOP:NUM"
+
+    def parse(self, text):
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"takes START:STOP:NUM, got {text!r}")
+        start, stop = parse_eps_value(parts[0]), parse_eps_value(parts[1])
+        try:
+            num = int(parts[2])
+        except ValueError:
+            raise ValueError(f"NUM must be an integer, got {parts[2]!r}") from None
+        if num < 1:
+            raise ValueError(f"NUM must be >= 1, got {num}")
+        if stop < start:
+            raise ValueError(f"STOP ({parts[1]}) is below START ({parts[0]})")
+        return tuple(float(v) for v in np.linspace(start, stop, num))
+
+
+class EpsList(_Parsed):
+    """'0,2/255,8/255' -> sorted unique values."""
+    name = "LIST"
+
+    def parse(self, text):
+        values = [parse_eps_value(t) for t in text.split(",") if t.strip()]
+        if not values:
+            raise ValueError("needs at least one value")
+        return tuple(sorted(set(values)))
+
+
+class IndexList(_Parsed):
+    """'3,1,7' -> (3, 1, 7), in the given order."""
+    name = "INDICES"
+
+    def parse(self, text):
+        try:
+            idx = tuple(int(t) for t in text.split(",") if t.strip())
+        except ValueError:
+            raise ValueError(f"takes comma-separated integers, got {text!r}") from None
+        if not idx or any(i < 0 for i in idx):
+            raise ValueError(f"takes integers >= 0, got {text!r}")
+        return idx
+
+
+class ClassList(_Parsed):
+    """'cat,dog' or '3,5' -> class indices."""
+    name = "CLASSES"
+
+    def parse(self, text):
+        out = []
+        for item in (t.strip() for t in text.split(",") if t.strip()):
+            if item.isdigit() and int(item) < len(CLASSES):
+                out.append(int(item))
+            elif item.lower() in CLASSES:
+                out.append(CLASSES.index(item.lower()))
+            else:
+                raise ValueError(f"unknown class {item!r}; use 0-9 or one of {', '.join(CLASSES)}")
+        return tuple(out)
+
+
+class PatternList(_Parsed):
+    """'a,b*' -> ('a', 'b*')."""
+    name = "PATTERNS"
+
+    def parse(self, text):
+        return tuple(p.strip() for p in text.split(",") if p.strip())

@@ -1,0 +1,62 @@
+"""The library's typed errors. They speak of values, files and runs, never of command-line flags: the CLI maps
+each to a flag, a one-line message and an exit code (`OptionError` -> 2, the others -> 1)."""
+
+from __future__ import annotations
+
+
+class ScsProbeError(Exception):
+    """Base of every error scs-probe raises on purpose."""
+
+
+class OptionError(ScsProbeError, ValueError):
+    """An option value that is unknown, out of range or impossible for the variant. `option` names the field
+    (e.g. 'max_lr', 'eps'); the message does not repeat it."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"{option}: {message}")
+        self.option, self.message = option, message
+
+
+class DataError(ScsProbeError):
+    """The data set is malformed, or (`missing`) absent and not downloadable."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
+
+
+class CheckpointError(ScsProbeError):
+    """A checkpoint that is missing, unreadable, unsafe, not one of ours or not of the expected model."""
+
+
+class NoRunsError(ScsProbeError):
+    """A directory that holds no runs, or a path that is not a run directory."""
+
+
+class TrainingError(ScsProbeError):
+    """A run that cannot start or continue."""
+
+
+class RunExistsError(TrainingError):
+    """The run directory already holds a run and resuming was not asked for."""
+
+    def __init__(self, run_dir):
+        super().__init__(f"{run_dir} already holds a run")
+        self.run_dir = run_dir
+
+
+class ResumeConflict(TrainingError):
+    """Resuming with an option that differs from the one the run was trained with."""
+
+    def __init__(self, run_dir, option: str, stored, given):
+        super().__init__(f"{run_dir} was trained with {option}={stored!r}; resuming keeps the stored options "
+                         f"(got {given!r})")
+        self.option, self.stored, self.given = option, stored, given
+
+
+class DeviceUnavailable(TrainingError):
+    """The device asked for does not exist on this machine."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss became NaN or infinite; the run's records are marked diverged."""

@@ -1,0 +1,21 @@
+"""Progress bars for long work: shown on a terminal, silent in logs (where tqdm writes a line per update)."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def progress_bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
+    """tqdm on stderr when `enabled` and stderr is a terminal; a silent pass-through otherwise."""
+    return tqdm(iterable, disable=not (enabled and interactive()), dynamic_ncols=True, **kwargs)
+
+
+def write_line(message: str, log=print) -> None:
+    """One line of output that does not break a bar in progress (tqdm.write on a terminal, `log` elsewhere)."""
+    (tqdm.write if interactive() and log is print else log)(message)

@@ -1,0 +1,173 @@
+"""The on-disk layout of runs and of directories of runs. Only this module spells a file name.
+
+A run directory holds `checkpoint.pt`, `config.json` and the per-epoch records `history.csv`, `norms.csv`,
+`exponents.csv`. A directory of runs (a sweep, or runs trained one by one into one folder) holds runs as
+subdirectories, `summary.csv`, analyses under `analysis/<name>/` and `report.html`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import NoRunsError
+from .storage import csv_text, read_csv, read_json, write_csv, write_json
+
+RECORDS = {
+    "history": ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "train_seconds", "eval_seconds", "lr"),
+    "norms": ("epoch", "batch", "layer", "kind", "l2"),
+    "exponents": ("epoch", "layer", "channel", "p"),
+}
+STATUSES = ("running", "finished", "diverged")
+
+
+class RunDir:
+    """One training run's folder: paths, reading, atomic writing of each record, and its status."""
+
+    CHECKPOINT, CONFIG = "checkpoint.pt", "config.json"
+
+    def __init__(self, path, checkpoint=None):
+        self.path = Path(path)
+        self.checkpoint_path = Path(checkpoint) if checkpoint else self.path / self.CHECKPOINT
+        self.config_path = self.path / self.CONFIG
+
+    @classmethod
+    def of(cls, path) -> RunDir:
+        """A run directory, or a checkpoint file (whose folder then holds the records, if any)."""
+        path = Path(path)
+        return cls(path.parent, checkpoint=path) if path.is_file() else cls(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    # ------------------------------------------------------------------------------------------- checkpoint
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.is_file()
+
+    def load_checkpoint(self) -> dict:
+        return load_checkpoint(self.checkpoint_path)
+
+    def save_checkpoint(self, payload: dict) -> None:
+        save_checkpoint(self.checkpoint_path, payload)
+
+    # ------------------------------------------------------------------------------------------- config
+    def read_config(self) -> dict:
+        """config.json, or {} where there is none (a bare checkpoint)."""
+        return read_json(self.config_path) if self.config_path.is_file() else {}
+
+    def write_config(self, config: dict) -> None:
+        write_json(self.config_path, config)
+
+    @property
+    def name(self) -> str:
+        """The variant's name as config.json records it, else the folder's name."""
+        try:
+            return self.read_config().get("variant_name") or self.path.name
+        except (OSError, ValueError):
+            return self.path.name
+
+    @property
+    def status(self) -> str | None:
+        """running, finished or diverged (from the checkpoint); None where there is no checkpoint."""
+        return self.load_checkpoint().get("status") if self.has_checkpoint() else None
+
+    # ------------------------------------------------------------------------------------------- records
+    def record_path(self, record: str) -> Path:
+        if record not in RECORDS:
+            raise KeyError(f"unknown record {record!r}; known: {', '.join(RECORDS)}")
+        return self.path / f"{record}.csv"
+
+    def has_record(self, record: str) -> bool:
+        return self.record_path(record).is_file()
+
+    def read(self, record: str) -> list[dict]:
+        """A record's rows as dicts of strings ([] where the file does not exist)."""
+        path = self.record_path(record)
+        return read_csv(path) if path.is_file() else []
+
+    def start_records(self) -> None:
+        """Every record with its header and no rows."""
+        for record, fields in RECORDS.items():
+            write_csv(self.record_path(record), [], fields)
+
+    def truncate_records(self, last_epoch: int) -> None:
+        """Drop rows newer than `last_epoch` (the checkpoint's), so that a run interrupted between writing its
+        records and its checkpoint resumes with no row lost or repeated."""
+        for record, fields in RECORDS.items():
+            keep = [r for r in self.read(record) if int(r["epoch"]) <= last_epoch]
+            write_csv(self.record_path(record), keep, fields)
+
+    def append(self, record: str, rows: list[dict]) -> None:
+        """Append rows (the file stays whole-line; `truncate_records` repairs an interrupted epoch)."""
+        if not rows:
+            return
+        text = csv_text(RECORDS[record], rows).split("\n", 1)[1]
+        with open(self.record_path(record), "a", newline="") as f:
+            f.write(text)
+
+    def summary(self) -> dict:
+        """One summary row from config.json and history.csv (no checkpoint needs loading)."""
+        from .zoo import AXES
+        config = self.read_config()
+        history = self.read("history")
+        variant = config.get("variant", {})
+
+        def mean(key):
+            vals = [float(r[key]) for r in history]
+            return round(sum(vals) / len(vals), 4) if vals else ""
+
+        return {"variant": config.get("variant_name", self.path.name), "arch": variant.get("arch", ""),
+                **{axis: variant.get(axis, "") for axis in AXES},
+                "epochs": len(history), "test_acc": float(history[-1]["test_acc"]) if history else "",
+                "best_test_acc": max(float(r["test_acc"]) for r in history) if history else "",
+                "train_seconds_mean": mean("train_seconds"), "eval_seconds_mean": mean("eval_seconds"),
+                "params": config.get("params", ""), "status": config.get("status", "unknown")}
+
+
+def summary_fields() -> tuple[str, ...]:
+    from .zoo import AXES
+    return ("variant", "arch", *AXES, "epochs", "test_acc", "best_test_acc", "train_seconds_mean",
+            "eval_seconds_mean", "params", "status")
+
+
+class RunsDir:
+    """A directory whose subdirectories are runs: a sweep's, or runs trained one by one into one folder."""
+
+    SUMMARY, ANALYSIS, REPORT = "summary.csv", "analysis", "report.html"
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def run(self, name: str) -> RunDir:
+        return RunDir(self.path / name)
+
+    def runs(self) -> list[RunDir]:
+        """Subdirectories that hold a checkpoint, sorted by name; none is a NoRunsError."""
+        if not self.path.is_dir():
+            raise NoRunsError(f"{self.path} is not a directory")
+        runs = [RunDir(p) for p in sorted(self.path.iterdir()) if RunDir(p).has_checkpoint()]
+        if not runs:
+            raise NoRunsError(f"{self.path} holds no runs (no subdirectory with a {RunDir.CHECKPOINT})")
+        return runs
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / self.SUMMARY
+
+    def write_summary(self, rows: list[dict]) -> None:
+        write_csv(self.summary_path, rows, summary_fields())
+
+    def analysis_dir(self, analysis: str | None = None) -> Path:
+        """DIR/analysis/<analysis>/, or DIR/analysis/ itself (figures of the whole directory)."""
+        return self.path / self.ANALYSIS / (analysis or "")
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / self.REPORT
