@@ -18,11 +18,11 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds (median reported)")
-    ap.add_argument("--kernels", default="auto", choices=BACKENDS, help="SCS elementwise kernels")
+    ap.add_argument("--backend", default="auto", choices=BACKENDS, help="how SCS runs its elementwise work")
     if extra:
         extra(ap)
     args = ap.parse_args()
-    set_backend(args.kernels)
+    set_backend(args.backend)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -33,7 +33,7 @@ def machine(device: str) -> str:
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
             f"{torch.backends.cpu.get_cpu_capability()} (torch {torch.__version__}), "
-            f"kernels {get_backend()}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}")
+            f"backend {get_backend()}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}")
 
 
 def sync(device: str) -> None:

@@ -213,6 +213,7 @@ def report_html(sweep_dir, fake_cifar, tmp_path_factory):
     return d / "report.html"
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_and_escaped(report_html):
     html = report_html.read_text()
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -222,6 +223,7 @@ def test_report_is_self_contained_and_escaped(report_html):
     assert (report_html.parent / "analysis" / "pgd" / "pgd.csv").is_file()
 
 
+@pytest.mark.slow
 def test_report_reuses_existing_analyses(report_html, capsys):
     before = (report_html.parent / "analysis" / "pgd" / "pgd.csv").stat().st_mtime_ns
     assert main(["report", str(report_html.parent)]) == 0  # no data needed: nothing is recomputed
@@ -232,6 +234,7 @@ def test_report_reuses_existing_analyses(report_html, capsys):
     assert "running" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_reruns_an_analysis_whose_options_differ(report_html, fake_cifar, capsys):
     d = report_html.parent
     before = {name: (d / "analysis" / name / f"{name}.png").stat().st_mtime_ns for name in ("saliency", "pgd")}
@@ -249,6 +252,7 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed")
 def test_report_renders_in_a_real_browser(report_html):

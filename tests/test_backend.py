@@ -10,8 +10,9 @@ from scs_probe.layers import SharpenedCosineSimilarity2d, SharpenedSDP2d, get_ba
 from scs_probe.layers import backend as backend_module
 from scs_probe.layers.reference import max_abs_pool_reference, scs_reference, sdp_reference
 
-pytestmark = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")),
-                                reason="TorchInductor's CPU backend needs a C++ compiler")
+pytestmark = [pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")),
+                                 reason="TorchInductor's CPU backend needs a C++ compiler"),
+              pytest.mark.slow]  # compiles kernels: about a minute cold, seconds from TorchInductor's cache
 
 CASES = [(SharpenedCosineSimilarity2d, 1), (SharpenedCosineSimilarity2d, 4), (SharpenedSDP2d, 1),
          (SharpenedSDP2d, 2)]
@@ -108,6 +109,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(backend, monkeypat
 def test_backend_names_are_checked(backend, monkeypatch):
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         backend("fast")
+    monkeypatch.setattr(backend_module, "_state", {"backend": None, "failed": None, "fns": {}})
     backend("Compiled")  # the same rule as the environment variable: case-insensitive
     assert get_backend() == "compiled"
     monkeypatch.setattr(backend_module, "_state", {"backend": None, "failed": None, "fns": {}})

@@ -58,6 +58,7 @@ def test_sequential_fuses_keeps_state_dict_and_respects_hooks():
     assert calls == [torch.Size([3, 8, 14, 14])]  # the hooked layer ran unfused and its hook saw its own output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", ["relu", "none"])
 def test_rohrer_models_train_through_the_fused_path(activation):
     model = build_model("rohrer47k", layer="scs", activation=activation, pool="maxabs")

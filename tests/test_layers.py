@@ -67,7 +67,18 @@ def test_forward_and_gradients_match_reference(cls, c):
         torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("c", random_configs(4, seed=2), ids=str)
+def _config_id(c):
+    return "{cin}-{cout}-k{k}-s{stride}-p{padding}-g{groups}-{h}x{w}".format(**c)
+
+
+def _small(c):
+    """The same geometry on a one-image input just large enough for it: gradcheck's cost is one forward pass
+    per input element, so the reference comparison above covers the larger inputs."""
+    side = c["k"] + c["stride"]
+    return {**c, "h": min(c["h"], side), "w": min(c["w"], side), "b": 1}
+
+
+@pytest.mark.parametrize("c", [_small(c) for c in random_configs(4, seed=2)], ids=_config_id)
 def test_gradcheck_float64(c):
     layer, x = _layer_and_input(SharpenedCosineSimilarity2d, c)
     args = (layer.stride, layer.padding, layer.dilation, layer.groups)

@@ -35,6 +35,7 @@ def without_time(history):
     return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in history]
 
 
+@pytest.mark.slow
 def test_train_writes_records_and_learns(fake_cifar, tmp_path):
     out = tmp_path / "run"
     train(opts(fake_cifar, out, epochs=4, norms_every_batch=True), progress=False, log=lambda *a: None)
@@ -69,6 +70,7 @@ def _interrupt_at(monkeypatch, method, epoch_to_stop):
     monkeypatch.setattr(Trainer, method, patched)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["_train_epoch", "_save"])
 def test_resume_continues_without_lost_or_repeated_records(fake_cifar, tmp_path, monkeypatch, where):
     quiet = dict(progress=False, log=lambda *a: None)
@@ -184,7 +186,8 @@ def test_zoo_command_lists_counts(capsys):
     assert "rohrer25k-scs-none-maxabs" in out and "24,974" in out and "25,214" in out
 
 
-def test_kernel_warm_up_leaves_the_run_unchanged(fake_cifar, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_backend_warm_up_leaves_the_run_unchanged(fake_cifar, tmp_path, monkeypatch):
     """The compile warm-up steps a throwaway copy: weights, data order and RNG of the run stay as without it."""
     from scs_probe.layers import backend
     calls = []

@@ -59,7 +59,7 @@ def plot_norms(norms: pd.DataFrame, out: Path):
 
 
 def plot_batch_norms(norms: pd.DataFrame, out: Path):
-    """Per-mini-batch norms where recorded (--norms-every-batch), against the global step."""
+    """Per-mini-batch norms where recorded (TrainOptions.norms_every_batch), against the global step."""
     import seaborn as sns
 
     from .figures import plt, save
