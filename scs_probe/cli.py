@@ -8,7 +8,6 @@ interrupted.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 import warnings
@@ -362,21 +361,11 @@ def _message(e: errors.ScsProbeError) -> str:
     return str(e)
 
 
-def _quiet_torch_logs() -> None:
-    """TorchInductor's C++ build notes, on a CUDA build of torch without a GPU, that it found no CUDA runtime:
-    a warning a user cannot act on. torch logs it through its own logging setup, so it is filtered there."""
-    class _NoCudaRuntime(logging.Filter):
-        def filter(self, record):
-            return "No CUDA runtime is found" not in record.getMessage()
-    logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaRuntime())
-
-
 def main(argv=None) -> int:
     # Large CPU tensors on transparent huge pages: without this, every fresh activation costs thousands of page
     # faults, which on a VM can take longer than the elementwise pass that fills it. Set it to 0 to opt out.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     warnings.showwarning = _one_line_warnings
-    _quiet_torch_logs()
     try:
         rv = cli.main(args=argv, prog_name="scs-probe", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

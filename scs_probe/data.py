@@ -25,6 +25,7 @@ DEFAULT_DATA_DIR = "./data"
 FOLDER = "cifar-10-batches-py"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 N_TRAIN_BATCHES = 5
+_WARNED: set[Path] = set()
 
 
 
@@ -98,6 +99,9 @@ def load_cifar10(data_dir=None, train: bool = True, download: bool = True) -> Sp
             ds = CIFAR10(str(root), train=train, download=False)
         except RuntimeError:
             split = _read_unverified(base, train)
+            if base.resolve() in _WARNED:
+                return split
+            _WARNED.add(base.resolve())  # once per copy and process, not once per split
             warnings.warn(f"CIFAR-10 files in {base} do not match the official md5 checksums; using them after "
                           "a structure check (shapes, batch sizes, 10 classes of equal size)",
                           UnverifiedDataWarning, stacklevel=2)

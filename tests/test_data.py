@@ -18,9 +18,14 @@ from scs_probe.data import (
 from tests.conftest import write_fake_cifar
 
 
-def test_local_copy_with_other_md5_is_used_with_a_warning(fake_cifar):
+def test_local_copy_with_other_md5_is_used_with_a_warning(fake_cifar, monkeypatch):
+    import scs_probe.data
+    monkeypatch.setattr(scs_probe.data, "_WARNED", set())  # other tests may have loaded this copy already
     with pytest.warns(UnverifiedDataWarning, match="md5"):
         train = load_cifar10(fake_cifar, train=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per copy, not once per split
+        load_cifar10(fake_cifar, train=False)
     assert train.images.shape == (1_500, 3, 32, 32) and train.images.dtype == torch.uint8
     assert torch.bincount(train.labels).tolist() == [150] * 10 and not train.official
     with warnings.catch_warnings():

@@ -209,3 +209,18 @@ def test_max_abs_pool_keeps_sign_and_ties_go_positive():
 def test_max_abs_pool_gradcheck(k, s, pad):
     x = torch.randn(2, 3, 7, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: MaxAbsPool2d(k, s, pad, ceil_mode=True)(x), (x,))
+
+
+def test_compiling_drops_torchs_no_cuda_runtime_warning(caplog):
+    """On CPU-only machines TorchInductor's C++ build warns that no CUDA runtime is found: the backend drops
+    that one line (and nothing else the logger says)."""
+    import logging
+
+    from scs_probe.layers import backend
+    backend._quiet_cuda_probe()
+    backend._quiet_cuda_probe()  # idempotent
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    with caplog.at_level(logging.WARNING, logger="torch.utils.cpp_extension"):
+        logger.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+        logger.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]

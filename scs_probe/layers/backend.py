@@ -15,6 +15,7 @@ If compilation fails (no C++ compiler, no Triton), a warning says so once and ev
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import types
@@ -148,12 +149,26 @@ def _signature(args) -> tuple:
     return tuple((a.dtype, a.device.type, a.dim()) if isinstance(a, torch.Tensor) else a for a in args)
 
 
+class _NoCudaRuntime(logging.Filter):
+    def filter(self, record):
+        return "No CUDA runtime is found" not in record.getMessage()
+
+
+def _quiet_cuda_probe() -> None:
+    """TorchInductor's C++ build logs a warning when a CUDA build of torch finds no CUDA runtime: noise on every
+    CPU-only machine, which a user cannot act on. A filter (torch resets its loggers' levels) drops that line."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntime) for f in logger.filters):
+        logger.addFilter(_NoCudaRuntime())
+
+
 def _compiled(fn, args):
     """A compiled copy of `fn` per argument signature (dtypes, devices, None-ness, flags). Dynamo caches compiled
     graphs per code object and gives up after a few recompilations (8); one code object per signature keeps the
     recompilations per object to the shape specialisations (sizes 0 and 1)."""
     key = (fn.__name__, _signature(args))
     if key not in _state["fns"]:
+        _quiet_cuda_probe()
         clone = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
                                    fn.__closure__)
         _state["fns"][key] = torch.compile(clone, dynamic=True, fullgraph=True)
