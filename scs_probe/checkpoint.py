@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import warnings
 import zipfile
 from pathlib import Path
@@ -33,11 +34,14 @@ def load_checkpoint(path) -> dict:
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln]
-        if not lines:  # not a pickle at all (a text file, random bytes)
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln]
+        if lines:
+            detail = f" ({lines[0].split(' was not an allowed')[0][:160]})"
+        elif _plain_pickle_with_objects(path):
+            detail = ""
+        else:  # not a pickle at all: a text file, random bytes
             raise CheckpointError(f"{path} is not a PyTorch checkpoint") from None
-        detail = lines[0].split(" was not an allowed")[0][:160]
-        raise CheckpointError(f"refusing to load {path}: it needs unpickling of arbitrary objects ({detail})") \
+        raise CheckpointError(f"refusing to load {path}: it needs unpickling of arbitrary objects{detail}") \
             from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError,
             IndexError, TypeError, AttributeError) as e:
@@ -50,6 +54,16 @@ def load_checkpoint(path) -> dict:
         if key not in ckpt:
             raise CheckpointError(f"{path} is an incomplete scs-probe checkpoint (no {key!r})")
     return ckpt
+
+
+def _plain_pickle_with_objects(path: Path) -> bool:
+    """A whole pickle stream (read opcode by opcode, nothing executed) that builds objects from globals."""
+    try:
+        with open(path, "rb") as f:
+            names = {op.name for op, _, _ in pickletools.genops(f)}
+    except Exception:
+        return False
+    return bool(names & {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ"})
 
 
 def checkpoint_variant(ckpt: dict, path=""):
@@ -70,7 +84,8 @@ def model_from_checkpoint(ckpt: dict, device="cpu", path=""):
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, KeyError) as e:
-        msg = str(e).strip().splitlines()[0][:200]
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        msg = " ".join(lines[:2])[:240]  # the first line only names the module; the second says what differs
         raise CheckpointError(f"{path or 'checkpoint'} does not match its architecture {variant.arch!r}: "
                               f"{msg}") from None
     return model.to(device).eval()

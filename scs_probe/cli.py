@@ -18,11 +18,12 @@ import click
 from . import errors
 from .cli_types import ClassList, EpsList, EpsRange, EpsValue, IndexList, PatternList
 from .data import DATA_ENV
+from .rundir import RunDir, RunsDir
 from .training.options import DEVICES, TrainOptions
 from .zoo import AXES, GRIDS, Variant, axis_choices, list_archs
 
 # Library option names whose flag is not simply --option-name.
-FLAGS = {"eps": "--eps-range/--eps", "attacks": "--attack", "grid": "--grid", "asked": "--eps-range"}
+FLAGS = {"eps": "--eps-range/--eps", "attacks": "--attack"}
 DEFAULT_VARIANT = TrainOptions().variant
 
 
@@ -134,7 +135,8 @@ def train(ctx, variant, quiet, resume, **kw):
     from .training import train as run_train
     options = TrainOptions(variant=variant, **kw)
     result = run_train(options, resume=resume, explicit=_explicit(ctx) - {"quiet", "resume"}, progress=not quiet)
-    click.echo(f"done: {result['variant_name']} ({result.get('epochs_done')} epochs) in {options.run_dir()}")
+    n = result.get("epochs_done")
+    click.echo(f"done: {result['variant_name']} ({n} epoch{'' if n == 1 else 's'}) in {options.run_dir()}")
 
 
 @cli.command()
@@ -143,18 +145,22 @@ def train(ctx, variant, quiet, resume, **kw):
               help="study: the variants of the paper's table; full: every combination of the axes.")
 @click.option("--only", type=PatternList(), default=None,
               help="Comma-separated variant names or globs (e.g. '*-scs-*') to restrict the grid to.")
+@click.option("--seeds", type=IndexList(), default=None,
+              help="Comma-separated seeds: every variant once per seed, into OUT/<variant>-seed<N>/ "
+                   "(default: once, with --seed, into OUT/<variant>/).")
 @training_options
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep directory [./sweeps/<arch>].")
-def sweep(arch, grid, only, quiet, out, **kw):
+def sweep(arch, grid, only, seeds, quiet, out, **kw):
     """Train every variant of a grid into OUT/<variant>/ and write OUT/summary.csv."""
     from .training import select_variants
     from .training import sweep as run_sweep
     base = TrainOptions(variant=Variant(arch), **kw)
     variants = select_variants(arch, grid, list(only) if only else None)
     out_dir = Path(out or Path("sweeps") / arch)
-    rows = run_sweep(variants, out_dir, base, progress=not quiet)
-    _print_table(rows, ("variant", "test_acc", "train_seconds_mean", "eval_seconds_mean", "params", "status"))
-    click.echo(f"summary: {out_dir / 'summary.csv'}")
+    rows = run_sweep(variants, out_dir, base, progress=not quiet, seeds=list(seeds) if seeds else None,
+                     explicit=_explicit(click.get_current_context()))
+    _print_table(rows, ("variant", "seed", "test_acc", "train_seconds_mean", "eval_seconds_mean", "params", "status"))
+    click.echo(f"summary: {RunsDir(out_dir).summary_path}")
 
 
 @cli.command()
@@ -185,7 +191,6 @@ def zoo(arch):
 def inspect(ckpt):
     """Print a checkpoint's variant, epochs, accuracy and options (nothing in it is executed)."""
     from .checkpoint import checkpoint_variant
-    from .rundir import RunDir
     run = RunDir.of(ckpt)
     c = run.load_checkpoint()
     v = checkpoint_variant(c, run.checkpoint_path)
@@ -204,7 +209,8 @@ def inspect(ckpt):
         click.echo(f"seconds:   {sum(secs) / len(secs):.1f} train per epoch, "
                    f"{sum(float(r['eval_seconds']) for r in hist) / len(hist):.1f} eval")
     click.echo(f"params:    {c.get('params', '?'):,}" if isinstance(c.get("params"), int) else "params:    ?")
-    click.echo("options:   " + " ".join(f"{k}={val}" for k, val in o.items() if val not in (None, False)))
+    shown = {k: val for k, val in o.items() if val is not None and val is not False}
+    click.echo("options:   " + " ".join(f"{k}={val}" for k, val in shown.items()))
     if c.get("data"):
         click.echo("data:      " + " ".join(f"{k}={val}" for k, val in c["data"].items()))
     if c.get("versions"):
@@ -232,10 +238,8 @@ def _runs(ckpts, sweep_dir):
 
 def _run_analysis(analysis, runs, out, sweep_dir, data_dir=None, device="auto"):
     from .analysis import Context
-    from .rundir import RunsDir
     from .training import resolve_device
-    dest = Path(out) if out else (RunsDir(sweep_dir).analysis_dir(analysis.name) if sweep_dir
-                                  else Path("analysis") / analysis.name)
+    dest = Path(out) if out else RunsDir(sweep_dir or ".").analysis_dir(analysis.name)
     context = Context(data_dir=data_dir, device=resolve_device(device))
     result = analysis.run(runs, dest, context)
     return result, dest
@@ -249,7 +253,12 @@ def _out_option(name: str):
 @cli.command()
 @model_sources
 @click.option("--seed", type=int, default=0, show_default=True, help="Draws the images.")
-@click.option("--n-images", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--n-images", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Images the metrics average over (the grid shows --grid-images of them).")
+@click.option("--grid-images", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--sanity/--no-sanity", default=True, show_default=True,
+              help="Model-parameter randomisation check (Adebayo et al. 2018) on --sanity-images images.")
+@click.option("--sanity-images", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--indices", type=IndexList(), default=None,
               help="Comma-separated test-set indices (instead of a random draw).")
 @click.option("--classes", type=ClassList(), default=None,
@@ -265,7 +274,9 @@ def saliency(ckpts, sweep_dir, data_dir, device, out, **config):
     from .analysis import SaliencyAnalysis
     analysis = SaliencyAnalysis(**config)
     result, dest = _run_analysis(analysis, _runs(ckpts, sweep_dir), out, sweep_dir, data_dir, device)
-    _print_table(result.summary, ("model", "n", "sparseness_mean", "complexity_mean", "deletion_auc", "accuracy"))
+    _print_table(result.summary, ("model", "n", "sparseness_mean", "sparseness_lo", "sparseness_hi",
+                                  "complexity_mean", "deletion_auc_norm_mean", "accuracy", "rand_spearman",
+                                  "rand_flag"))
     click.echo(f"outputs: {dest}")
 
 
@@ -287,9 +298,17 @@ def _eps(eps_range, eps_list, required: bool):
 @click.option("--n-images", type=click.IntRange(min=1), default=500, show_default=True,
               help="The first N test images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--attack", "attacks", type=click.Choice(["pgd", "square"]), multiple=True, default=("pgd",),
-              show_default=True, help="Repeat to add Square (gradient-free) beside PGD.")
+@click.option("--attack", "attacks", type=click.Choice(["pgd", "square", "autoattack"]), multiple=True,
+              default=("pgd",), show_default=True,
+              help="Repeat to add Square (gradient-free) or AutoAttack (APGD-CE, APGD-T, FAB-T, Square) beside PGD.")
 @click.option("--n-queries", type=click.IntRange(min=1), default=1000, show_default=True, help="Square's budget.")
+@click.option("--aa-steps", type=click.IntRange(min=1), default=100, show_default=True,
+              help="AutoAttack's APGD/APGD-T/FAB-T iterations (100: the original standard version).")
+@click.option("--aa-queries", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="AutoAttack's Square queries (5,000: standard).")
+@click.option("--checks/--no-checks", default=True, show_default=True,
+              help="Gradient-masking checks: eps 0.5, Square vs PGD, 2x steps and restarts, transfer from the "
+                   "conv twin (masking_checks.csv).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Attack randomness.")
 @_out_option("pgd")
 def pgd(ckpts, sweep_dir, data_dir, device, eps_range, eps_list, out, **config):
@@ -297,7 +316,28 @@ def pgd(ckpts, sweep_dir, data_dir, device, eps_range, eps_list, out, **config):
     from .analysis import RobustnessAnalysis
     analysis = RobustnessAnalysis(eps=_eps(eps_range, eps_list, required=True), **config)
     result, dest = _run_analysis(analysis, _runs(ckpts, sweep_dir), out, sweep_dir, data_dir, device)
-    _print_table(result.summary, ("model", "attack", "auc", "clean_acc", "eps_max", "acc_at_eps_max"))
+    _print_table(result.summary, ("model", "attack", "auc", "auc_lo", "auc_hi", "auc_rel", "clean_acc",
+                                  "acc_at_eps_max", "masking_flags"))
+    click.echo(f"outputs: {dest}")
+
+
+@cli.command()
+@click.argument("directory", type=click.Path())
+@click.option("--pair", "pairs", multiple=True, type=PatternList(), metavar="A,B",
+              help="Two variant names (b minus a); repeat for several [default: conv vs SCS at the study's "
+                   "settings, for every architecture present].")
+@click.option("--n-boot", type=click.IntRange(min=100), default=2000, show_default=True)
+@_out_option("compare")
+def compare(directory, pairs, n_boot, out):
+    """Paired accuracy differences between variants on the same test images: bootstrap interval and exact
+    McNemar test per seed, Student-t interval over seeds."""
+    from .analysis import ComparisonAnalysis
+    if any(len(p) != 2 for p in pairs):
+        raise click.UsageError("--pair takes two variant names: A,B")
+    analysis = ComparisonAnalysis(pairs=tuple(pairs) if pairs else None, n_boot=n_boot)
+    result, dest = _run_analysis(analysis, RunsDir(directory).runs(), out, directory)
+    _print_table(result.summary, ("a", "b", "seed", "n", "acc_a", "acc_b", "diff", "lo", "hi", "mcnemar_p",
+                                  "within_noise"))
     click.echo(f"outputs: {dest}")
 
 
@@ -309,10 +349,9 @@ def pgd(ckpts, sweep_dir, data_dir, device, eps_range, eps_list, out, **config):
 def norms(run_dirs, sweep_dir, out):
     """Weight and gradient L2 norms per layer over epochs (and batches), and the learned p per kernel."""
     from .analysis import NormsAnalysis
-    from .rundir import RunDir, RunsDir
     if not run_dirs and not sweep_dir:
         raise click.UsageError("name runs: RUN_DIR ... or --sweep DIR")
-    runs = [RunDir(d) for d in run_dirs] + (RunsDir(sweep_dir).runs() if sweep_dir else [])
+    runs = [RunDir.of(d) for d in run_dirs] + (RunsDir(sweep_dir).runs() if sweep_dir else [])
     result, dest = _run_analysis(NormsAnalysis(), runs, out, sweep_dir)
     _print_table([{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in result.summary],
                  ("run", "layer", "weight_l2_first", "weight_l2_last", "grad_l2_mean", "p_mean_last"))
@@ -325,21 +364,27 @@ def norms(run_dirs, sweep_dir, out):
 @_data_dir_option("For analyses that are (re)run")
 @_device_option()
 @click.option("--saliency-images", type=click.IntRange(min=1), default=None,
-              help="Images in the saliency grid [stored analysis', else 8].")
+              help="Images the saliency metrics average over [stored analysis', else 100].")
 @click.option("--pgd-images", type=click.IntRange(min=1), default=None,
               help="Images attacked [stored analysis', else 200].")
 @click.option("--eps-range", type=EpsRange(), default=None, help="[stored analysis', else 0:8/255:5].")
 @click.option("--eps", "eps_list", type=EpsList(), default=None, help="Explicit eps values instead of a range.")
-def report(directory, out, data_dir, device, saliency_images, pgd_images, eps_range, eps_list):
+@click.option("--attack", "attacks", type=click.Choice(["pgd", "square", "autoattack"]), multiple=True,
+              help="Attacks of the robustness analysis [stored analysis', else pgd].")
+@click.option("--paper-experiment", type=click.Choice(["initial", "followup"]), default=None,
+              help="The study's experiment whose numbers stand beside ours [the one covering most variants].")
+def report(directory, out, data_dir, device, saliency_images, pgd_images, eps_range, eps_list, attacks,
+           paper_experiment):
     """One self-contained HTML report of a directory of runs. Analyses stored in DIR/analysis/ are reused when
     they cover the same runs and the options given here; the others are (re)run."""
     from .analysis import Context, build_report
     from .training import resolve_device
     eps = _eps(eps_range, eps_list, required=False)
-    asked = {"saliency": {"n_images": saliency_images}, "pgd": {"n_images": pgd_images, "eps": eps}}
+    asked = {"saliency": {"n_images": saliency_images},
+             "pgd": {"n_images": pgd_images, "eps": eps, "attacks": tuple(attacks) or None}}
     asked = {name: {k: v for k, v in opts.items() if v is not None} for name, opts in asked.items()}
     context = Context(data_dir=data_dir, device=resolve_device(device), log=lambda m: click.echo(m, err=True))
-    click.echo(f"report: {build_report(directory, out, asked, context)}")
+    click.echo(f"report: {build_report(directory, out, asked, context, paper_experiment)}")
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -355,9 +400,7 @@ def _message(e: errors.ScsProbeError) -> str:
     if isinstance(e, errors.ResumeConflict):
         return f"{e} ({flag(e.option)})"
     if isinstance(e, errors.DataError) and e.missing:
-        return f"{e} (--data-dir DIR or ${DATA_ENV})"
-    if isinstance(e, errors.DeviceUnavailable):
-        return f"--device: {e}"
+        return f"{e}; pass --data-dir DIR"
     return str(e)
 
 
@@ -382,6 +425,9 @@ def main(argv=None) -> int:
         return e.exit_code
     except errors.OptionError as e:
         click.echo(f"scs-probe: error: {flag(e.option)}: {' '.join(e.message.split())}", err=True)
+        return 2
+    except errors.DeviceUnavailable as e:
+        click.echo(f"scs-probe: error: --device: {e}", err=True)
         return 2
     except errors.ScsProbeError as e:
         click.echo(f"scs-probe: error: {' '.join(_message(e).split())}", err=True)

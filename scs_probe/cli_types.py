@@ -103,6 +103,8 @@ class ClassList(_Parsed):
                 out.append(CLASSES.index(item.lower()))
             else:
                 raise ValueError(f"unknown class {item!r}; use 0-9 or one of {', '.join(CLASSES)}")
+        if not out:
+            raise ValueError("names no class")
         return tuple(out)
 
 

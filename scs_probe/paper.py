@@ -33,8 +33,14 @@ def paper_axes(row: dict) -> dict:
     return {**axes, "image_size": int(row["image_size"].split("x")[0])}
 
 
-def published_row(architecture: str, axes: dict) -> dict | None:
-    """The study's row for the same architecture (paper name) and axes: the latest table that has it."""
-    hits = [r for r in paper_table(architecture) if paper_axes(r) == {k: axes[k] for k in
-                                                                        (*PAPER_NAMES, "image_size")}]
+def published_row(architecture: str, axes: dict, experiment: str | None = None) -> dict | None:
+    """The study's row for the same architecture (paper name) and axes, from `experiment` ('initial' or
+    'followup') where given, else the latest table that has it."""
+    want = {k: axes[k] for k in (*PAPER_NAMES, "image_size")}
+    hits = [r for r in paper_table(architecture) if paper_axes(r) == want
+            and (experiment is None or r["experiment"] == experiment)]
     return hits[-1] if hits else None
+
+
+def experiments() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(r["experiment"] for r in paper_rows()))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import NoRunsError
 from .storage import csv_text, read_csv, read_json, write_csv, write_json
@@ -19,13 +21,12 @@ RECORDS = {
     "norms": ("epoch", "batch", "layer", "kind", "l2"),
     "exponents": ("epoch", "layer", "channel", "p"),
 }
-STATUSES = ("running", "finished", "diverged")
 
 
 class RunDir:
     """One training run's folder: paths, reading, atomic writing of each record, and its status."""
 
-    CHECKPOINT, CONFIG = "checkpoint.pt", "config.json"
+    CHECKPOINT, CONFIG, PREDICTIONS = "checkpoint.pt", "config.json", "predictions.csv"
 
     def __init__(self, path, checkpoint=None):
         self.path = Path(path)
@@ -34,9 +35,11 @@ class RunDir:
 
     @classmethod
     def of(cls, path) -> RunDir:
-        """A run directory, or a checkpoint file (whose folder then holds the records, if any)."""
+        """A run directory, or a checkpoint file (whose folder then holds the records, if any). A path that does
+        not exist is a file where its name has a suffix (model.pt), else a directory."""
         path = Path(path)
-        return cls(path.parent, checkpoint=path) if path.is_file() else cls(path)
+        is_file = path.is_file() or (not path.exists() and bool(path.suffix))
+        return cls(path.parent, checkpoint=path) if is_file else cls(path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -112,6 +115,27 @@ class RunDir:
         with open(self.record_path(record), "a", newline="") as f:
             f.write(text)
 
+    def write_predictions(self, epoch: int, labels, preds) -> None:
+        """The latest evaluation's predicted class of every test image (index in the test split as used), so that
+        two runs can be compared image by image."""
+        rows = [{"index": i, "label": int(y), "pred": int(p), "epoch": epoch}
+                for i, (y, p) in enumerate(zip(labels.tolist(), preds.tolist()))]
+        write_csv(self.path / self.PREDICTIONS, rows, ("index", "label", "pred", "epoch"))
+
+    def read_predictions(self) -> dict | None:
+        """{'index', 'label', 'pred'} as integer arrays and the 'epoch' they are from; None where the run has
+        none (trained before scs-probe recorded them)."""
+        path = self.path / self.PREDICTIONS
+        if not path.is_file():
+            return None
+        rows = read_csv(path)
+        out = {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in ("index", "label", "pred")}
+        return {**out, "epoch": int(rows[0]["epoch"]) if rows else 0}
+
+    @property
+    def seed(self) -> int | None:
+        return self.read_config().get("options", {}).get("seed")
+
     def summary(self) -> dict:
         """One summary row from config.json and history.csv (no checkpoint needs loading)."""
         from .zoo import AXES
@@ -123,24 +147,27 @@ class RunDir:
             vals = [float(r[key]) for r in history]
             return round(sum(vals) / len(vals), 4) if vals else ""
 
+        options = config.get("options", {})
         return {"variant": config.get("variant_name", self.path.name), "arch": variant.get("arch", ""),
-                **{axis: variant.get(axis, "") for axis in AXES},
+                **{axis: variant.get(axis, "") for axis in AXES}, "seed": options.get("seed", ""),
                 "epochs": len(history), "test_acc": float(history[-1]["test_acc"]) if history else "",
                 "best_test_acc": max(float(r["test_acc"]) for r in history) if history else "",
                 "train_seconds_mean": mean("train_seconds"), "eval_seconds_mean": mean("eval_seconds"),
-                "params": config.get("params", ""), "status": config.get("status", "unknown")}
+                "params": config.get("params", ""), "max_lr": options.get("max_lr", ""),
+                "batch_size": options.get("batch_size", ""), "n_train": config.get("data", {}).get("n_train", ""),
+                "status": config.get("status", "unknown")}
 
 
 def summary_fields() -> tuple[str, ...]:
     from .zoo import AXES
-    return ("variant", "arch", *AXES, "epochs", "test_acc", "best_test_acc", "train_seconds_mean",
-            "eval_seconds_mean", "params", "status")
+    return ("variant", "arch", *AXES, "seed", "epochs", "test_acc", "best_test_acc", "train_seconds_mean",
+            "eval_seconds_mean", "params", "max_lr", "batch_size", "n_train", "status")
 
 
 class RunsDir:
     """A directory whose subdirectories are runs: a sweep's, or runs trained one by one into one folder."""
 
-    SUMMARY, ANALYSIS, REPORT = "summary.csv", "analysis", "report.html"
+    SUMMARY, VARIANT_SUMMARY, ANALYSIS, REPORT = "summary.csv", "variant_summary.csv", "analysis", "report.html"
 
     def __init__(self, path):
         self.path = Path(path)
@@ -163,6 +190,9 @@ class RunsDir:
 
     def write_summary(self, rows: list[dict]) -> None:
         write_csv(self.summary_path, rows, summary_fields())
+
+    def write_variant_summary(self, rows: list[dict]) -> None:
+        write_csv(self.path / self.VARIANT_SUMMARY, rows, list(rows[0]) if rows else ["variant"])
 
     def analysis_dir(self, analysis: str | None = None) -> Path:
         """DIR/analysis/<analysis>/, or DIR/analysis/ itself (figures of the whole directory)."""

@@ -10,7 +10,7 @@ import torch
 
 from scs_probe.analysis import RobustnessConfig, SaliencyConfig, entropy, gini
 from scs_probe.analysis.robustness import area_under_curve, robust_accuracy
-from scs_probe.analysis.saliency import deletion_curve
+from scs_probe.analysis.saliency import deletion_areas, deletion_curve
 from scs_probe.cli import main
 from scs_probe.cli_types import EpsList, EpsRange
 from scs_probe.errors import OptionError
@@ -58,9 +58,15 @@ def test_deletion_curve_removes_salient_pixels_first():
     x = torch.ones(2, 3, 4, 4)
     maps = torch.zeros(2, 4, 4)
     maps[:, 0, 0] = 1.0
-    fr, curve = deletion_curve(Bright(), x, torch.zeros(2, dtype=torch.long), maps, steps=4)
+    fr, curve, p_target = deletion_curve(Bright(), x, torch.zeros(2, dtype=torch.long), maps, steps=4)
     assert fr.tolist() == [0, 0.25, 0.5, 0.75, 1.0]
     assert curve[0, 0] == 1.0 and curve[1, 0] == 0.0  # the top-left pixel goes in the first step
+    # p(class 0) = sigmoid(20 - 10) at the start, sigmoid(-10) once the pixel is gone
+    p0, p1 = torch.sigmoid(torch.tensor(10.0)).item(), torch.sigmoid(torch.tensor(-10.0)).item()
+    area, area_norm = deletion_areas(fr, p_target)
+    want = 0.25 * (p0 + p1) / 2 + 0.75 * p1  # trapezoids over [0, .25] and [.25, 1]
+    assert area.tolist() == pytest.approx([want, want], rel=1e-4)
+    assert area_norm.tolist() == pytest.approx([want / p0] * 2, rel=1e-4)
 
 
 def test_eps_parsing():
@@ -134,7 +140,19 @@ def test_pgd_command(sweep_dir, fake_cifar, tmp_path, capsys):
                  "--out", str(out), "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     result = rows(out / "pgd.csv")
-    assert list(result[0]) == ["model", "attack", "eps", "robust_acc", "n", "steps", "alpha"]
+    assert list(result[0]) == ["model", "attack", "eps", "eps_255", "robust_acc", "acc_lo", "acc_hi", "n", "rel_acc",
+                               "steps", "alpha"]
+    for r in result:
+        assert float(r["acc_lo"]) <= float(r["robust_acc"]) <= float(r["acc_hi"])
+        clean = next(float(x["robust_acc"]) for x in result if x["model"] == r["model"] and float(x["eps"]) == 0)
+        assert float(r["rel_acc"]) == pytest.approx(float(r["robust_acc"]) / clean, rel=1e-4)
+    checks = rows(out / "masking_checks.csv")
+    assert {c["model"] for c in checks} == {r["model"] for r in result}
+    assert all(0 <= float(c["large_eps_acc"]) <= 1 and c["pgd_2x_steps_acc"] != "" for c in checks)
+    scs_check = next(c for c in checks if "scs" in c["model"])
+    assert scs_check["transfer_from"] == "rohrer100k-conv-relu-max"  # the conv twin's examples, tried on SCS
+    per_image = np.load(out / "pgd_per_image.npz")
+    assert per_image["robust"].shape == (4, 3, 32) and per_image["robust"].dtype == bool
     assert len(result) == 2 * 2 * 3
     pgd_rows = [r for r in result if r["attack"] == "pgd"]
     for model in {r["model"] for r in pgd_rows}:

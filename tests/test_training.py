@@ -203,3 +203,12 @@ def test_backend_warm_up_leaves_the_run_unchanged(fake_cifar, tmp_path, monkeypa
     for k in a:
         torch.testing.assert_close(a[k], b[k])
     assert warm["versions"]["scs_backend"] == "auto"
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path, capsys):
+    import os
+    (tmp_path / "random.pt").write_bytes(os.urandom(300))
+    assert main(["inspect", str(tmp_path / "random.pt")]) == 1
+    assert "is not a PyTorch checkpoint" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "nope.pt")]) == 1  # a missing file, not a missing folder
+    assert f"no checkpoint at {tmp_path / 'nope.pt'}\n" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 under attack, weight norms and exponents; and the HTML report that gathers them."""
 
 from .base import Analysis, AnalysisConfig, AnalysisResult, Context
+from .compare import CompareConfig, ComparisonAnalysis
 from .metrics import COMPLEXITY, DELETION_AUC, SPARSENESS, Metric, entropy, gini
 from .norms import NormsAnalysis, NormsConfig
 from .report import ANALYSES, build_report
@@ -9,6 +10,7 @@ from .robustness import RobustnessAnalysis, RobustnessConfig
 from .saliency import SaliencyAnalysis, SaliencyConfig
 from .sources import resolve_runs
 
-__all__ = ["ANALYSES", "COMPLEXITY", "DELETION_AUC", "SPARSENESS", "Analysis", "AnalysisConfig", "AnalysisResult",
-           "Context", "Metric", "NormsAnalysis", "NormsConfig", "RobustnessAnalysis", "RobustnessConfig",
-           "SaliencyAnalysis", "SaliencyConfig", "build_report", "entropy", "gini", "resolve_runs"]
+__all__ = ["ANALYSES", "Analysis", "AnalysisConfig", "AnalysisResult", "COMPLEXITY", "CompareConfig",
+           "ComparisonAnalysis", "Context", "DELETION_AUC", "Metric", "NormsAnalysis", "NormsConfig",
+           "RobustnessAnalysis", "RobustnessConfig", "SPARSENESS", "SaliencyAnalysis", "SaliencyConfig",
+           "build_report", "entropy", "gini", "resolve_runs"]

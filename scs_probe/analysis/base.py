@@ -66,12 +66,17 @@ def run_fingerprint(runs: Sequence[RunDir]) -> list[dict]:
                 epoch = run.load_checkpoint()["epoch"]
             except CheckpointError:
                 epoch = None
-        out.append({"name": run.name, "checkpoint": str(run.checkpoint_path), "epoch": epoch})
+        stat = run.checkpoint_path.stat() if run.has_checkpoint() else None
+        out.append({"name": run.name, "checkpoint": str(run.checkpoint_path), "epoch": epoch,
+                    "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None})
     return out
 
 
 def _same_runs(a: list[dict], b: list[dict]) -> bool:
-    return [(r["name"], r["epoch"]) for r in a] == [(r["name"], r["epoch"]) for r in b]
+    """Same runs, epochs and checkpoint files (size and modification time: a run retrained in place differs)."""
+    def key(rows):
+        return [(r.get("name"), r.get("epoch"), r.get("size"), r.get("mtime_ns")) for r in rows]
+    return key(a) == key(b)
 
 
 class Analysis(ABC):
@@ -89,6 +94,10 @@ class Analysis(ABC):
 
     def run(self, runs: Sequence[RunDir], out, context: Context | None = None) -> AnalysisResult:
         out = Path(out)
+        (out / OPTIONS_FILE).unlink(missing_ok=True)  # outputs half rewritten never pass for the stored ones
+        for stem in self.figure_stems:  # nor does a figure this run may not draw
+            for suffix in (".png", ".svg"):
+                (out / f"{stem}{suffix}").unlink(missing_ok=True)
         result = self._run(list(runs), out, context or Context())
         write_json(out / OPTIONS_FILE, {"analysis": self.name, "config": self.config.to_dict(),
                                         "runs": run_fingerprint(runs), "scs_probe": __version__})
@@ -117,15 +126,13 @@ class Analysis(ABC):
         return AnalysisResult(cls.name, out, read_csv(out / cls.summary_file), figures)
 
     @classmethod
-    def up_to_date(cls, out, runs: Sequence[RunDir], asked: dict) -> AnalysisConfig | None:
-        """The stored config when `out` holds this analysis of these runs (same names and epochs) with every
-        option in `asked` as asked; else None."""
+    def staleness(cls, out, runs: Sequence[RunDir], asked: dict) -> str:
+        """Why the outputs in `out` do not answer `asked` for these runs ('' where they do)."""
         stored = cls.stored_config(out)
         if stored is None or not (Path(out) / cls.summary_file).is_file():
-            return None
+            return "none stored" if not (Path(out) / OPTIONS_FILE).is_file() else "stored options unreadable"
         config, stored_runs = stored
         if not _same_runs(stored_runs, run_fingerprint(runs)):
-            return None
-        if replace(config, **asked) != config:
-            return None
-        return config
+            return "the runs or their checkpoints changed"
+        changed = [k for k, v in asked.items() if getattr(replace(config, **{k: v}), k) != getattr(config, k)]
+        return f"options changed: {', '.join(changed)}" if changed else ""

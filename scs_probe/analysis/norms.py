@@ -20,11 +20,11 @@ class NormsConfig(AnalysisConfig):
 
 def load_records(runs: list[RunDir]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """norms and exponents of every run, with a `run` column."""
+    from .sources import run_labels
     norms, exps = [], []
-    for run in runs:
+    for run, name in zip(runs, run_labels(runs)):
         if not run.has_record("norms"):
             raise NoRunsError(f"{run.path} is not a run directory (no norms record)")
-        name = run.name
         n = pd.DataFrame(run.read("norms"), columns=RECORDS["norms"]).astype({"epoch": int, "l2": float})
         n["batch"] = n["batch"].replace("", pd.NA).astype("string")
         norms.append(n.assign(run=name))
@@ -37,24 +37,41 @@ def load_records(runs: list[RunDir]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return norms, exps
 
 
-def plot_norms(norms: pd.DataFrame, out: Path):
-    """Per-epoch weight and gradient norms: one column per kind, one line per (run, layer)."""
-    import seaborn as sns
+MAX_PANELS = 6  # layers shown as small multiples (evenly spaced from first to last where a model has more)
 
-    from .figures import integer_epochs, plt, save
+
+def _shown_layers(layers: list[str]) -> list[str]:
+    if len(layers) <= MAX_PANELS:
+        return layers
+    return [layers[round(k * (len(layers) - 1) / (MAX_PANELS - 1))] for k in range(MAX_PANELS)]
+
+
+def plot_norms(norms: pd.DataFrame, out: Path):
+    """Per-epoch weight (top row) and gradient (bottom row) norms as small multiples: a panel per layer, a line
+    per run, the legend below the panels."""
+    from .figures import integer_epochs, plt, save, variant_palette
     per_epoch = norms[norms["batch"].isna() | (norms["batch"] == "")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, kind in zip(axes, ("weight", "grad")):
-        d = per_epoch[per_epoch["kind"] == kind]
-        if d.empty:
-            ax.set_visible(False)
-            continue
-        sns.lineplot(data=d, x="epoch", y="l2", hue="layer", style="run" if d["run"].nunique() > 1 else None,
-                     ax=ax, marker="o", markersize=3)
-        ax.set_yscale("log")
-        ax.set_title(f"{kind} L2 norm per layer" + (" (mean over batches)" if kind == "grad" else ""))
-        ax.legend(fontsize=6)
-        integer_epochs(ax)
+    layers = _shown_layers(list(dict.fromkeys(per_epoch["layer"])))
+    runs = list(dict.fromkeys(per_epoch["run"]))
+    pal = variant_palette(runs)
+    fig, axes = plt.subplots(2, len(layers), figsize=(2.9 * len(layers) + 0.8, 5.6), squeeze=False)
+    for row, kind in enumerate(("weight", "grad")):
+        for col, layer in enumerate(layers):
+            ax = axes[row, col]
+            d = per_epoch[(per_epoch["kind"] == kind) & (per_epoch["layer"] == layer)]
+            for run in runs:
+                r = d[d["run"] == run].sort_values("epoch")
+                ax.plot(r["epoch"], r["l2"], marker="o", ms=2.5, lw=1.2, color=pal[run], label=run)
+            ax.set_yscale("log")
+            ax.set_title(f"{layer}: {kind}" + (" (mean over batches)" if kind == "grad" else ""), fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.set_xlabel("epoch" if row == 1 else "", fontsize=8)
+            integer_epochs(ax)
+        axes[row, 0].set_ylabel(f"{kind} L2 norm", fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(runs)), fontsize=7,
+               bbox_to_anchor=(0.5, -0.03 - 0.03 * ((len(runs) - 1) // 4)))
+    fig.tight_layout()
     return save(fig, out, "norms")
 
 

@@ -13,28 +13,41 @@ import jinja2
 
 from .. import __version__
 from ..errors import OptionError
-from ..paper import published_row
+from ..paper import experiments, published_row
 from ..rundir import RunDir, RunsDir
-from ..storage import atomic_write
+from ..storage import atomic_write, read_csv
+from ..training.sweep import summarize_variants
 from ..zoo import get_arch
 from .base import Analysis, AnalysisResult, Context
+from .claims import NEAR_CHANCE, evaluate_claims
+from .compare import ComparisonAnalysis
 from .figures import data_uri, integer_epochs, plt, save, variant_palette
 from .norms import NormsAnalysis
 from .robustness import RobustnessAnalysis
 from .saliency import SaliencyAnalysis
 
-ANALYSES: tuple[type[Analysis], ...] = (SaliencyAnalysis, RobustnessAnalysis, NormsAnalysis)
+ANALYSES: tuple[type[Analysis], ...] = (ComparisonAnalysis, SaliencyAnalysis, RobustnessAnalysis, NormsAnalysis)
 # where nothing is stored yet, the report runs cheaper settings than the commands' defaults
 REPORT_DEFAULTS = {"pgd": {"n_images": 200}}
 
 
-def paper_match(row: dict) -> dict | None:
-    """The study's published row for the same architecture and axes (the latest table that has it)."""
+def paper_match(row: dict, experiment: str | None = None) -> dict | None:
+    """The study's published row for the same architecture and axes, from one experiment."""
     try:
         paper_name = get_arch(row["arch"]).paper_name
     except OptionError:
         return None
-    return published_row(paper_name, row) if paper_name else None
+    return published_row(paper_name, row, experiment) if paper_name else None
+
+
+def paper_experiment(rows: list[dict], asked: str | None = None) -> str:
+    """The study's experiment whose tables cover most of these variants (one for the whole table: its first
+    and follow-up runs were timed on different hardware)."""
+    if asked:
+        if asked not in experiments():
+            raise OptionError("paper_experiment", f"unknown value {asked!r}; allowed: {', '.join(experiments())}")
+        return asked
+    return max(experiments(), key=lambda e: sum(paper_match(r, e) is not None for r in rows))
 
 
 def training_curves(runs: list[RunDir], names, out: Path) -> Path:
@@ -49,6 +62,9 @@ def training_curves(runs: list[RunDir], names, out: Path) -> Path:
         axes[1].plot(ep, [float(r["train_loss"]) for r in h], marker="o", ms=3, color=pal[name], label=name)
     axes[0].set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy")
     axes[1].set(xlabel="epoch", ylabel="train loss", title="Training loss")
+    losses = [float(r["train_loss"]) for run in runs for r in run.read("history")]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
+        axes[1].set_yscale("log")  # a first epoch many times the rest would flatten every later one
     axes[0].legend(fontsize=7)
     integer_epochs(*axes)
     return save(fig, out, "training_curves", svg=False)
@@ -57,19 +73,32 @@ def training_curves(runs: list[RunDir], names, out: Path) -> Path:
 def gather(analysis: type[Analysis], runs: list[RunDir], out: Path, asked: dict, context: Context) -> AnalysisResult:
     """The stored result when it answers `asked` for these runs; else run it, from the stored options (or the
     report's defaults) with `asked` on top."""
-    if analysis.up_to_date(out, runs, asked) is not None:
+    why = analysis.staleness(out, runs, asked)
+    if not why:
         return analysis.load(out)
     stored = analysis.stored_config(out)
     base = stored[0] if stored else analysis.Config(**REPORT_DEFAULTS.get(analysis.name, {}))
-    why = "options or runs changed" if stored else "none stored"
-    context.log(f"report: running {analysis.name} on {len(runs)} models ({why})")
+    context.log(f"report: running {analysis.name} on {len(runs)} runs ({why})")
     return analysis(replace(base, **asked)).run(runs, out, context)
 
 
+def warnings_for(rows: list[dict]) -> list[str]:
+    """What a reader must know before trusting a row: unfinished, diverged or untrained variants."""
+    out = []
+    for r in rows:
+        if r["status"] != "finished":
+            out.append(f"{r['variant']} (seed {r['seed']}) is {r['status']}: shown, left out of every verdict")
+        elif r["test_acc"] != "" and float(r["test_acc"]) < NEAR_CHANCE:
+            out.append(f"{r['variant']} (seed {r['seed']}) stayed near chance ({float(r['test_acc']):.1%}): "
+                       f"its training settings (max LR {r['max_lr']}) may not suit it")
+    return out
+
+
 def build_report(directory, out_html=None, asked: dict[str, dict] | None = None,
-                 context: Context | None = None) -> Path:
+                 context: Context | None = None, experiment: str | None = None) -> Path:
     """Gather (or compute) every analysis of the runs in `directory` and render one HTML file. `asked`: per
-    analysis name, the options the caller wants (e.g. {"pgd": {"eps": (0, 4/255)}})."""
+    analysis name, the options the caller wants (e.g. {"pgd": {"eps": (0, 4/255)}}); `experiment`: the study's
+    experiment whose published numbers stand beside ours (default: the one covering most variants)."""
     context = context or Context()
     asked = asked or {}
     unknown = set(asked) - {a.name for a in ANALYSES}
@@ -79,22 +108,36 @@ def build_report(directory, out_html=None, asked: dict[str, dict] | None = None,
     runs = runs_dir.runs()
     out_html = Path(out_html) if out_html else runs_dir.report_path
     rows = [r.summary() for r in runs]
-    names = [r["variant"] for r in rows]
+    names = [r["variant"] + (f" (seed {r['seed']})" if len({x["seed"] for x in rows}) > 1 else "") for r in rows]
+    experiment = paper_experiment(rows, experiment)
     for r in rows:
-        r["paper"] = paper_match(r)
+        r["paper"] = paper_match(r, experiment)
+    variants = summarize_variants(rows)
+    for v in variants:
+        v["paper"] = paper_match(v, experiment)
 
     figures = {"training": data_uri(training_curves(runs, names, runs_dir.analysis_dir()))}
     results = {a.name: gather(a, runs, runs_dir.analysis_dir(a.name), asked.get(a.name, {}), context)
                for a in ANALYSES}
     for result in results.values():
         figures.update({stem: data_uri(path) for stem, path in result.figures.items()})
+    claims = evaluate_claims(runs, runs_dir.analysis_dir("saliency"), runs_dir.analysis_dir("pgd"))
+    checks_path = runs_dir.analysis_dir("pgd") / "masking_checks.csv"
+    rand_path = runs_dir.analysis_dir("saliency") / "randomisation.csv"
+    configs = {a.name: (a.stored_config(runs_dir.analysis_dir(a.name)) or (None,))[0] for a in ANALYSES}
+    data = runs[0].read_config().get("data", {})
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("scs_probe", "templates"),
                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
                              undefined=jinja2.StrictUndefined)
     html = env.get_template("report.html.j2").render(
-        title=f"scs-probe report: {runs_dir.path.name}", directory=str(runs_dir.path), rows=rows,
-        saliency=results["saliency"].summary, pgd=results["pgd"].summary, norms=results["norms"].summary,
-        figures=figures, version=__version__, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+        title=f"scs-probe report: {runs_dir.path.name}", directory=str(runs_dir.path), rows=rows, variants=variants,
+        several_seeds=any(v["finished"] > 1 for v in variants), experiment=experiment,
+        warnings=warnings_for(rows), claims=[c.to_dict() for c in claims], data=data,
+        comparisons=results["compare"].summary, saliency=results["saliency"].summary,
+        randomisation=[r for r in (read_csv(rand_path) if rand_path.is_file() else []) if r["stage"] == "all"],
+        pgd=results["pgd"].summary, checks=read_csv(checks_path) if checks_path.is_file() else [],
+        norms=results["norms"].summary, configs=configs, figures=figures, version=__version__,
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
     atomic_write(out_html, html)
     return out_html

@@ -10,6 +10,7 @@ import torch
 from captum.attr import Saliency
 
 from ..data import CLASSES
+from ..stats import t_interval
 from ..storage import atomic_write, write_csv
 from .base import Analysis, AnalysisConfig, AnalysisResult, Context
 from .metrics import COMPLEXITY, DELETION_AUC, SPARSENESS, entropy, gini
@@ -20,19 +21,27 @@ TARGETS = ("label", "pred")
 
 @dataclass(frozen=True)
 class SaliencyConfig(AnalysisConfig):
-    n_images: int = 8                 # drawn at random with `seed` (of `classes` if given) ...
+    n_images: int = 100               # drawn at random with `seed` (of `classes` if given) ...
     indices: tuple | None = None      # ... unless test-set indices are given
     classes: tuple | None = None      # class indices 0-9
     target: str = "label"             # explain the true label's logit, or the predicted one's
     seed: int = 0
     per_image_scale: bool = False     # main figure scaled per image (default: one shared scale)
     deletion_steps: int = 10
+    grid_images: int = 8              # columns of the saliency figure (the metrics use every image)
+    sanity: bool = True               # model-parameter randomisation check (Adebayo et al. 2018)
+    sanity_images: int = 16
 
     def validate(self) -> None:
+        for key in ("grid_images", "sanity_images"):
+            self.require(key, getattr(self, key) >= 1, f"must be >= 1, got {getattr(self, key)}")
         self.require("n_images", self.n_images >= 1, f"must be >= 1, got {self.n_images}")
-        self.require("indices", self.indices is None or all(int(i) >= 0 for i in self.indices), "must be >= 0")
-        self.require("classes", self.classes is None or all(0 <= int(c) < len(CLASSES) for c in self.classes),
-                     f"must lie in 0-{len(CLASSES) - 1}")
+        self.require("indices", self.indices is None or (len(self.indices) > 0 and all(int(i) >= 0 for i in
+                                                                                         self.indices)),
+                     "must be one or more integers >= 0")
+        self.require("classes", self.classes is None or (len(self.classes) > 0 and all(0 <= int(c) < len(CLASSES)
+                                                                                       for c in self.classes)),
+                     f"must be one or more classes in 0-{len(CLASSES) - 1}")
         self.require("target", self.target in TARGETS, f"unknown value {self.target!r}; allowed: "
                                                        f"{', '.join(TARGETS)}")
         self.require("deletion_steps", self.deletion_steps >= 1, f"must be >= 1, got {self.deletion_steps}")
@@ -48,7 +57,8 @@ class SaliencyResult:
     complexity: torch.Tensor    # [N]
     deletion: torch.Tensor      # [steps + 1, 2]: accuracy, mean target probability per removed fraction
     fractions: torch.Tensor
-    deletion_auc: float
+    deletion_auc: torch.Tensor       # [N]: area under each image's target-probability curve
+    deletion_auc_norm: torch.Tensor  # [N]: the same divided by the image's starting probability
 
 
 def saliency_maps(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -74,8 +84,15 @@ def deletion_curve(model, images, target, maps, steps: int = 10, baseline: float
     probs = torch.cat([model(chunk).softmax(-1) for chunk in masked.view(-1, c, h, w).split(512)])
     probs = probs.view(steps + 1, n, -1)
     acc = (probs.argmax(-1) == target).float().mean(1)
-    p_target = probs.gather(2, target.view(1, n, 1).expand(steps + 1, n, 1)).squeeze(-1).mean(1)
-    return fractions, torch.stack([acc, p_target], 1).cpu()
+    p_target = probs.gather(2, target.view(1, n, 1).expand(steps + 1, n, 1)).squeeze(-1)   # [S, N]
+    return fractions, torch.stack([acc, p_target.mean(1)], 1).cpu(), p_target.cpu()
+
+
+def deletion_areas(fractions, p_target) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: area under the target-probability curve, and that area over the starting probability, so
+    that a model that starts unsure does not look like one whose map found what it uses."""
+    area = torch.from_numpy(np.trapezoid(p_target.double().numpy(), fractions.double().numpy(), axis=0))
+    return area.float(), (area / p_target[0].double().clamp_min(1e-12)).float()
 
 
 def run_saliency(models: list[LoadedModel], images, labels, target: str = "label", steps: int = 10,
@@ -87,25 +104,33 @@ def run_saliency(models: list[LoadedModel], images, labels, target: str = "label
             preds = m.model(images).argmax(1)
         tgt = labels if target == "label" else preds
         maps = saliency_maps(m.model, images, tgt)
-        fractions, curve = deletion_curve(m.model, images, tgt, maps, steps)
-        auc = float(np.trapezoid(curve[:, 1].numpy(), fractions.numpy()))
+        fractions, curve, p_target = deletion_curve(m.model, images, tgt, maps, steps)
+        area, area_norm = deletion_areas(fractions, p_target)
         results.append(SaliencyResult(m.name, maps.cpu(), preds.cpu(), tgt.cpu(), gini(maps).cpu(),
-                                      entropy(maps).cpu(), curve, fractions, auc))
+                                      entropy(maps).cpu(), curve, fractions, area, area_norm))
     return results
 
 
+def _mean_ci(name: str, values: torch.Tensor) -> dict:
+    ci = t_interval(values.double().numpy())
+    return {f"{name}_mean": round(ci.estimate, 6), f"{name}_lo": round(ci.lo, 6) if ci.defined else "",
+            f"{name}_hi": round(ci.hi, 6) if ci.defined else ""}
+
+
 def write_outputs(results: list[SaliencyResult], images, labels, indices, out: Path) -> list[dict]:
-    """saliency.csv (per image), saliency_summary.csv (per model), deletion.csv, saliency_maps.npz."""
+    """saliency.csv (per image), deletion.csv, saliency_maps.npz; returns the per-model summary rows (means with
+    95% t intervals over images)."""
     per_image = [{"model": r.model, "image_index": idx, "label": CLASSES[int(labels[i])],
                   "target": CLASSES[int(r.targets[i])], "pred": CLASSES[int(r.preds[i])],
-                  SPARSENESS.name: f"{r.sparseness[i]:.6f}", COMPLEXITY.name: f"{r.complexity[i]:.6f}"}
+                  SPARSENESS.name: f"{r.sparseness[i]:.6f}", COMPLEXITY.name: f"{r.complexity[i]:.6f}",
+                  DELETION_AUC.name: f"{r.deletion_auc[i]:.6f}", "deletion_auc_norm": f"{r.deletion_auc_norm[i]:.6f}"}
                  for r in results for i, idx in enumerate(indices)]
     write_csv(out / "saliency.csv", per_image)
-    summary = [{"model": r.model, "n": len(indices), f"{SPARSENESS.name}_mean": round(r.sparseness.mean().item(), 6),
-                f"{COMPLEXITY.name}_mean": round(r.complexity.mean().item(), 6),
-                DELETION_AUC.name: round(r.deletion_auc, 6),
-                "accuracy": round((r.preds == labels.cpu()).float().mean().item(), 6)} for r in results]
-    write_csv(out / "saliency_summary.csv", summary)
+    summary = [{"model": r.model, "n": len(indices), **_mean_ci(SPARSENESS.name, r.sparseness),
+                **_mean_ci(COMPLEXITY.name, r.complexity), **_mean_ci(DELETION_AUC.name, r.deletion_auc),
+                **_mean_ci("deletion_auc_norm", r.deletion_auc_norm),
+                "accuracy": round((r.preds == labels.cpu()).float().mean().item(), 6),
+                "interval": "95% Student t over images"} for r in results]
     deletion = [{"model": r.model, "fraction_removed": f"{fr:.3f}", "accuracy": f"{acc:.6f}", "target_prob": f"{p:.6f}"}
                 for r in results for fr, (acc, p) in zip(r.fractions.tolist(), r.deletion.tolist())]
     write_csv(out / "deletion.csv", deletion)
@@ -115,12 +140,13 @@ def write_outputs(results: list[SaliencyResult], images, labels, indices, out: P
     return summary
 
 
-def plot_grid(results: list[SaliencyResult], images, labels, out: Path, per_image_scale: bool = False):
-    """Images as columns, models as rows; one shared colour scale unless per_image_scale."""
+def plot_grid(results: list[SaliencyResult], images, labels, out: Path, per_image_scale: bool = False,
+              n_images: int = 8):
+    """The first `n_images` images as columns, models as rows; one shared colour scale unless per_image_scale."""
     from .figures import plt, save
-    n_img, n_rows = images.shape[0], len(results) + 1
+    n_img, n_rows = min(n_images, images.shape[0]), len(results) + 1
     fig, axes = plt.subplots(n_rows, n_img, figsize=(1.45 * n_img + 1.6, 1.5 * n_rows), squeeze=False)
-    allmaps = torch.stack([r.maps for r in results])
+    allmaps = torch.stack([r.maps[:n_img] for r in results])
     vmax_shared = torch.quantile(allmaps.flatten().float(), 0.995).item() or 1.0
     for j in range(n_img):
         ax = axes[0, j]
@@ -140,7 +166,8 @@ def plot_grid(results: list[SaliencyResult], images, labels, out: Path, per_imag
         ax.set_xticks([]), ax.set_yticks([])
         ax.grid(False)
     if not per_image_scale:
-        fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), shrink=0.6, label="|gradient| (shared scale)")
+        # taken from every column of every row alike, so that each map stays under its image
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="|gradient| (shared scale)")
     fig.suptitle("Vanilla-gradient saliency" + (" (per-image scale)" if per_image_scale else " (shared scale)"),
                  fontsize=10)
     return save(fig, out, "saliency")
@@ -152,12 +179,102 @@ def plot_deletion(results: list[SaliencyResult], out: Path):
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         ax.plot(r.fractions.numpy(), r.deletion[:, 1].numpy(), marker="o", ms=3, color=pal[r.model],
-                label=f"{r.model} (AUC {r.deletion_auc:.3f})")
+                label=f"{r.model} (AUC {r.deletion_auc.mean():.3f}, / start {r.deletion_auc_norm.mean():.3f})")
     ax.set_xlabel("fraction of most salient pixels removed")
     ax.set_ylabel("mean target probability")
     ax.set_title("Deletion curves (lower area: the map found what the model uses)")
     ax.legend(fontsize=7)
     return save(fig, out, "deletion")
+
+
+def _weighted_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """Modules that hold parameters of their own, in definition order (input to output)."""
+    return [(n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+
+
+@torch.no_grad()
+def _reinit(module: torch.nn.Module, seed: int) -> None:
+    torch.manual_seed(seed)
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+    else:
+        for p in module.parameters(recurse=False):
+            p.normal_(0, 0.1)
+
+
+def _similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Mean Spearman rank correlation and SSIM (maps scaled to [0, 1] each) of two [N, H, W] stacks. Two constant
+    maps are identical (1); a constant map against a varying one shares nothing (0)."""
+    from scipy.stats import spearmanr
+    from skimage.metrics import structural_similarity
+    rhos, ssims = [], []
+    for x, y in zip(a.double().numpy(), b.double().numpy()):
+        flat_x, flat_y = x.ravel(), y.ravel()
+        cx, cy = np.ptp(flat_x) == 0, np.ptp(flat_y) == 0
+        if cx or cy:
+            rhos.append(1.0 if cx and cy else 0.0)
+            ssims.append(1.0 if cx and cy else 0.0)
+            continue
+        rhos.append(float(spearmanr(flat_x, flat_y).statistic))
+        nx, ny = x / x.max(), y / y.max()
+        ssims.append(float(structural_similarity(nx, ny, data_range=1.0, win_size=min(7, *x.shape) | 1)))
+    return float(np.mean(rhos)), float(np.mean(ssims))
+
+
+RANDOMISATION_LIMIT = 0.5  # mean Spearman of |map| above this with every weight re-drawn: not explaining the model
+
+
+def randomisation_check(models: list[LoadedModel], images, labels, target: str = "label", seed: int = 0,
+                        device="cpu"):
+    """Model-parameter randomisation (Adebayo et al. 2018): maps of each model with its weights re-drawn,
+    cascading from the output layer to the input, and all at once, compared with the trained model's maps.
+    A map that barely changes when every weight is random does not explain the model (flagged)."""
+    import copy
+    images, labels = images.to(device), labels.to(device)
+    rows, cascades = [], {}
+    for m in models:
+        with torch.no_grad():
+            preds = m.model(images).argmax(1)
+        tgt = labels if target == "label" else preds
+        base = saliency_maps(m.model, images, tgt).cpu()
+        layers = [n for n, _ in _weighted_layers(m.model)]
+        cascade, stages = copy.deepcopy(m.model), [("trained", base)]
+        for k, name in enumerate(reversed(layers), 1):
+            _reinit(cascade.get_submodule(name), seed + k)
+            stages.append((f"top {k}: {name}", saliency_maps(cascade, images, tgt).cpu()))
+        independent = copy.deepcopy(m.model)
+        for k, name in enumerate(layers):
+            _reinit(independent.get_submodule(name), seed + 1000 + k)
+        stages.append(("all", saliency_maps(independent, images, tgt).cpu()))
+        for k, (stage, maps) in enumerate(stages[1:], 1):
+            rho, ssim = _similarity(base, maps)
+            flag = "maps barely change with random weights" if stage == "all" and rho > RANDOMISATION_LIMIT else ""
+            rows.append({"model": m.name, "stage": stage, "layers_randomised": k if stage != "all" else len(layers),
+                         "spearman": rho, "ssim": ssim, "n": len(images), "flag": flag})
+        cascades[m.name] = [(stage, maps[0]) for stage, maps in stages]
+    return rows, cascades
+
+
+def plot_randomisation(cascades: dict, image, out: Path):
+    """One image per variant: its map for the trained model, then as layers are re-drawn from the output."""
+    from .figures import plt, save
+    n_cols = max(len(v) for v in cascades.values()) + 1
+    fig, axes = plt.subplots(len(cascades), n_cols, figsize=(1.3 * n_cols + 1.5, 1.45 * len(cascades)),
+                             squeeze=False)
+    for i, (model, stages) in enumerate(cascades.items()):
+        axes[i, 0].imshow(image.permute(1, 2, 0).cpu().numpy().clip(0, 1))
+        axes[i, 0].set_ylabel(model, fontsize=7, rotation=0, ha="right", va="center")
+        for j, (stage, m) in enumerate(stages, 1):
+            axes[i, j].imshow(m.numpy(), cmap="inferno")  # each map on its own scale: shape, not size, matters
+            axes[i, j].set_title(stage.split(":")[0], fontsize=6)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.grid(False)
+        if not ax.images:
+            ax.axis("off")
+    fig.suptitle("Randomisation check: maps as weights are re-drawn from the output layer down (last: all at once)",
+                 fontsize=9)
+    return save(fig, out, "randomisation")
 
 
 class SaliencyAnalysis(Analysis):
@@ -167,7 +284,7 @@ class SaliencyAnalysis(Analysis):
     name = "saliency"
     Config = SaliencyConfig
     summary_file = "saliency_summary.csv"
-    figure_stems = ("saliency", "deletion")
+    figure_stems = ("saliency", "deletion", "randomisation")
 
     def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
         c = self.config
@@ -175,8 +292,19 @@ class SaliencyAnalysis(Analysis):
         images, labels, idx = select_test_images(context.data_dir, c.n_images, c.indices, c.classes, c.seed)
         results = run_saliency(models, images, labels, c.target, c.deletion_steps, context.device)
         summary = write_outputs(results, images, labels, idx, out)
-        figures = {"saliency": plot_grid(results, images, labels, out, c.per_image_scale),
+        figures = {"saliency": plot_grid(results, images, labels, out, c.per_image_scale, c.grid_images),
                    "deletion": plot_deletion(results, out)}
         if not c.per_image_scale:
-            plot_grid(results, images, labels, out / "per_image", per_image_scale=True)
+            plot_grid(results, images, labels, out / "per_image", per_image_scale=True, n_images=c.grid_images)
+        if c.sanity:
+            rows, cascades = randomisation_check(models, images[:c.sanity_images], labels[:c.sanity_images],
+                                                 c.target, c.seed, context.device)
+            write_csv(out / "randomisation.csv", rows, float_format=".6g")
+            figures["randomisation"] = plot_randomisation(cascades, images[0], out)
+            verdicts = {r["model"]: r for r in rows if r["stage"] == "all"}
+            for s in summary:
+                v = verdicts.get(s["model"], {})
+                s |= {"rand_spearman": v.get("spearman", ""), "rand_ssim": v.get("ssim", ""),
+                      "rand_flag": v.get("flag", "")}
+        write_csv(out / self.summary_file, summary)
         return AnalysisResult(self.name, out, summary, figures)

@@ -35,20 +35,29 @@ def resolve_runs(paths: Sequence = (), directory=None) -> list[RunDir]:
     return runs
 
 
+def run_labels(runs: Sequence[RunDir]) -> list[str]:
+    """A unique label per run for tables and figures: its variant's name, or its folder's name where several
+    runs share a variant (seeds: <variant>-seed<N>), with a counter where even those repeat."""
+    names = [r.name for r in runs]
+    labels = [r.path.name if names.count(r.name) > 1 else r.name for r in runs]
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
+
+
 def load_models(runs: Sequence[RunDir], device) -> list[LoadedModel]:
     """Load every run's checkpoint (weights_only) into its architecture, in eval mode on `device`, with
-    gradients off for the weights."""
-    out, seen = [], {}
-    for run in runs:
+    gradients off for the weights; named by `run_labels`."""
+    out = []
+    for run, label in zip(runs, run_labels(runs)):
         ckpt = run.load_checkpoint()
         model = model_from_checkpoint(ckpt, device, run.checkpoint_path)
-        name = model.variant.name
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:
-            name = f"{name} ({run.path.name})"
         for p in model.parameters():
             p.requires_grad_(False)
-        out.append(LoadedModel(name, model, run.checkpoint_path, ckpt["variant"]))
+        out.append(LoadedModel(label, model, run.checkpoint_path, ckpt["variant"]))
     return out
 
 

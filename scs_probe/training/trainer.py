@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .. import __version__
 from ..checkpoint import load_checkpoint
 from ..data import BatchLoader, describe, load_cifar10, resolve_data_dir
-from ..errors import CheckpointError, DeviceUnavailable, ResumeConflict, RunExistsError, TrainingDiverged
+from ..errors import CheckpointError, DeviceUnavailable, ResumeConflict, RunExistsError, TrainingDiverged, TrainingError
 from ..layers import SHARPENED_LAYERS, get_backend
 from ..progress import progress_bar, write_line
 from ..rundir import RunDir
@@ -89,6 +89,8 @@ class Trainer:
         self.log, self.progress = log, progress
         self.run_dir = RunDir(options.run_dir())
         self.ckpt = None
+        if resume and not self.run_dir.has_checkpoint():
+            raise TrainingError(f"{self.run_dir.path} holds no run to resume (no {self.run_dir.checkpoint_path.name})")
         if self.run_dir.has_checkpoint():
             if not resume:
                 raise RunExistsError(self.run_dir.path)
@@ -98,7 +100,10 @@ class Trainer:
             for key in sorted(explicit or ()):
                 if key not in TrainOptions.RESUMABLE and given.get(key) != kept.get(key):
                     raise ResumeConflict(self.run_dir.path, key, kept.get(key), given.get(key))
-            options = dataclasses.replace(stored, **{k: getattr(options, k) for k in TrainOptions.RESUMABLE})
+            # where and how fast it runs: what the caller gave (all of them from the library; from the command
+            # line, what the user typed), else what the run was started with
+            kept_keys = [k for k in TrainOptions.RESUMABLE if explicit is None or k in explicit or k == "out"]
+            options = dataclasses.replace(stored, **{k: getattr(options, k) for k in kept_keys})
         self.options = options.resolved()
 
     # ------------------------------------------------------------------------------------------------ set-up
@@ -266,6 +271,7 @@ class Trainer:
             self.run_dir.append("history", [row])
             self.run_dir.append("norms", tr["norm_rows"])
             self.run_dir.append("exponents", exponent_rows(epoch, self.model))
+            self.run_dir.write_predictions(epoch, self.test_loader.split.labels, ev["preds"])
             self._save(epoch, "finished" if epoch == o.epochs else "running")
             msg = (f"epoch {epoch}/{o.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
                    f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2%}  "
@@ -283,22 +289,25 @@ class Trainer:
 
 @torch.no_grad()
 def evaluate(model, loader, device, autocast) -> dict:
-    """Test loss, accuracy and seconds of one pass (model in eval mode)."""
+    """Test loss, accuracy, seconds of one pass (model in eval mode) and the predicted class of every image."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    n = 0
+    n, preds = 0, []
     _sync(device)
     t0 = time.perf_counter()
     for x, y in loader:
         with autocast():
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        pred = logits.argmax(1)
+        correct += (pred == y).sum()
+        preds.append(pred)
         n += len(y)
     _sync(device)
-    return {"loss": loss_sum.item() / max(n, 1), "acc": correct.item() / max(n, 1),
-            "seconds": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    return {"loss": loss_sum.item() / max(n, 1), "acc": correct.item() / max(n, 1), "seconds": seconds,
+            "preds": torch.cat(preds).cpu() if preds else torch.zeros(0, dtype=torch.long)}
 
 
 def train(options: TrainOptions, resume: bool = False, **kwargs) -> dict:

@@ -41,6 +41,12 @@ _REGISTRY: dict[str, ArchSpec] = {}
 def register_model(name: str, **spec):
     """Decorator: register `builder(variant) -> nn.Module` as architecture `name` (ArchSpec's other fields as
     keywords)."""
+    from .variants import AXES
+    missing = [axis for axis in AXES if not spec.get("axes", {}).get(axis)]
+    if missing:
+        raise ValueError(f"register_model({name!r}): axes must give the values of every axis; missing "
+                         f"{', '.join(missing)} (one value, e.g. 'norm': ('none',), where the model has no choice)")
+
     def deco(builder):
         if name in _REGISTRY:
             raise ValueError(f"architecture {name!r} is registered twice")

@@ -4,7 +4,7 @@ value that names a model everywhere: training options, checkpoints, sweeps, the 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from ..errors import OptionError
 from ..serialization import DictSerializable
@@ -60,9 +60,6 @@ class Variant(DictSerializable):
     def axes(self) -> dict:
         return {axis: getattr(self, axis) for axis in AXES}
 
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
 
 
 def variant_grid(arch: str, grid: str = "study") -> list[Variant]:
@@ -76,6 +73,8 @@ def variant_grid(arch: str, grid: str = "study") -> list[Variant]:
     from ..paper import paper_axes, paper_table
     found = {Variant(arch, **paper_axes(r)) for r in (paper_table(spec.paper_name) if spec.paper_name else [])}
     found |= {Variant(arch, **extra) for extra in spec.study_grid_extra}
+    if not found:
+        raise OptionError("grid", f"{arch} has no study grid (the study did not train it); use the full grid")
     layers = spec.axes["layer"]
     return sorted(found, key=lambda v: (v.image_size, layers.index(v.layer), v.activation, v.pool, v.norm))
 

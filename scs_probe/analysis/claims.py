@@ -1,0 +1,228 @@
+"""The study's five claims, each with the evidence of a directory of runs and a verdict computed from it:
+supported, contradicted, or inconclusive at this sample size. Nothing in a verdict is written by hand; only
+finished runs trained with matched settings are compared."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..rundir import RunDir
+from ..stats import Interval, bootstrap_interval, items_to_decide, t_interval
+from ..storage import read_csv
+from .compare import compare, study_pairs, variant_axes
+from .robustness import load_per_image
+from .sources import run_labels
+
+CLAIMS = (
+    "SCS is not more accurate than convolution",
+    "SCS is slower to train but faster to evaluate",
+    "SCS needs no activation function (or normalisation)",
+    "SCS saliency maps are more interpretable (sparser)",
+    "SCS is more robust to adversarial attacks in some settings",
+)
+MATCHED = ("epochs", "max_lr", "batch_size", "n_train")  # settings two runs must share to be compared
+NEAR_CHANCE = 0.15           # final test accuracy below this: the variant did not train
+EQUIVALENCE_MARGIN = 0.01    # "no activation needed": adding one gains less than this, with 95% confidence
+
+
+@dataclass
+class Verdict:
+    claim: str
+    pair: str
+    evidence: str
+    verdict: str             # supported, contradicted, inconclusive, not tested
+    to_decide: str = ""      # the sample size that would decide an inconclusive verdict, where simple
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _labels(runs: list[RunDir], name: str) -> dict:
+    """seed -> the label analyses gave the finished run of variant `name` with that seed."""
+    return {r.seed: label for r, label in zip(runs, run_labels(runs))
+            if r.name == name and r.read_config().get("status") == "finished"}
+
+
+def _finished(runs: list[RunDir], name: str) -> list[dict]:
+    return [r.summary() for r in runs if r.name == name and r.read_config().get("status") == "finished"]
+
+
+def _settings(rows: list[dict]) -> set[tuple]:
+    return {tuple(str(r[k]) for k in MATCHED) for r in rows}
+
+
+def _problems(runs, a: str, b: str) -> str:
+    """Why a and b cannot be compared ('' where they can)."""
+    ra, rb = _finished(runs, a), _finished(runs, b)
+    if not ra or not rb:
+        return f"no finished run of {a if not ra else b}"
+    if len(_settings(ra) | _settings(rb)) > 1:
+        sa, sb = sorted(_settings(ra))[0], sorted(_settings(rb))[0]
+        diff = ", ".join(f"{k} {x} vs {y}" for k, x, y in zip(MATCHED, sa, sb) if x != y) or "seeds differ"
+        return f"settings differ ({diff})"
+    low = [r["variant"] for r in ra + rb if float(r["test_acc"]) < NEAR_CHANCE]
+    if low:
+        return f"{low[0]} stayed near chance (test accuracy < {NEAR_CHANCE})"
+    return ""
+
+
+def _sign_verdict(ci: Interval, positive: str, negative: str) -> tuple[str, str]:
+    """supported when the interval lies on the `positive` side of 0, contradicted on the other."""
+    if not ci.defined:
+        return "inconclusive", "needs at least 2 seeds or images for an interval"
+    if ci.lo > 0:
+        return positive, ""
+    if ci.hi < 0:
+        return negative, ""
+    n = items_to_decide(ci)
+    return "inconclusive", f"about {n:,} items (as counted in the evidence) would decide it" if n else ""
+
+
+def _accuracy_interval(runs, a: str, b: str) -> tuple[Interval, str]:
+    rows = compare(runs, a, b)
+    if not rows:
+        return Interval(float("nan"), float("nan"), float("nan"), "", 0), "no per-image predictions"
+    row = rows[-1]  # 'all' over seeds where there are several, else the one seed
+    method = row["interval"]
+    ci = Interval(row["diff"], row["lo"], row["hi"], method, row["n"])
+    extra = f"; McNemar p = {row['mcnemar_p']:.3g}" if row["seed"] != "all" else f" over {row['n']} seeds"
+    return ci, f"accuracy {b} - {a}: {ci.describe()}{extra}"
+
+
+def claim_accuracy(runs, conv: str, scs: str) -> Verdict:
+    ci, text = _accuracy_interval(runs, conv, scs)
+    verdict, decide = _sign_verdict(ci, "contradicted", "supported")
+    return Verdict(CLAIMS[0], f"{scs} vs {conv}", text, verdict, decide)
+
+
+def claim_speed(runs, conv: str, scs: str) -> Verdict:
+    ra, rb = {r["seed"]: r for r in _finished(runs, conv)}, {r["seed"]: r for r in _finished(runs, scs)}
+    seeds = sorted(set(ra) & set(rb), key=str)
+    ratios = {k: t_interval([float(rb[s][k]) / float(ra[s][k]) for s in seeds])
+              for k in ("train_seconds_mean", "eval_seconds_mean")}
+    train, ev = ratios["train_seconds_mean"], ratios["eval_seconds_mean"]
+    text = f"SCS/conv seconds per epoch: train {train.describe('.2f')}, eval {ev.describe('.2f')}"
+    if not train.defined or not ev.defined:
+        return Verdict(CLAIMS[1], f"{scs} vs {conv}", text, "inconclusive", "needs at least 2 seeds")
+    if train.lo > 1 and ev.hi < 1:
+        verdict = "supported"
+    elif train.hi < 1 or ev.lo > 1:
+        verdict = "contradicted"
+    else:
+        verdict = "inconclusive"
+    return Verdict(CLAIMS[1], f"{scs} vs {conv}", text + " (on this machine)", verdict)
+
+
+def claim_no_activation(runs, conv: str, scs: str) -> Verdict:
+    axes = {r.name: variant_axes(r) for r in runs}
+    v = axes[scs]
+    relu = [n for n, w in axes.items() if w.get("layer") == "scs" and w.get("activation") == "relu"
+            and all(w.get(k) == v.get(k) for k in ("arch", "pool", "norm", "image_size", "fixed_p"))]
+    if not relu:
+        return Verdict(CLAIMS[2], scs, f"needs the same variant with a ReLU ({scs.replace('-none', '-relu', 1)})",
+                       "not tested")
+    problem = _problems(runs, scs, relu[0])
+    if problem:
+        return Verdict(CLAIMS[2], f"{relu[0]} vs {scs}", problem, "not tested")
+    ci, text = _accuracy_interval(runs, scs, relu[0])
+    if not ci.defined:
+        return Verdict(CLAIMS[2], f"{relu[0]} vs {scs}", text, "inconclusive", "needs an interval")
+    if ci.lo > 0:
+        verdict, decide = "contradicted", ""
+    elif ci.hi < EQUIVALENCE_MARGIN:
+        verdict, decide = "supported", ""
+    else:
+        verdict, decide = "inconclusive", ""
+    return Verdict(CLAIMS[2], f"{relu[0]} vs {scs}",
+                   f"{text} (supported when a ReLU gains less than {EQUIVALENCE_MARGIN:.0%})", verdict, decide)
+
+
+def claim_saliency(runs, conv: str, scs: str, saliency_dir: Path) -> Verdict:
+    path = Path(saliency_dir) / "saliency.csv"
+    if not path.is_file():
+        return Verdict(CLAIMS[3], f"{scs} vs {conv}", "no saliency analysis", "not tested")
+    rows = read_csv(path)
+    la, lb = _labels(runs, conv), _labels(runs, scs)
+    values = {}
+    for label in (*la.values(), *lb.values()):
+        values[label] = {r["image_index"]: float(r["sparseness"]) for r in rows if r["model"] == label}
+    a, b = [], []
+    for seed in sorted(set(la) & set(lb), key=str):  # the same images, seed by seed
+        va, vb = values[la[seed]], values[lb[seed]]
+        common = sorted(set(va) & set(vb))
+        a += [va[i] for i in common]
+        b += [vb[i] for i in common]
+    if not a:
+        return Verdict(CLAIMS[3], f"{scs} vs {conv}", "the saliency analysis does not cover both", "not tested")
+    a, b = np.array(a), np.array(b)
+    ci = bootstrap_interval(lambda x, y: (y - x).mean(), a, b, method="paired bootstrap")
+    text = f"Gini sparseness {scs} - {conv}: {ci.describe()} over images"
+    verdict, decide = _sign_verdict(ci, "supported", "contradicted")
+    flags = {r["model"]: r.get("rand_flag", "") for r in read_csv(Path(saliency_dir) / "saliency_summary.csv")}
+    failed = [label for label in lb.values() if flags.get(label)]
+    if failed:
+        text += f"; {failed[0]} fails the randomisation check ({flags[failed[0]]})"
+        verdict = "inconclusive" if verdict == "supported" else verdict
+    return Verdict(CLAIMS[3], f"{scs} vs {conv}", text, verdict, decide)
+
+
+def _relative_gain(clean_a, robust_a, clean_b, robust_b) -> float:
+    return robust_b.mean() / max(clean_b.mean(), 1e-9) - robust_a.mean() / max(clean_a.mean(), 1e-9)
+
+
+def claim_robustness(runs, conv: str, scs: str, pgd_dir: Path) -> Verdict:
+    per = load_per_image(pgd_dir)
+    la, lb = _labels(runs, conv), _labels(runs, scs)
+    seeds = [s for s in sorted(set(la) & set(lb), key=str)
+             if any((la[s], a) in per and (lb[s], a) in per for a in ("pgd", "square", "autoattack"))]
+    if not seeds:
+        return Verdict(CLAIMS[4], f"{scs} vs {conv}", "no robustness analysis of both", "not tested")
+    attacks = [a for a in ("autoattack", "square", "pgd") if all((la[s], a) in per and (lb[s], a) in per
+                                                                 for s in seeds)]
+    eps = per[(la[seeds[0]], attacks[0])][0]
+    # robust under every attack run on both (the strongest evidence there is), seeds' images side by side
+    ra = np.concatenate([np.min([per[(la[s], a)][1] for a in attacks], axis=0) for s in seeds], axis=1)
+    rb = np.concatenate([np.min([per[(lb[s], a)][1] for a in attacks], axis=0) for s in seeds], axis=1)
+    ra, rb = ra.astype(float), rb.astype(float)
+    if eps[0] != 0:
+        return Verdict(CLAIMS[4], f"{scs} vs {conv}", "needs eps 0 (clean accuracy) in the range", "not tested")
+    results = []
+    for k in range(1, len(eps)):
+        ci = bootstrap_interval(_relative_gain, ra[0], ra[k], rb[0], rb[k], method="paired bootstrap")
+        results.append((eps[k], ci))
+    text = "; ".join(f"eps {e * 255:.3g}/255: {ci.describe()}" for e, ci in results)
+    text = f"robust/clean accuracy {scs} - {conv} under {'+'.join(attacks)}: {text}"
+    masking = {r["model"]: r.get("masking_flags", "") for r in read_csv(Path(pgd_dir) / "pgd_summary.csv")}
+    masked = [lb[s] for s in seeds if masking.get(lb[s])]
+    if any(ci.defined and ci.lo > 0 for _, ci in results):
+        verdict = "inconclusive" if masked else "supported"
+        if masked:
+            text += f"; but {masked[0]} shows gradient masking ({masking[masked[0]]})"
+    elif all(ci.defined and ci.hi < 0 for _, ci in results):
+        verdict = "contradicted"
+    else:
+        verdict = "inconclusive"
+    n = max((items_to_decide(ci) or 0) for _, ci in results)
+    return Verdict(CLAIMS[4], f"{scs} vs {conv}", text, verdict,
+                   f"about {n:,} images would decide it" if verdict == "inconclusive" and n else "")
+
+
+def evaluate_claims(runs: list[RunDir], saliency_dir, pgd_dir) -> list[Verdict]:
+    """Every claim for every conv/SCS pair at the study's settings found among the runs."""
+    out = []
+    pairs = study_pairs(runs)
+    if not pairs:
+        return [Verdict(c, "", "needs a conv (ReLU, max pool) and an SCS (no activation, max-abs pool) variant",
+                        "not tested") for c in CLAIMS]
+    for conv, scs in pairs:
+        problem = _problems(runs, conv, scs)
+        if problem:
+            out += [Verdict(c, f"{scs} vs {conv}", problem, "not tested") for c in CLAIMS]
+            continue
+        out += [claim_accuracy(runs, conv, scs), claim_speed(runs, conv, scs), claim_no_activation(runs, conv, scs),
+                claim_saliency(runs, conv, scs, saliency_dir), claim_robustness(runs, conv, scs, pgd_dir)]
+    return out
+

@@ -1,0 +1,117 @@
+"""Paired comparisons of two variants on the same test images: the accuracy difference with a paired bootstrap
+interval and an exact McNemar test per seed, and a Student-t interval over seeds where several exist."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..rundir import RunDir
+from ..stats import mcnemar_exact, paired_difference, t_interval
+from ..storage import write_csv
+from .base import Analysis, AnalysisConfig, AnalysisResult, Context
+
+
+@dataclass(frozen=True)
+class CompareConfig(AnalysisConfig):
+    pairs: tuple | None = None        # ((variant a, variant b), ...); None: conv vs SCS at the study's settings
+    n_boot: int = 2000
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.pairs is not None:
+            object.__setattr__(self, "pairs", tuple(tuple(p) for p in self.pairs))
+            self.require("pairs", all(len(p) == 2 for p in self.pairs), "each pair names two variants")
+        self.require("n_boot", self.n_boot >= 100, f"must be >= 100, got {self.n_boot}")
+
+
+def variant_axes(run: RunDir) -> dict:
+    return run.read_config().get("variant", {})
+
+
+def study_pairs(runs: list[RunDir]) -> list[tuple[str, str]]:
+    """Conv (ReLU, max pooling) against SCS (no activation, max-abs pooling) with the same architecture,
+    normalisation and image size: the comparison the study's claims are about."""
+    by_name = {r.name: variant_axes(r) for r in runs}
+    pairs = []
+    for name, v in by_name.items():
+        if v.get("layer") != "scs" or v.get("activation") != "none" or v.get("pool") not in ("maxabs", "none"):
+            continue
+        for other, w in by_name.items():
+            if (w.get("layer") == "conv" and w.get("activation") == "relu" and w.get("pool") in ("max", "none")
+                    and all(w.get(k) == v.get(k) for k in ("arch", "norm", "image_size"))
+                    and w.get("fixed_p") is None and v.get("fixed_p") is None):
+                pairs.append((other, name))
+    return sorted(set(pairs))
+
+
+def _correct_by_seed(runs: list[RunDir], name: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """seed -> (test indices, correct) of the finished runs of variant `name`."""
+    out = {}
+    for run in runs:
+        if run.name != name or run.read_config().get("status") != "finished":
+            continue
+        p = run.read_predictions()
+        if p is not None:
+            out[run.seed] = (p["index"], p["pred"] == p["label"])
+    return out
+
+
+def compare(runs: list[RunDir], a: str, b: str, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """Rows for b minus a: one per seed both have, and one over seeds ('all') where there are several."""
+    ca, cb = _correct_by_seed(runs, a), _correct_by_seed(runs, b)
+    rows, diffs = [], []
+    for s in sorted(set(ca) & set(cb), key=str):
+        (ia, ra), (ib, rb) = ca[s], cb[s]
+        common, pa, pb = np.intersect1d(ia, ib, return_indices=True)
+        ra, rb = ra[pa], rb[pb]
+        d, m = paired_difference(ra, rb, n_boot=n_boot, seed=seed), mcnemar_exact(ra, rb)
+        diffs.append(d.estimate)
+        rows.append({"a": a, "b": b, "seed": s, "n": len(common), "acc_a": ra.mean(), "acc_b": rb.mean(),
+                     "diff": d.estimate, "lo": d.lo, "hi": d.hi, "interval": "95% paired bootstrap over images",
+                     "only_a": m.only_a, "only_b": m.only_b, "mcnemar_p": m.p_value,
+                     "within_noise": d.covers(0)})
+    if len(diffs) > 1:
+        t = t_interval(diffs)
+        rows.append({"a": a, "b": b, "seed": "all", "n": len(diffs),
+                     "acc_a": float(np.mean([r["acc_a"] for r in rows])),
+                     "acc_b": float(np.mean([r["acc_b"] for r in rows])), "diff": t.estimate, "lo": t.lo,
+                     "hi": t.hi, "interval": "95% Student t over seeds", "only_a": "", "only_b": "",
+                     "mcnemar_p": "", "within_noise": t.covers(0)})
+    return rows
+
+
+def plot_comparisons(rows: list[dict], out: Path):
+    from .figures import plt, save
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4))
+    labels = [f"{r['b']} - {r['a']} (seed {r['seed']})" for r in rows]
+    for i, r in enumerate(rows):
+        color = "tab:gray" if r["within_noise"] else ("tab:green" if r["diff"] > 0 else "tab:red")
+        ax.errorbar(r["diff"], i, xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]], fmt="o", color=color,
+                    capsize=3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy difference (b - a), 95% interval")
+    ax.set_title("Paired comparisons (grey: within noise)", fontsize=10)
+    return save(fig, out, "comparisons")
+
+
+class ComparisonAnalysis(Analysis):
+    """`scs-probe compare`: comparisons.csv (one row per pair and seed, plus 'all' over seeds) and
+    comparisons.png, from the per-image test predictions every run records."""
+
+    name = "compare"
+    Config = CompareConfig
+    summary_file = "comparisons.csv"
+    figure_stems = ("comparisons",)
+
+    def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
+        pairs = self.config.pairs if self.config.pairs is not None else study_pairs(runs)
+        rows = [r for a, b in pairs for r in compare(runs, a, b, self.config.n_boot, self.config.seed)]
+        write_csv(out / self.summary_file, rows or [], list(rows[0]) if rows else ["a", "b", "seed"],
+                  float_format=".6g")
+        figures = {"comparisons": plot_comparisons(rows, out)} if rows else {}
+        return AnalysisResult(self.name, out, rows, figures)

@@ -1,0 +1,101 @@
+"""The intervals and tests that verdicts rest on: t intervals over seeds, exact binomial intervals, percentile
+bootstrap intervals (paired where both sides saw the same test images), exact McNemar tests. Every interval is
+95 % unless asked otherwise and says which kind it is."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    lo: float
+    hi: float
+    method: str        # "t", "exact binomial", "bootstrap", "paired bootstrap" (+ level in `describe`)
+    n: int
+
+    def covers(self, value: float = 0.0) -> bool:
+        """True where the interval holds `value`, or where there is no interval (n too small)."""
+        return not (self.lo > value or self.hi < value)
+
+    @property
+    def defined(self) -> bool:
+        return math.isfinite(self.lo) and math.isfinite(self.hi)
+
+    def describe(self, fmt: str = ".3f") -> str:
+        if not self.defined:
+            return f"{self.estimate:{fmt}} (no interval, n={self.n})"
+        return f"{self.estimate:{fmt}} [{self.lo:{fmt}}, {self.hi:{fmt}}] ({self.method}, n={self.n})"
+
+
+def t_interval(values, level: float = LEVEL) -> Interval:
+    """Mean and Student-t interval of independent values (e.g. one per seed); NaN bounds for fewer than 2."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, "t", n)
+    half = float(sps.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return Interval(mean, mean - half, mean + half, "t", n)
+
+
+def binomial_interval(k: int, n: int, level: float = LEVEL) -> Interval:
+    """Proportion k / n with its exact (Clopper-Pearson) interval."""
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, "exact binomial", 0)
+    ci = sps.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return Interval(k / n, float(ci.low), float(ci.high), "exact binomial", n)
+
+
+def bootstrap_interval(statistic: Callable[[np.ndarray], float], *samples, n_boot: int = 2000, seed: int = 0,
+                       level: float = LEVEL, method: str = "bootstrap") -> Interval:
+    """Percentile bootstrap of `statistic(*samples)`, resampling the rows (axis 0) of every sample together, so
+    samples measured on the same items stay paired."""
+    arrays = [np.asarray(s) for s in samples]
+    n = len(arrays[0])
+    estimate = float(statistic(*arrays))
+    if n < 2:
+        return Interval(estimate, math.nan, math.nan, method, n)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    boots = np.array([statistic(*(a[i] for a in arrays)) for i in idx], dtype=float)
+    lo, hi = np.nanquantile(boots, [0.5 - level / 2, 0.5 + level / 2])
+    return Interval(estimate, float(lo), float(hi), method, n)
+
+
+def paired_difference(correct_a, correct_b, n_boot: int = 2000, seed: int = 0) -> Interval:
+    """Accuracy of b minus accuracy of a on the same items, with a paired bootstrap interval."""
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    return bootstrap_interval(lambda x, y: y.mean() - x.mean(), a, b, n_boot=n_boot, seed=seed,
+                              method="paired bootstrap")
+
+
+@dataclass(frozen=True)
+class McNemar:
+    only_a: int        # items a got right and b wrong
+    only_b: int        # items b got right and a wrong
+    p_value: float     # exact two-sided: binomial test of only_b against only_a + only_b at 1/2
+
+
+def mcnemar_exact(correct_a, correct_b) -> McNemar:
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    p = 1.0 if only_a + only_b == 0 else float(sps.binomtest(only_b, only_a + only_b, 0.5).pvalue)
+    return McNemar(only_a, only_b, p)
+
+
+def items_to_decide(interval: Interval) -> int | None:
+    """About how many items (or seeds) would make an interval of this width exclude 0, for the effect it
+    estimates (width shrinks as 1 / sqrt(n)); None where the effect is 0 or there is no interval."""
+    if not interval.defined or interval.estimate == 0 or not interval.covers(0):
+        return None
+    half = (interval.hi - interval.lo) / 2
+    return math.ceil(interval.n * (half / abs(interval.estimate)) ** 2)
