@@ -95,6 +95,17 @@ def test_configs_check_ranges_and_survive_json():
         SaliencyConfig(classes=(10,))
 
 
+def test_paper_experiment_covers_most_variants():
+    from scs_probe.analysis.report import paper_experiment
+    row = {"arch": "rohrer100k", "layer": "sdp", "activation": "relu", "pool": "max", "norm": "none",
+           "image_size": 32}
+    assert paper_experiment([row]) == "followup"  # SharpenedSDP only ran in the follow-up tables
+    assert paper_experiment([row | {"layer": "conv"}]) == "initial"
+    assert paper_experiment([row], "initial") == "initial"
+    with pytest.raises(OptionError):
+        paper_experiment([row], "table9")
+
+
 def test_area_under_curve_is_mean_accuracy():
     assert area_under_curve([0, 1, 2], [1.0, 0.5, 0.0]) == pytest.approx(0.5)
     assert area_under_curve([0.1], [0.7]) == 0.7
@@ -237,7 +248,14 @@ def test_report_is_self_contained_and_escaped(report_html):
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
     assert html.count("data:image/png;base64,") >= 6
-    assert "0.8347 (table6)" in html  # the paper's conv/relu/max accuracy beside ours (its latest table)
+    # the paper's conv/relu/max accuracy beside ours, from the one experiment covering both variants (tie: the
+    # first), never mixed row by row
+    assert "0.8032 (table1)" in html and 'experiment "initial" for every row' in html and "(table6)" not in html
+    assert "The study's claims" in html and html.count('<td class="l">SCS ') == 5
+    import re
+    verdicts = re.findall(r'<td class="l (supported|contradicted|inconclusive|not tested)">', html)
+    assert len(verdicts) == 5, verdicts
+    assert "Randomisation" in html and "masking" in html
     assert (report_html.parent / "analysis" / "pgd" / "pgd.csv").is_file()
 
 

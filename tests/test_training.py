@@ -212,3 +212,26 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path, capsys):
     assert "is not a PyTorch checkpoint" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "nope.pt")]) == 1  # a missing file, not a missing folder
     assert f"no checkpoint at {tmp_path / 'nope.pt'}\n" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_over_seeds_summarises_each_variant(fake_cifar, tmp_path, capsys):
+    args = ["sweep", "--only", "rohrer100k-conv-relu-max", "--seeds", "0,1", "--epochs", "1", "--limit-train",
+            "128", "--limit-test", "64", "--batch-size", "64", "--max-lr", "0.01", "--data-dir", str(fake_cifar),
+            "--out", str(tmp_path), "--quiet", "--device", "cpu"]
+    assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["rohrer100k-conv-relu-max-seed0",
+                                                                        "rohrer100k-conv-relu-max-seed1"]
+    summary = rows(tmp_path / "summary.csv")
+    assert [r["seed"] for r in summary] == ["0", "1"] and all(r["max_lr"] == "0.01" for r in summary)
+    (variant,) = rows(tmp_path / "variant_summary.csv")
+    accs = [float(r["test_acc"]) for r in summary]
+    assert variant["finished"] == "2" and variant["seeds"] == "0 1"
+    assert float(variant["test_acc_mean"]) == pytest.approx(sum(accs) / 2, abs=1e-6)
+    assert float(variant["test_acc_ci_lo"]) <= float(variant["test_acc_mean"]) <= float(variant["test_acc_ci_hi"])
+    preds = rows(tmp_path / "rohrer100k-conv-relu-max-seed0" / "predictions.csv")
+    assert len(preds) == 64 and sum(r["pred"] == r["label"] for r in preds) / 64 == pytest.approx(accs[0])
+    # seeds give different initial weights, so different runs
+    a = load_checkpoint(tmp_path / "rohrer100k-conv-relu-max-seed0")["model"]["conv1.weight"]
+    b = load_checkpoint(tmp_path / "rohrer100k-conv-relu-max-seed1")["model"]["conv1.weight"]
+    assert not torch.equal(a, b)

@@ -205,7 +205,7 @@ def claim_robustness(runs, conv: str, scs: str, pgd_dir: Path) -> Verdict:
         verdict = "contradicted"
     else:
         verdict = "inconclusive"
-    n = max((items_to_decide(ci) or 0) for _, ci in results)
+    n = min((items_to_decide(ci) for _, ci in results if items_to_decide(ci)), default=0)  # the nearest eps
     return Verdict(CLAIMS[4], f"{scs} vs {conv}", text, verdict,
                    f"about {n:,} images would decide it" if verdict == "inconclusive" and n else "")
 

@@ -65,7 +65,9 @@ def training_curves(runs: list[RunDir], names, out: Path) -> Path:
     losses = [float(r["train_loss"]) for run in runs for r in run.read("history")]
     if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
         axes[1].set_yscale("log")  # a first epoch many times the rest would flatten every later one
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=7,
+               bbox_to_anchor=(0.5, -0.04 - 0.035 * ((len(labels) - 1) // 3)))  # below the axes, off the data
     integer_epochs(*axes)
     return save(fig, out, "training_curves", svg=False)
 

@@ -304,7 +304,8 @@ class SaliencyAnalysis(Analysis):
             verdicts = {r["model"]: r for r in rows if r["stage"] == "all"}
             for s in summary:
                 v = verdicts.get(s["model"], {})
-                s |= {"rand_spearman": v.get("spearman", ""), "rand_ssim": v.get("ssim", ""),
+                s |= {"rand_spearman": round(v["spearman"], 4) if v else "",
+                      "rand_ssim": round(v["ssim"], 4) if v else "",
                       "rand_flag": v.get("flag", "")}
         write_csv(out / self.summary_file, summary)
         return AnalysisResult(self.name, out, summary, figures)
