@@ -173,3 +173,18 @@ def test_metrics_agree_with_quantus():
     q_ssim = np.mean([quantus.similarity_func.ssim(u.astype(np.float64), v.astype(np.float64), win_size=7)
                       for u, v in zip(a1.numpy(), b1.numpy())])
     assert rho == pytest.approx(q_rho, abs=1e-6) and ssim == pytest.approx(q_ssim, abs=1e-6)
+
+
+def test_compare_command(tmp_path, capsys):
+    from scs_probe.cli import main
+    from scs_probe.storage import read_csv
+    a = np.arange(300) % 3 == 0
+    fake_run(tmp_path, CONV, 0, a)
+    fake_run(tmp_path, SCS, 0, a | (np.arange(300) % 3 == 1))
+    assert main(["compare", str(tmp_path), "--n-boot", "200"]) == 0
+    (row,) = read_csv(tmp_path / "analysis" / "compare" / "comparisons.csv")
+    assert (row["a"], row["b"]) == (CONV.name, SCS.name) and float(row["diff"]) == pytest.approx(1 / 3, abs=0.01)
+    assert row["within_noise"] == "False" and (tmp_path / "analysis" / "compare" / "comparisons.png").is_file()
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path), "--pair", "only-one"]) == 2
+    assert "--pair takes two variant names" in capsys.readouterr().err

@@ -129,8 +129,12 @@ class Analysis(ABC):
     def staleness(cls, out, runs: Sequence[RunDir], asked: dict) -> str:
         """Why the outputs in `out` do not answer `asked` for these runs ('' where they do)."""
         stored = cls.stored_config(out)
-        if stored is None or not (Path(out) / cls.summary_file).is_file():
-            return "none stored" if not (Path(out) / OPTIONS_FILE).is_file() else "stored options unreadable"
+        if not (Path(out) / OPTIONS_FILE).is_file():
+            return "none stored"
+        if stored is None:
+            return "stored options unreadable"
+        if not (Path(out) / cls.summary_file).is_file():
+            return "stored outputs incomplete"
         config, stored_runs = stored
         if not _same_runs(stored_runs, run_fingerprint(runs)):
             return "the runs or their checkpoints changed"
