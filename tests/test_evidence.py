@@ -188,3 +188,14 @@ def test_compare_command(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(tmp_path), "--pair", "only-one"]) == 2
     assert "--pair takes two variant names" in capsys.readouterr().err
+
+
+def test_transfer_comes_from_the_conv_twin_of_the_same_seed():
+    from scs_probe.analysis.robustness import conv_twin
+    v = {"arch": "rohrer100k", "norm": "none", "image_size": 32}
+    conv0, conv1 = (LoadedModel(f"conv-seed{s}", None, None, v | {"layer": "conv"}, s) for s in (0, 1))
+    scs1 = LoadedModel("scs-seed1", None, None, v | {"layer": "scs"}, 1)
+    other = LoadedModel("scs-resnet", None, None, v | {"layer": "scs", "arch": "resnet20"}, 1)
+    assert conv_twin(scs1, [conv0, conv1, scs1]) is conv1
+    assert conv_twin(scs1, [conv0, scs1]) is conv0 and conv_twin(conv0, [conv0, scs1]) is None
+    assert conv_twin(other, [conv0, conv1]) is None

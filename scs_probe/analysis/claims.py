@@ -69,8 +69,9 @@ def _problems(runs, a: str, b: str) -> str:
     return ""
 
 
-def _sign_verdict(ci: Interval, positive: str, negative: str) -> tuple[str, str]:
-    """supported when the interval lies on the `positive` side of 0, contradicted on the other."""
+def _sign_verdict(ci: Interval, positive: str, negative: str, unit: str = "test images") -> tuple[str, str]:
+    """`positive` when the interval lies above 0, `negative` when below, else inconclusive with about how many
+    `unit` would decide it."""
     if not ci.defined:
         return "inconclusive", "needs at least 2 seeds or images for an interval"
     if ci.lo > 0:
@@ -78,7 +79,7 @@ def _sign_verdict(ci: Interval, positive: str, negative: str) -> tuple[str, str]
     if ci.hi < 0:
         return negative, ""
     n = items_to_decide(ci)
-    return "inconclusive", f"about {n:,} items (as counted in the evidence) would decide it" if n else ""
+    return "inconclusive", f"about {n:,} {unit} would decide it" if n else ""
 
 
 def _accuracy_interval(runs, a: str, b: str) -> tuple[Interval, str]:
@@ -94,7 +95,8 @@ def _accuracy_interval(runs, a: str, b: str) -> tuple[Interval, str]:
 
 def claim_accuracy(runs, conv: str, scs: str) -> Verdict:
     ci, text = _accuracy_interval(runs, conv, scs)
-    verdict, decide = _sign_verdict(ci, "contradicted", "supported")
+    unit = "seeds" if "over seeds" in ci.method else "test images"
+    verdict, decide = _sign_verdict(ci, "contradicted", "supported", unit)
     return Verdict(CLAIMS[0], f"{scs} vs {conv}", text, verdict, decide)
 
 
@@ -160,7 +162,7 @@ def claim_saliency(runs, conv: str, scs: str, saliency_dir: Path) -> Verdict:
     a, b = np.array(a), np.array(b)
     ci = bootstrap_interval(lambda x, y: (y - x).mean(), a, b, method="paired bootstrap")
     text = f"Gini sparseness {scs} - {conv}: {ci.describe()} over images"
-    verdict, decide = _sign_verdict(ci, "supported", "contradicted")
+    verdict, decide = _sign_verdict(ci, "supported", "contradicted", "images")
     flags = {r["model"]: r.get("rand_flag", "") for r in read_csv(Path(saliency_dir) / "saliency_summary.csv")}
     failed = [label for label in lb.values() if flags.get(label)]
     if failed:

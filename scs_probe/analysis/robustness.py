@@ -163,11 +163,13 @@ def summarize(rows, masks=None, n_boot: int = 1000, seed: int = 0) -> list[dict]
 
 
 def conv_twin(m: LoadedModel, models: list[LoadedModel]) -> LoadedModel | None:
-    """The conv model of the same architecture, normalisation and image size (a sharpened model's twin)."""
+    """The conv model of the same architecture, normalisation and image size (a sharpened model's twin), of
+    the same seed where there is one."""
     if m.variant.get("layer") == "conv":
         return None
     same = [o for o in models if o.variant.get("layer") == "conv"
             and all(o.variant.get(k) == m.variant.get(k) for k in ("arch", "norm", "image_size"))]
+    same.sort(key=lambda o: o.seed != m.seed)  # stable: the same seed first
     return same[0] if same else None
 
 

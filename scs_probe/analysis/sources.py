@@ -21,6 +21,7 @@ class LoadedModel:
     model: torch.nn.Module
     checkpoint: Path
     variant: dict
+    seed: int | None = None  # the seed it was trained with
 
 
 def resolve_runs(paths: Sequence = (), directory=None) -> list[RunDir]:
@@ -57,7 +58,7 @@ def load_models(runs: Sequence[RunDir], device) -> list[LoadedModel]:
         model = model_from_checkpoint(ckpt, device, run.checkpoint_path)
         for p in model.parameters():
             p.requires_grad_(False)
-        out.append(LoadedModel(label, model, run.checkpoint_path, ckpt["variant"]))
+        out.append(LoadedModel(label, model, run.checkpoint_path, ckpt["variant"], ckpt["options"].get("seed")))
     return out
 
 
