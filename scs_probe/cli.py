@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from . import errors
-from .cli_types import ClassList, EpsList, EpsRange, EpsValue, IndexList, PatternList
+from .cli_types import ClassList, EpsList, EpsRange, EpsValue, IndexList, PatternList, PositiveRange
 from .data import DATA_ENV
 from .rundir import RunDir, RunsDir
 from .training.options import DEVICES, TrainOptions
@@ -161,6 +161,44 @@ def sweep(arch, grid, only, seeds, quiet, out, **kw):
                      explicit=_explicit(click.get_current_context()))
     _print_table(rows, ("variant", "seed", "test_acc", "train_seconds_mean", "eval_seconds_mean", "params", "status"))
     click.echo(f"summary: {RunsDir(out_dir).summary_path}")
+
+
+@cli.command()
+@variant_options
+@click.option("--n-trials", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Complete or pruned trials the study should hold (run again to continue a study).")
+@click.option("--p-range", type=PositiveRange(), default="0.5:4", show_default=True,
+              help="Fixed p drawn from LOW:HIGH on a log scale.")
+@click.option("--search", type=PatternList(), default="p", show_default=True,
+              help="p, or p,max_lr to search the learning rate too (--lr-range).")
+@click.option("--lr-range", type=PositiveRange(), default="0.001:0.1", show_default=True)
+@click.option("--pruner", type=click.Choice(["median", "halving", "none"]), default="median", show_default=True,
+              help="Stops unpromising trials from their per-epoch test accuracy.")
+@click.option("--storage", default=None, help="Optuna storage URL [sqlite:///OUT/study.db]; a PostgreSQL URL "
+                                                "lets several tune processes share one study.")
+@click.option("--study-name", default="scs-fixed-p", show_default=True)
+@click.option("--tune-seed", type=int, default=0, show_default=True, help="TPE sampler seed.")
+@training_options
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Study directory [./tune/<arch>].")
+def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_name, tune_seed, quiet, out, **kw):
+    """Search a fixed p for SCS (the study's Optuna search): trials under OUT/trials/<n>/, OUT/trials.csv,
+    OUT/tune.png, the best trial on stdout."""
+    from .tune import TuneConfig
+    from .tune import tune as run_tune
+    config = TuneConfig(n_trials=n_trials, p_range=p_range, lr_range=lr_range, search=tuple(search),
+                        pruner=pruner, storage=storage, study_name=study_name, seed=tune_seed)
+    base = TrainOptions(variant=variant, **kw)
+    out_dir = Path(out or Path("tune") / variant.arch)
+    study = run_tune(base, out_dir, config, progress=not quiet)
+    from .tune import trial_rows
+    _print_table(trial_rows(study), ("number", "p", "max_lr", "state", "final_test_acc", "epochs"))
+    try:
+        best = study.best_trial
+        click.echo(f"best: trial {best.number}, " + ", ".join(f"{k}={v:.4g}" for k, v in best.params.items())
+                   + f", test accuracy {best.value:.4f} ({out_dir / 'trials' / str(best.number)})")
+    except ValueError:
+        click.echo("best: no trial completed")
+    click.echo(f"trials: {out_dir / 'trials.csv'}")
 
 
 @cli.command()

@@ -108,6 +108,20 @@ class ClassList(_Parsed):
         return tuple(out)
 
 
+class PositiveRange(_Parsed):
+    """'LOW:HIGH' -> (low, high) floats (range checks belong to the config)."""
+    name = "LOW:HIGH"
+
+    def parse(self, text):
+        parts = text.split(":")
+        if len(parts) != 2:
+            raise ValueError(f"takes LOW:HIGH, got {text!r}")
+        try:
+            return float(parts[0]), float(parts[1])
+        except ValueError:
+            raise ValueError(f"takes two numbers LOW:HIGH, got {text!r}") from None
+
+
 class PatternList(_Parsed):
     """'a,b*' -> ('a', 'b*')."""
     name = "PATTERNS"

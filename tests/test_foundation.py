@@ -149,7 +149,8 @@ def test_progress_is_silent_in_logs(fake_cifar, tmp_path, capfd):
 
 # README's Layout: each row imports only from rows above it.
 LAYOUT = [{"__init__", "layers"}, {"errors", "storage", "progress", "serialization", "stats"}, {"paper"}, {"zoo"},
-          {"data"}, {"checkpoint"}, {"rundir"}, {"training"}, {"analysis"}, {"cli", "cli_types", "__main__"}]
+          {"data"}, {"checkpoint"}, {"rundir"}, {"training"}, {"analysis"}, {"tune"},
+          {"cli", "cli_types", "__main__"}]
 
 
 def _rank(top: str) -> int:

@@ -83,10 +83,11 @@ class Trainer:
     """Trains one run directory from scratch or from its checkpoint (`resume`)."""
 
     def __init__(self, options: TrainOptions, resume: bool = False, explicit: set[str] | None = None,
-                 progress: bool = True, log=print):
+                 progress: bool = True, log=print, on_epoch=None):
         """`explicit`: the option names the user gave (TrainOptions fields, or a Variant's axes); resuming with
         one that differs from the stored run's is a ResumeConflict, the others are taken from the run."""
         self.log, self.progress = log, progress
+        self.on_epoch = on_epoch  # on_epoch(epoch, history row) after each epoch's checkpoint: may stop the run
         self.run_dir = RunDir(options.run_dir())
         self.ckpt = None
         if resume and not self.run_dir.has_checkpoint():
@@ -277,7 +278,16 @@ class Trainer:
                    f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2%}  "
                    f"train {row['train_seconds']:.1f}s eval {row['eval_seconds']:.1f}s")
             write_line(msg, self.log)
+            if self.on_epoch is not None:
+                self.on_epoch(epoch, row)
         return self._config("finished")
+
+    def mark(self, status: str, **extra) -> None:
+        """Set the run's status (e.g. 'pruned' by a search) in its checkpoint and config.json."""
+        ckpt = self.run_dir.load_checkpoint()
+        ckpt.update(status=status, **extra)
+        self.run_dir.save_checkpoint({k: v for k, v in ckpt.items() if k != "format"})
+        self.run_dir.write_config(self._config(status, **extra))
 
     def _mark_diverged(self, epoch: int, reason: str) -> None:
         """Keep the last good weights; mark checkpoint and config.json as diverged."""

@@ -1,0 +1,161 @@
+"""The study's fixed-p search (its Appendix C.2) on Optuna: SCS with one p shared by every sharpened layer,
+p (and optionally max LR) drawn by TPE, each trial a normal run under OUT/trials/<number>/, pruned on its
+per-epoch test accuracy. Storage is any Optuna URL (SQLite at OUT/study.db by default), so a study survives the
+process and several processes can share one; trials whose process died are failed by Optuna's heartbeat and
+re-queued with the same parameters (RetryFailedTrialCallback), never counted as results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .errors import OptionError, TrainingDiverged
+from .rundir import RunsDir
+from .storage import write_csv
+from .training import Trainer, TrainOptions
+
+SEARCHABLE = ("p", "max_lr")
+PRUNERS = ("median", "halving", "none")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    n_trials: int = 20                 # finished (complete or pruned) trials the study should hold
+    p_range: tuple = (0.5, 4.0)        # sampled on a log scale
+    lr_range: tuple = (1e-3, 0.1)      # max LR, log scale, where "max_lr" is searched
+    search: tuple = ("p",)
+    pruner: str = "median"             # median (MedianPruner) or halving (SuccessiveHalvingPruner) or none
+    storage: str | None = None         # None: sqlite:///OUT/study.db
+    study_name: str = "scs-fixed-p"
+    seed: int = 0                      # TPE's
+    heartbeat: int = 60                # seconds; a trial silent for 2 heartbeats is failed and re-queued
+
+    def __post_init__(self):
+        for key in ("p_range", "lr_range"):
+            lo, hi = (float(v) for v in getattr(self, key))
+            if not 0 < lo < hi:
+                raise OptionError(key, f"must be LOW:HIGH with 0 < LOW < HIGH, got {lo:g}:{hi:g}")
+            object.__setattr__(self, key, (lo, hi))
+        if self.p_range[0] < 0.1:
+            raise OptionError("p_range", "p below 0.1 is clamped by the layers; start the range at 0.1 or above")
+        unknown = [s for s in self.search if s not in SEARCHABLE]
+        if unknown or "p" not in self.search:
+            raise OptionError("search", f"takes p, optionally with max_lr; got {','.join(self.search)}")
+        if self.pruner not in PRUNERS:
+            raise OptionError("pruner", f"unknown value {self.pruner!r}; allowed: {', '.join(PRUNERS)}")
+        if self.n_trials < 1 or self.heartbeat < 1:
+            raise OptionError("n_trials" if self.n_trials < 1 else "heartbeat", "must be >= 1")
+
+
+def _pruner(name: str):
+    import optuna
+    return {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+            "halving": optuna.pruners.SuccessiveHalvingPruner(),
+            "none": optuna.pruners.NopPruner()}[name]
+
+
+def open_study(out, config: TuneConfig):
+    """Create or continue the study (Optuna's storage holds its trials, TPE's history and heartbeats)."""
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    url = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8: not the user's news
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RDBStorage(url, heartbeat_interval=config.heartbeat, grace_period=2 * config.heartbeat,
+                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        return optuna.create_study(study_name=config.study_name, storage=storage, load_if_exists=True,
+                                   direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.seed),
+                                   pruner=_pruner(config.pruner))
+    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as e:
+        raise OptionError("storage", f"cannot open {url} ({type(e).__name__}: {str(e).splitlines()[0][:160]})") \
+            from None
+
+
+def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool = True):
+    """Run trials until the study holds `config.n_trials` complete or pruned ones; returns the study."""
+    import optuna
+    if base.variant.layer == "conv":
+        raise OptionError("layer", "the fixed-p search trains sharpened layers (scs or sdp), not conv")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(out, config)
+    trials = RunsDir(Path(out) / "trials")
+
+    def objective(trial):
+        p = trial.suggest_float("p", *config.p_range, log=True)
+        max_lr = trial.suggest_float("max_lr", *config.lr_range, log=True) if "max_lr" in config.search \
+            else base.max_lr
+        run = trials.run(str(trial.number))
+        options = replace(base, variant=replace(base.variant, fixed_p=p), max_lr=max_lr, out=str(run.path))
+        def report(epoch, row):
+            trial.report(float(row["test_acc"]), epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"test accuracy {row['test_acc']} at epoch {epoch}")
+
+        trainer = Trainer(options, progress=progress, log=log, on_epoch=report)
+        try:
+            trainer.run()
+        except optuna.TrialPruned:
+            trainer.mark("pruned")
+            log(f"trial {trial.number} (p={p:.3g}): pruned")
+            raise
+        except TrainingDiverged as e:
+            log(f"trial {trial.number} (p={p:.3g}): {e}")
+            raise
+        history = trainer.history
+        trial.set_user_attr("best_test_acc", max(float(r["test_acc"]) for r in history))
+        return float(history[-1]["test_acc"])
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    if len(study.get_trials(deepcopy=False, states=finished)) < config.n_trials:
+        study.optimize(objective, catch=(TrainingDiverged,), callbacks=[
+            optuna.study.MaxTrialsCallback(config.n_trials, states=finished)])
+    write_trials(study, out)
+    return study
+
+
+def trial_rows(study) -> list[dict]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        steps = sorted(t.intermediate_values)
+        rows.append({"number": t.number, "p": t.params.get("p", ""), "max_lr": t.params.get("max_lr", ""),
+                     "state": t.state.name.lower(),
+                     "final_test_acc": t.value if t.value is not None else "",
+                     "best_test_acc": max(t.intermediate_values.values()) if steps else "",
+                     "epochs": len(steps),
+                     "seconds": round(t.duration.total_seconds(), 2) if t.duration else "",
+                     "retry_of": _retried(t)})
+    return rows
+
+
+def _retried(trial):
+    import warnings
+
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        number = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    return "" if number is None else number
+
+
+def write_trials(study, out) -> Path:
+    """trials.csv and tune.png (test accuracy against p, pruned trials hollow)."""
+    from .analysis.figures import plt, save
+    out = Path(out)
+    rows = trial_rows(study)
+    write_csv(out / "trials.csv", rows, ("number", "p", "max_lr", "state", "final_test_acc", "best_test_acc",
+                                        "epochs", "seconds", "retry_of"), float_format=".6g")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for state, style in (("complete", dict(color="tab:blue")), ("pruned", dict(facecolors="none",
+                                                                               edgecolors="tab:gray"))):
+        sel = [r for r in rows if r["state"] == state and r["best_test_acc"] != ""]
+        ax.scatter([r["p"] for r in sel], [r["best_test_acc"] for r in sel], label=f"{state} ({len(sel)})", **style)
+    ax.set_xscale("log")
+    ax.set(xlabel="fixed p (log scale)", ylabel="best test accuracy", title="Fixed-p search")
+    ax.legend(fontsize=8)
+    return save(fig, out, "tune", svg=False)
