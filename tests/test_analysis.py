@@ -144,6 +144,7 @@ def test_saliency_command(sweep_dir, fake_cifar, tmp_path, capsys):
     assert [r["image_index"] for r in rows(tmp_path / "s2" / "saliency.csv")] == ["3", "1"]
 
 
+@pytest.mark.slow
 def test_pgd_command(sweep_dir, fake_cifar, tmp_path, capsys):
     out = tmp_path / "pgd"
     code = main(["pgd", "--sweep", str(sweep_dir), "--eps-range", "0:8/255:3", "--n-images", "32", "--steps", "3",
