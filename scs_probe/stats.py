@@ -71,6 +71,26 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], *samples, n_boo
     return Interval(estimate, float(lo), float(hi), method, n)
 
 
+def two_level_bootstrap(statistic: Callable[..., float], *matrices, n_boot: int = 2000, seed: int = 0,
+                        level: float = LEVEL, method: str = "bootstrap over seeds and images") -> Interval:
+    """Percentile bootstrap of `statistic(*matrices)` for [seed, image] matrices measured on the same images:
+    each resample draws seeds and images (columns) with replacement, so the interval holds both the spread
+    between seeds and the sampling of test images; every matrix gets the same draw (paired)."""
+    arrays = [np.asarray(m, dtype=float) for m in matrices]
+    n_seeds, n_images = arrays[0].shape
+    estimate = float(statistic(*arrays))
+    if n_images < 2:
+        return Interval(estimate, math.nan, math.nan, method, n_images)
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        s = rng.integers(0, n_seeds, n_seeds)
+        i = rng.integers(0, n_images, n_images)
+        boots[b] = statistic(*(a[s][:, i] for a in arrays))
+    lo, hi = np.nanquantile(boots, [0.5 - level / 2, 0.5 + level / 2])
+    return Interval(estimate, float(lo), float(hi), method, n_seeds * n_images)
+
+
 def paired_difference(correct_a, correct_b, n_boot: int = 2000, seed: int = 0) -> Interval:
     """Accuracy of b minus accuracy of a on the same items, with a paired bootstrap interval."""
     a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
@@ -98,4 +118,7 @@ def items_to_decide(interval: Interval) -> int | None:
     if not interval.defined or interval.estimate == 0 or not interval.covers(0):
         return None
     half = (interval.hi - interval.lo) / 2
-    return math.ceil(interval.n * (half / abs(interval.estimate)) ** 2)
+    if interval.method == "t" and interval.n > 1:  # the t quantile shrinks too as n grows: scale to the normal's
+        half *= float(sps.norm.ppf(0.5 + LEVEL / 2) / sps.t.ppf(0.5 + LEVEL / 2, interval.n - 1))
+    n = math.ceil(interval.n * (half / abs(interval.estimate)) ** 2)
+    return n if n > interval.n else None  # a lopsided interval, not a matter of sample size

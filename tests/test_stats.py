@@ -59,7 +59,10 @@ def test_paired_bootstrap_of_a_known_difference():
 
 def test_items_to_decide():
     from scs_probe.stats import Interval
-    assert items_to_decide(Interval(0.01, -0.01, 0.03, "t", 100)) == 400  # half-width 0.02 -> 4x the items
+    assert items_to_decide(Interval(0.01, -0.01, 0.03, "bootstrap", 100)) == 400  # half-width 0.02: 4x the items
+    # a t interval over 2 seeds: scale its half-width by z / t(1) before projecting (12.7 would say 1,292 seeds)
+    assert items_to_decide(t_interval([-0.01, 0.03])) == 31
+    assert items_to_decide(Interval(0.9, 0.0, 1.0, "bootstrap", 8)) is None  # lopsided, not a sample-size matter
     assert items_to_decide(Interval(0.05, 0.01, 0.09, "t", 100)) is None  # already decided
     assert items_to_decide(Interval(0.0, -0.01, 0.01, "t", 100)) is None
     assert items_to_decide(Interval(0.1, math.nan, math.nan, "t", 1)) is None

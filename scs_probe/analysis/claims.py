@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..rundir import RunDir
-from ..stats import Interval, bootstrap_interval, items_to_decide, t_interval
+from ..stats import Interval, items_to_decide, t_interval, two_level_bootstrap
 from ..storage import read_csv
 from .compare import compare, study_pairs, variant_axes
 from .robustness import load_per_image
@@ -82,29 +82,41 @@ def _sign_verdict(ci: Interval, positive: str, negative: str, unit: str = "test 
     return "inconclusive", f"about {n:,} {unit} would decide it" if n else ""
 
 
-def _accuracy_interval(runs, a: str, b: str) -> tuple[Interval, str]:
+def _accuracy_interval(runs, a: str, b: str) -> tuple[Interval | None, str]:
+    """b - a on the same test images: over seeds and images where several seeds exist, else the one seed's
+    paired bootstrap; None where the runs recorded no per-image predictions."""
     rows = compare(runs, a, b)
     if not rows:
-        return Interval(float("nan"), float("nan"), float("nan"), "", 0), "no per-image predictions"
+        return None, "no per-image predictions (runs from an older scs-probe: retrain them)"
     row = rows[-1]  # 'all' over seeds where there are several, else the one seed
-    method = row["interval"]
-    ci = Interval(row["diff"], row["lo"], row["hi"], method, row["n"])
-    extra = f"; McNemar p = {row['mcnemar_p']:.3g}" if row["seed"] != "all" else f" over {row['n']} seeds"
-    return ci, f"accuracy {b} - {a}: {ci.describe()}{extra}"
+    ci = Interval(row["diff"], row["lo"], row["hi"], row["interval"], row["n"])
+    seeds = [str(r["seed"]) for r in rows if r["seed"] != "all"]
+    text = f"accuracy {b} - {a}: {ci.describe()}, seeds {' '.join(seeds)}"
+    if row["seed"] != "all":
+        text += f"; exact McNemar p = {row['mcnemar_p']:.3g}"
+        if row["mcnemar_p"] >= 0.05 and not ci.covers(0):
+            # the percentile bootstrap can be narrower than the exact test on few images: trust neither alone
+            ci = Interval(ci.estimate, min(ci.lo, 0.0), max(ci.hi, 0.0), ci.method, ci.n)
+            text += " (not significant: verdict held back)"
+    return ci, text
 
 
 def claim_accuracy(runs, conv: str, scs: str) -> Verdict:
     ci, text = _accuracy_interval(runs, conv, scs)
-    unit = "seeds" if "over seeds" in ci.method else "test images"
-    verdict, decide = _sign_verdict(ci, "contradicted", "supported", unit)
+    if ci is None:
+        return Verdict(CLAIMS[0], f"{scs} vs {conv}", text, "not tested")
+    verdict, decide = _sign_verdict(ci, "contradicted", "supported", "test images")
     return Verdict(CLAIMS[0], f"{scs} vs {conv}", text, verdict, decide)
 
 
 def claim_speed(runs, conv: str, scs: str) -> Verdict:
     ra, rb = {r["seed"]: r for r in _finished(runs, conv)}, {r["seed"]: r for r in _finished(runs, scs)}
     seeds = sorted(set(ra) & set(rb), key=str)
-    ratios = {k: t_interval([float(rb[s][k]) / float(ra[s][k]) for s in seeds])
-              for k in ("train_seconds_mean", "eval_seconds_mean")}
+
+    def ratio(key) -> Interval:  # t interval of the log ratio, back-transformed: ratios stay positive
+        t = t_interval([np.log(float(rb[s][key]) / float(ra[s][key])) for s in seeds])
+        return Interval(float(np.exp(t.estimate)), float(np.exp(t.lo)), float(np.exp(t.hi)), "t on log ratio", t.n)
+    ratios = {k: ratio(k) for k in ("train_seconds_mean", "eval_seconds_mean")}
     train, ev = ratios["train_seconds_mean"], ratios["eval_seconds_mean"]
     text = f"SCS/conv seconds per epoch: train {train.describe('.2f')}, eval {ev.describe('.2f')}"
     if not train.defined or not ev.defined:
@@ -130,6 +142,8 @@ def claim_no_activation(runs, conv: str, scs: str) -> Verdict:
     if problem:
         return Verdict(CLAIMS[2], f"{relu[0]} vs {scs}", problem, "not tested")
     ci, text = _accuracy_interval(runs, scs, relu[0])
+    if ci is None:
+        return Verdict(CLAIMS[2], f"{relu[0]} vs {scs}", text, "not tested")
     if not ci.defined:
         return Verdict(CLAIMS[2], f"{relu[0]} vs {scs}", text, "inconclusive", "needs an interval")
     if ci.lo > 0:
@@ -151,17 +165,15 @@ def claim_saliency(runs, conv: str, scs: str, saliency_dir: Path) -> Verdict:
     values = {}
     for label in (*la.values(), *lb.values()):
         values[label] = {r["image_index"]: float(r["sparseness"]) for r in rows if r["model"] == label}
-    a, b = [], []
-    for seed in sorted(set(la) & set(lb), key=str):  # the same images, seed by seed
-        va, vb = values[la[seed]], values[lb[seed]]
-        common = sorted(set(va) & set(vb))
-        a += [va[i] for i in common]
-        b += [vb[i] for i in common]
-    if not a:
+    seeds = sorted(set(la) & set(lb), key=str)
+    common = sorted(set.intersection(*(set(values[la[s]]) & set(values[lb[s]]) for s in seeds))) if seeds else []
+    if not common:
         return Verdict(CLAIMS[3], f"{scs} vs {conv}", "the saliency analysis does not cover both", "not tested")
-    a, b = np.array(a), np.array(b)
-    ci = bootstrap_interval(lambda x, y: (y - x).mean(), a, b, method="paired bootstrap")
-    text = f"Gini sparseness {scs} - {conv}: {ci.describe()} over images"
+    a = np.array([[values[la[s]][i] for i in common] for s in seeds])  # [seed, image]: the same images
+    b = np.array([[values[lb[s]][i] for i in common] for s in seeds])
+    ci = two_level_bootstrap(lambda x, y: (y - x).mean(), a, b)
+    text = (f"Gini sparseness {scs} - {conv}: {ci.describe()} ({len(seeds)} seeds x {len(common)} images, "
+            f"resampled together)")
     verdict, decide = _sign_verdict(ci, "supported", "contradicted", "images")
     flags = {r["model"]: r.get("rand_flag", "") for r in read_csv(Path(saliency_dir) / "saliency_summary.csv")}
     failed = [label for label in lb.values() if flags.get(label)]
@@ -185,26 +197,30 @@ def claim_robustness(runs, conv: str, scs: str, pgd_dir: Path) -> Verdict:
     attacks = [a for a in ("autoattack", "square", "pgd") if all((la[s], a) in per and (lb[s], a) in per
                                                                  for s in seeds)]
     eps = per[(la[seeds[0]], attacks[0])][0]
-    # robust under every attack run on both (the strongest evidence there is), seeds' images side by side
-    ra = np.concatenate([np.min([per[(la[s], a)][1] for a in attacks], axis=0) for s in seeds], axis=1)
-    rb = np.concatenate([np.min([per[(lb[s], a)][1] for a in attacks], axis=0) for s in seeds], axis=1)
-    ra, rb = ra.astype(float), rb.astype(float)
+    # robust under every attack run on both (the strongest evidence there is): [seed, eps, image]
+    ra = np.stack([np.min([per[(la[s], a)][1] for a in attacks], axis=0) for s in seeds]).astype(float)
+    rb = np.stack([np.min([per[(lb[s], a)][1] for a in attacks], axis=0) for s in seeds]).astype(float)
     if eps[0] != 0:
         return Verdict(CLAIMS[4], f"{scs} vs {conv}", "needs eps 0 (clean accuracy) in the range", "not tested")
     results = []
+    level = 1 - (1 - 0.95) / max(1, len(eps) - 1)  # Bonferroni: one claim tested at every eps
     for k in range(1, len(eps)):
-        ci = bootstrap_interval(_relative_gain, ra[0], ra[k], rb[0], rb[k], method="paired bootstrap")
+        ci = two_level_bootstrap(_relative_gain, ra[:, 0], ra[:, k], rb[:, 0], rb[:, k], level=level)
+        if not (ra[:, k] != rb[:, k]).any():
+            ci = Interval(ci.estimate, float("nan"), float("nan"), "identical on every image", ci.n)
         results.append((eps[k], ci))
     text = "; ".join(f"eps {e * 255:.3g}/255: {ci.describe()}" for e, ci in results)
-    text = f"robust/clean accuracy {scs} - {conv} under {'+'.join(attacks)}: {text}"
-    masking = {r["model"]: r.get("masking_flags", "") for r in read_csv(Path(pgd_dir) / "pgd_summary.csv")}
+    text = (f"robust/clean accuracy {scs} - {conv} under {'+'.join(attacks)} ({len(seeds)} seeds, "
+            f"{level:.1%} intervals: Bonferroni over {len(results)} eps): {text}")
+    masking = {r["model"]: r.get("masking_flags", "") for r in read_csv(Path(pgd_dir) / "pgd_summary.csv")
+               if r["attack"] == "pgd"}
     masked = [lb[s] for s in seeds if masking.get(lb[s])]
     if any(ci.defined and ci.lo > 0 for _, ci in results):
         verdict = "inconclusive" if masked else "supported"
         if masked:
             text += f"; but {masked[0]} shows gradient masking ({masking[masked[0]]})"
-    elif all(ci.defined and ci.hi < 0 for _, ci in results):
-        verdict = "contradicted"
+    elif any(ci.defined for _, ci in results) and all(ci.hi < 0 for _, ci in results if ci.defined):
+        verdict = "contradicted"  # less robust wherever the two differ at all
     else:
         verdict = "inconclusive"
     n = min((items_to_decide(ci) for _, ci in results if items_to_decide(ci)), default=0)  # the nearest eps

@@ -1,5 +1,5 @@
 """Paired comparisons of two variants on the same test images: the accuracy difference with a paired bootstrap
-interval and an exact McNemar test per seed, and a Student-t interval over seeds where several exist."""
+interval and an exact McNemar test per seed, and a bootstrap over seeds and images where several seeds exist."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import OptionError
 from ..rundir import RunDir
-from ..stats import mcnemar_exact, paired_difference, t_interval
+from ..stats import mcnemar_exact, paired_difference, two_level_bootstrap
 from ..storage import write_csv
 from .base import Analysis, AnalysisConfig, AnalysisResult, Context
 
@@ -62,24 +63,29 @@ def _correct_by_seed(runs: list[RunDir], name: str) -> dict[int, tuple[np.ndarra
 def compare(runs: list[RunDir], a: str, b: str, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """Rows for b minus a: one per seed both have, and one over seeds ('all') where there are several."""
     ca, cb = _correct_by_seed(runs, a), _correct_by_seed(runs, b)
-    rows, diffs = [], []
-    for s in sorted(set(ca) & set(cb), key=str):
+    seeds = sorted(set(ca) & set(cb), key=str)
+    rows, pairs = [], []
+    for s in seeds:
         (ia, ra), (ib, rb) = ca[s], cb[s]
         common, pa, pb = np.intersect1d(ia, ib, return_indices=True)
         ra, rb = ra[pa], rb[pb]
+        pairs.append((common, ra, rb))
         d, m = paired_difference(ra, rb, n_boot=n_boot, seed=seed), mcnemar_exact(ra, rb)
-        diffs.append(d.estimate)
         rows.append({"a": a, "b": b, "seed": s, "n": len(common), "acc_a": ra.mean(), "acc_b": rb.mean(),
                      "diff": d.estimate, "lo": d.lo, "hi": d.hi, "interval": "95% paired bootstrap over images",
                      "only_a": m.only_a, "only_b": m.only_b, "mcnemar_p": m.p_value,
-                     "within_noise": d.covers(0)})
-    if len(diffs) > 1:
-        t = t_interval(diffs)
-        rows.append({"a": a, "b": b, "seed": "all", "n": len(diffs),
-                     "acc_a": float(np.mean([r["acc_a"] for r in rows])),
-                     "acc_b": float(np.mean([r["acc_b"] for r in rows])), "diff": t.estimate, "lo": t.lo,
-                     "hi": t.hi, "interval": "95% Student t over seeds", "only_a": "", "only_b": "",
-                     "mcnemar_p": "", "within_noise": t.covers(0)})
+                     "within_noise": d.covers(0) or m.p_value >= 0.05})  # the exact test must agree
+    if len(pairs) > 1:  # seeds evaluated on the same test images: resample seeds and images together
+        shared = pairs[0][0]
+        for idx, _, _ in pairs[1:]:
+            shared = np.intersect1d(shared, idx)
+        A = np.stack([ra[np.isin(idx, shared)] for idx, ra, _ in pairs])
+        B = np.stack([rb[np.isin(idx, shared)] for idx, _, rb in pairs])
+        d = two_level_bootstrap(lambda x, y: y.mean() - x.mean(), A, B, n_boot=n_boot, seed=seed)
+        rows.append({"a": a, "b": b, "seed": "all", "n": len(pairs), "acc_a": float(A.mean()),
+                     "acc_b": float(B.mean()), "diff": d.estimate, "lo": d.lo, "hi": d.hi,
+                     "interval": f"95% bootstrap over {len(pairs)} seeds and {len(shared)} images",
+                     "only_a": "", "only_b": "", "mcnemar_p": "", "within_noise": d.covers(0)})
     return rows
 
 
@@ -110,6 +116,10 @@ class ComparisonAnalysis(Analysis):
 
     def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
         pairs = self.config.pairs if self.config.pairs is not None else study_pairs(runs)
+        names = {r.name for r in runs}
+        unknown = [n for pair in pairs for n in pair if n not in names]
+        if unknown:
+            raise OptionError("pairs", f"no run of variant {unknown[0]!r} here; variants: {', '.join(sorted(names))}")
         rows = [r for a, b in pairs for r in compare(runs, a, b, self.config.n_boot, self.config.seed)]
         write_csv(out / self.summary_file, rows or [], list(rows[0]) if rows else ["a", "b", "seed"],
                   float_format=".6g")

@@ -102,7 +102,7 @@ def build_report(directory, out_html=None, asked: dict[str, dict] | None = None,
     analysis name, the options the caller wants (e.g. {"pgd": {"eps": (0, 4/255)}}); `experiment`: the study's
     experiment whose published numbers stand beside ours (default: the one covering most variants)."""
     context = context or Context()
-    asked = asked or {}
+    asked = {"compare": {"pairs": None}, **(asked or {})}  # the study's pairs, whatever `compare` stored last
     unknown = set(asked) - {a.name for a in ANALYSES}
     if unknown:
         raise OptionError("asked", f"unknown analysis {sorted(unknown)[0]!r}")

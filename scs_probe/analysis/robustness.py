@@ -237,15 +237,17 @@ def plot_curves(rows, summary, out: Path):
         kw = dict(marker="o", ms=3, color=pal[s["model"]], linestyle=styles[s["attack"]])
         axes[0].plot(x, [r["robust_acc"] for r in sel], label=f"{s['model']} {s['attack']} (area {s['auc']:.3f})",
                      **kw)
-        axes[0].fill_between(x, [r["acc_lo"] for r in sel], [r["acc_hi"] for r in sel], color=pal[s["model"]],
-                             alpha=0.12, linewidth=0)
+        if len(summary) <= 4:  # more bands only pile up; the intervals are in pgd.csv
+            axes[0].fill_between(x, [r["acc_lo"] for r in sel], [r["acc_hi"] for r in sel], color=pal[s["model"]],
+                                 alpha=0.12, linewidth=0)
         axes[1].plot(x, [r["rel_acc"] for r in sel], label=f"{s['model']} {s['attack']}", **kw)
     axes[0].set(xlabel="eps (x/255, L-inf)", ylabel="robust accuracy", ylim=(-0.02, 1.02),
-                title="Robust accuracy (95% exact binomial band)")
+                title="Robust accuracy" + (" (95% exact binomial band)" if len(summary) <= 4 else ""))
     axes[1].set(xlabel="eps (x/255, L-inf)", ylabel="robust / clean accuracy", ylim=(-0.02, 1.05),
                 title="Relative to clean accuracy")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7,
-               bbox_to_anchor=(0.5, -0.02 - 0.035 * ((len(summary) + 1) // 2)))
+    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=2, fontsize=7,
+               bbox_to_anchor=(0.5, 0.0))  # below the axes and their labels
     return save(fig, out, "pgd")
 
 

@@ -183,7 +183,7 @@ def plot_deletion(results: list[SaliencyResult], out: Path):
     ax.set_xlabel("fraction of most salient pixels removed")
     ax.set_ylabel("mean target probability")
     ax.set_title("Deletion curves (lower area: the map found what the model uses)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below, off the curves
     return save(fig, out, "deletion")
 
 

@@ -46,6 +46,9 @@ def summarize_variants(rows: list[dict]) -> list[dict]:
                "runs": len(mine), "finished": len(done), "seeds": " ".join(str(r["seed"]) for r in done)}
         for key in SUMMARIZED:
             ci = t_interval([float(r[key]) for r in done])
+            if ci.defined:  # accuracies live in [0, 1], seconds above 0
+                ci = type(ci)(ci.estimate, max(ci.lo, 0.0), min(ci.hi, 1.0) if "acc" in key else ci.hi, ci.method,
+                              ci.n)
             sd = float(np.std([float(r[key]) for r in done], ddof=1)) if len(done) > 1 else ""
             row |= {f"{key}_mean": round(ci.estimate, 6) if done else "",
                     f"{key}_sd": round(sd, 6) if sd != "" else "",
@@ -62,7 +65,7 @@ def sweep(variants: list[Variant], out, base: TrainOptions, log=print, progress:
     diverged runs, resume unfinished ones, keep going past a run that diverges. Returns the summary rows (also
     written to out/summary.csv, with per-variant statistics in out/variant_summary.csv, after every run)."""
     runs = RunsDir(out)
-    jobs = [(v, s) for s in (seeds if seeds else [None]) for v in variants]
+    jobs = [(v, s) for s in (list(dict.fromkeys(seeds)) if seeds else [None]) for v in variants]
     rows = []
     for i, (v, seed) in enumerate(jobs, 1):
         name = run_name(v, seed)
