@@ -368,7 +368,7 @@ def pgd(ckpts, sweep_dir, data_dir, device, eps_range, eps_list, out, **config):
 @_out_option("compare")
 def compare(directory, pairs, n_boot, out):
     """Paired accuracy differences between variants on the same test images: bootstrap interval and exact
-    McNemar test per seed, Student-t interval over seeds."""
+    McNemar test per seed, a bootstrap over seeds and images."""
     from .analysis import ComparisonAnalysis
     if any(len(p) != 2 for p in pairs):
         raise click.UsageError("--pair takes two variant names: A,B")

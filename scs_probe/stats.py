@@ -88,7 +88,7 @@ def two_level_bootstrap(statistic: Callable[..., float], *matrices, n_boot: int 
         i = rng.integers(0, n_images, n_images)
         boots[b] = statistic(*(a[s][:, i] for a in arrays))
     lo, hi = np.nanquantile(boots, [0.5 - level / 2, 0.5 + level / 2])
-    return Interval(estimate, float(lo), float(hi), method, n_seeds * n_images)
+    return Interval(estimate, float(lo), float(hi), method, n_images)  # n: images (what more data would add)
 
 
 def paired_difference(correct_a, correct_b, n_boot: int = 2000, seed: int = 0) -> Interval:

@@ -105,7 +105,8 @@ def claim_accuracy(runs, conv: str, scs: str) -> Verdict:
     ci, text = _accuracy_interval(runs, conv, scs)
     if ci is None:
         return Verdict(CLAIMS[0], f"{scs} vs {conv}", text, "not tested")
-    verdict, decide = _sign_verdict(ci, "contradicted", "supported", "test images")
+    unit = "seeds" if "seeds" in ci.method else "test images"  # what the interval's n counts
+    verdict, decide = _sign_verdict(ci, "contradicted", "supported", unit)
     return Verdict(CLAIMS[0], f"{scs} vs {conv}", text, verdict, decide)
 
 
