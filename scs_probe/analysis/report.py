@@ -25,6 +25,7 @@ from .figures import data_uri, integer_epochs, plt, save, variant_palette
 from .norms import NormsAnalysis
 from .robustness import RobustnessAnalysis
 from .saliency import SaliencyAnalysis
+from .sources import run_labels
 
 ANALYSES: tuple[type[Analysis], ...] = (ComparisonAnalysis, SaliencyAnalysis, RobustnessAnalysis, NormsAnalysis)
 # where nothing is stored yet, the report runs cheaper settings than the commands' defaults
@@ -110,7 +111,7 @@ def build_report(directory, out_html=None, asked: dict[str, dict] | None = None,
     runs = runs_dir.runs()
     out_html = Path(out_html) if out_html else runs_dir.report_path
     rows = [r.summary() for r in runs]
-    names = [r["variant"] + (f" (seed {r['seed']})" if len({x["seed"] for x in rows}) > 1 else "") for r in rows]
+    names = run_labels(runs)  # the labels every other figure and table of the report uses
     experiment = paper_experiment(rows, experiment)
     for r in rows:
         r["paper"] = paper_match(r, experiment)
