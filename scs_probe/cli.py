@@ -105,6 +105,33 @@ training_options = _options(
 )
 
 
+EXECUTOR_FLAGS = {"executor", "jobs", "address", "cpus_per_run", "gpus_per_run", "max_retries"}
+
+
+def executor_options(fn):
+    """--executor, --jobs and Ray's options, passed on as one `executor` (see training.executors)."""
+    @_options(
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: worker processes on this machine; ray: one Ray task per run."),
+        click.option("--jobs", type=click.IntRange(min=1), default=None,
+                     help="Runs at once [local: 1, each with its share of CPU threads and one GPU where there are "
+                          "GPUs; ray: as many as the cluster's resources allow]."),
+        click.option("--address", default=None,
+                     help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT [start a local Ray instance]."),
+        click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Ray CPUs per run, also its torch threads [1]."),
+        click.option("--gpus-per-run", type=click.FloatRange(min=0), default=None,
+                     help="Ray GPUs per run [1 where the cluster has GPUs, else 0]."),
+        click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+                     help="Ray retries of a run whose worker died; it resumes from its last checkpoint."))
+    @functools.wraps(fn)
+    def inner(*args, executor, jobs, address, cpus_per_run, gpus_per_run, max_retries, **kwargs):
+        from .training.executors import make_executor
+        return fn(*args, executor=make_executor(executor, jobs, address, cpus_per_run, gpus_per_run, max_retries),
+                  **kwargs)
+    return inner
+
+
 def _explicit(ctx: click.Context) -> set[str]:
     return {name for name in ctx.params
             if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
@@ -149,16 +176,19 @@ def train(ctx, variant, quiet, resume, **kw):
               help="Comma-separated seeds: every variant once per seed, into OUT/<variant>-seed<N>/ "
                    "(default: once, with --seed, into OUT/<variant>/).")
 @training_options
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep directory [./sweeps/<arch>].")
-def sweep(arch, grid, only, seeds, quiet, out, **kw):
-    """Train every variant of a grid into OUT/<variant>/ and write OUT/summary.csv."""
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Sweep directory [./sweeps/<arch>]; with Ray on a cluster, storage every node sees.")
+@executor_options
+def sweep(arch, grid, only, seeds, quiet, out, executor, **kw):
+    """Train every variant of a grid into OUT/<variant>/ and write OUT/summary.csv: one after another, N at once
+    (--jobs N), or as tasks on a Ray cluster (--executor ray)."""
     from .training import select_variants
     from .training import sweep as run_sweep
     base = TrainOptions(variant=Variant(arch), **kw)
     variants = select_variants(arch, grid, list(only) if only else None)
     out_dir = Path(out or Path("sweeps") / arch)
     rows = run_sweep(variants, out_dir, base, progress=not quiet, seeds=list(seeds) if seeds else None,
-                     explicit=_explicit(click.get_current_context()))
+                     explicit=_explicit(click.get_current_context()) - EXECUTOR_FLAGS, executor=executor)
     _print_table(rows, ("variant", "seed", "test_acc", "train_seconds_mean", "eval_seconds_mean", "params", "status"))
     click.echo(f"summary: {RunsDir(out_dir).summary_path}")
 
@@ -452,11 +482,9 @@ def main(argv=None) -> int:
         return rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
-        click.echo("scs-probe: aborted", err=True)
-        return 130
-    except KeyboardInterrupt:
-        click.echo("\nscs-probe: interrupted; the last checkpoint is intact (continue with --resume)", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        click.echo("\nscs-probe: interrupted; checkpoints are intact (train continues with --resume, sweep and tune "
+                   "when run again)", err=True)
         return 130
     except click.ClickException as e:
         click.echo(f"scs-probe: error: {' '.join(e.format_message().split())}", err=True)

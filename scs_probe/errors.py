@@ -60,3 +60,7 @@ class DeviceUnavailable(TrainingError):
 
 class TrainingDiverged(TrainingError):
     """The loss became NaN or infinite; the run's records are marked diverged."""
+
+
+class ServiceUnavailable(ScsProbeError):
+    """A service the work needs (a Ray cluster, a study's database) cannot be reached or is not installed."""

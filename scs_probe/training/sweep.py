@@ -1,16 +1,22 @@
-"""Sweeps: every variant of a list trained in turn into DIR/<variant>/, with DIR/summary.csv."""
+"""Sweeps: every variant of a grid (per seed) into DIR/<variant>/, with DIR/summary.csv, in this process one run
+after another, or in parallel on an executor (`executors`)."""
 
 from __future__ import annotations
 
 import fnmatch
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, OptionError, TrainingDiverged
+from ..errors import CheckpointError, OptionError, TrainingDiverged, TrainingError
+from ..progress import interactive, progress_bar, write_line
 from ..rundir import RunsDir
 from ..stats import t_interval
+from ..storage import read_json
 from ..zoo import Variant, variant_grid
+from .executors import LocalExecutor, RunJob
 from .options import TrainOptions
 from .trainer import train
 
@@ -60,31 +66,152 @@ def summarize_variants(rows: list[dict]) -> list[dict]:
 
 
 def sweep(variants: list[Variant], out, base: TrainOptions, log=print, progress: bool = True,
-          seeds: list[int] | None = None, explicit: set[str] | None = None) -> list[dict]:
-    """Train each variant (once per seed of `seeds`, else once with base.seed) in turn: skip finished and
-    diverged runs, resume unfinished ones, keep going past a run that diverges. Returns the summary rows (also
-    written to out/summary.csv, with per-variant statistics in out/variant_summary.csv, after every run)."""
+          seeds: list[int] | None = None, explicit: set[str] | None = None, executor=None) -> list[dict]:
+    """Train each variant (once per seed of `seeds`, else once with base.seed): skip finished and diverged runs,
+    resume unfinished ones, keep going past a run that diverges. Returns the summary rows (also written to
+    out/summary.csv, with per-variant statistics in out/variant_summary.csv, after every run).
+
+    `executor`: None (or a one-job LocalExecutor) trains in this process, one run after another; a
+    `LocalExecutor(jobs=N)` or a `RayExecutor` runs them in parallel (see `executors`). The summary is the same.
+    """
     runs = RunsDir(out)
-    jobs = [(v, s) for s in (list(dict.fromkeys(seeds)) if seeds else [None]) for v in variants]
+    plan = [(run_name(v, s), replace(base, variant=v, out=str(runs.run(run_name(v, s)).path),
+                                     seed=base.seed if s is None else s))
+            for s in (list(dict.fromkeys(seeds)) if seeds else [None]) for v in variants]
+    if executor is None or isinstance(executor, LocalExecutor) and executor.jobs == 1:
+        return _sweep_here(plan, runs, log, progress, explicit)
+    return _sweep_parallel(plan, runs, base, executor, log, progress, explicit)
+
+
+def _status(run, label: str, log) -> str | None:
+    """The run's status, or "unreadable" (logged) where its checkpoint cannot be read."""
+    try:
+        return run.status
+    except CheckpointError as e:
+        log(f"{label}: unreadable checkpoint, skipped ({e})")
+        return "unreadable"
+
+
+def _write_summaries(runs: RunsDir, rows: list[dict]) -> None:
+    runs.write_summary(rows)
+    runs.write_variant_summary(summarize_variants(rows))
+
+
+def _sweep_here(plan, runs: RunsDir, log, progress, explicit) -> list[dict]:
     rows = []
-    for i, (v, seed) in enumerate(jobs, 1):
-        name = run_name(v, seed)
+    for i, (name, options) in enumerate(plan, 1):
         run = runs.run(name)
-        try:
-            status = run.status
-        except CheckpointError as e:
-            log(f"[{i}/{len(jobs)}] {name}: unreadable checkpoint, skipped ({e})")
+        label = f"[{i}/{len(plan)}] {name}"
+        status = _status(run, label, log)
+        if status == "unreadable":
             continue
         if status in ("finished", "diverged"):
-            log(f"[{i}/{len(jobs)}] {name}: {status}, skipped")
+            log(f"{label}: {status}, skipped")
         else:
-            log(f"[{i}/{len(jobs)}] {name}" + (": resuming" if status else ""))
-            options = replace(base, variant=v, out=str(run.path), seed=base.seed if seed is None else seed)
+            log(label + (": resuming" if status else ""))
             try:
                 train(options, resume=status is not None, progress=progress, log=log, explicit=explicit)
             except TrainingDiverged as e:
                 log(f"warning: {e}")
         rows.append(run.summary())
-        runs.write_summary(rows)
-        runs.write_variant_summary(summarize_variants(rows))
+        _write_summaries(runs, rows)
     return rows
+
+
+def _sweep_parallel(plan, runs: RunsDir, base: TrainOptions, executor, log, progress, explicit) -> list[dict]:
+    """Hand the unfinished runs to `executor`; the driver only watches, and writes the summaries. The data set is
+    checked (and downloaded) here once, so that workers never race to download it."""
+    from ..data import load_cifar10, resolve_data_dir
+    from ..layers import get_backend
+    data_dir = resolve_data_dir(base.data_dir).resolve()
+    load_cifar10(data_dir, train=False)
+    todo, skipped = [], set()
+    for i, (name, options) in enumerate(plan, 1):
+        status = _status(runs.run(name), f"[{i}/{len(plan)}] {name}", log)
+        if status in ("finished", "diverged", "unreadable"):
+            if status == "unreadable":
+                skipped.add(name)
+            else:
+                log(f"[{i}/{len(plan)}] {name}: {status}, skipped")
+            continue
+        options = replace(options, out=str(Path(options.out).resolve()), data_dir=str(data_dir))
+        todo.append(RunJob(name, options, None if explicit is None else frozenset(explicit),
+                           threads=executor.threads_per_run(), backend=get_backend()))
+    outcomes = {}
+
+    def summary_rows():
+        return [runs.run(name).summary() for name, _ in plan
+                if name not in skipped and runs.run(name).config_path.is_file()]
+
+    if todo:
+        started = time.time()
+        with executor:
+            log(f"{len(todo)} run{'s' if len(todo) > 1 else ''} on {executor.describe()}")
+            display = SweepProgress([j.name for j in todo], runs, {j.name: j.options.resolved().epochs for j in todo},
+                                    started, log, progress)
+            queue, pending = list(todo), {}
+            limit = executor.jobs or len(todo)  # in flight at once; the others wait here, not in the engine
+            try:
+                while queue or pending:
+                    while queue and len(pending) < limit:
+                        job = queue.pop(0)
+                        pending[executor.submit(job)] = job
+                    done, _ = executor.wait(list(pending), timeout=1.0)
+                    for handle in done:
+                        job = pending.pop(handle)
+                        outcome = {**executor.result(handle), "name": job.name}
+                        outcomes[job.name] = outcome
+                        display.finished(outcome)
+                        _write_summaries(runs, summary_rows())
+                    display.poll([j.name for j in pending.values()])
+            except KeyboardInterrupt:
+                display.close()
+                executor.cancel(list(pending))
+                raise
+            display.close()
+    rows = summary_rows()
+    _write_summaries(runs, rows)
+    failed = [o for o in outcomes.values() if o["status"] == "failed"]
+    if failed:
+        raise TrainingError(f"{len(failed)} of {len(plan)} runs failed: "
+                            + "; ".join(f"{o['name']}: {o['message']}" for o in failed))
+    return rows
+
+
+class SweepProgress:
+    """One display for a sweep in parallel: a bar of runs done, the failed count and each running run's epoch,
+    read from its config.json (rewritten every epoch, wherever the run trains). Off a terminal: one line per run
+    started and per run ended."""
+
+    def __init__(self, names, runs: RunsDir, epochs: dict, started: float, log, enabled: bool):
+        self.runs, self.epochs, self.started, self.log = runs, epochs, started, log
+        self.bar = progress_bar(total=len(names), enabled=enabled, desc="runs", unit="run")
+        self.seen: set[str] = set()
+        self.failed = 0
+
+    def poll(self, pending: list[str]) -> None:
+        running = []
+        for name in pending:
+            path = self.runs.run(name).config_path
+            try:
+                if path.stat().st_mtime < self.started - 1:
+                    continue  # still queued: untouched since the sweep started
+                config = read_json(path)
+            except (OSError, ValueError):
+                continue
+            if name not in self.seen:
+                self.seen.add(name)
+                if not interactive():
+                    self.log(f"{name}: started on {config.get('host', '?')} ({config.get('device', '?')})")
+            running.append(f"{name} {config.get('epochs_done', 0)}/{self.epochs[name]}")
+        self.bar.set_postfix_str(f"failed {self.failed}; running " + (", ".join(running) or "-"), refresh=True)
+
+    def finished(self, outcome: dict) -> None:
+        self.failed += outcome["status"] == "failed"
+        note = f" (resumed after epoch {outcome['resumed']})" if outcome.get("resumed") else ""
+        detail = f": {outcome['message']}" if outcome["message"] else ""
+        self.bar.update(1)
+        write_line(f"{outcome['name']}: {outcome['status']}{note}{detail}", self.log)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import platform
+import socket
 import time
 from datetime import UTC, datetime
 
@@ -155,7 +157,8 @@ class Trainer:
     def _config(self, status: str, **extra) -> dict:
         return {"variant": self.variant.to_dict(), "variant_name": self.variant.name, "options": self.options.to_dict(),
                 "params": count_params(self.model), "data": self.data_info, "versions": versions(),
-                "device": str(self.device), "amp": str(self.amp) if self.amp else None, "status": status,
+                "device": str(self.device), "host": socket.gethostname(), "pid": os.getpid(),  # which node and process
+                "amp": str(self.amp) if self.amp else None, "status": status,
                 "epochs_done": len(self.history), "updated": datetime.now(UTC).isoformat(), **extra}
 
     def _save(self, epoch: int, status: str, **extra) -> None:
