@@ -210,7 +210,9 @@ def sweep(arch, grid, only, seeds, quiet, out, executor, **kw):
 @click.option("--tune-seed", type=int, default=0, show_default=True, help="TPE sampler seed.")
 @training_options
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Study directory [./tune/<arch>].")
-def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_name, tune_seed, quiet, out, **kw):
+@executor_options
+def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_name, tune_seed, quiet, out, executor,
+         **kw):
     """Search a fixed p for SCS (the study's Optuna search): trials under OUT/trials/<n>/, OUT/trials.csv,
     OUT/tune.png, the best trial on stdout."""
     from .tune import TuneConfig
@@ -219,7 +221,7 @@ def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_na
                         pruner=pruner, storage=storage, study_name=study_name, seed=tune_seed)
     base = TrainOptions(variant=variant, **kw)
     out_dir = Path(out or Path("tune") / variant.arch)
-    study = run_tune(base, out_dir, config, progress=not quiet)
+    study = run_tune(base, out_dir, config, progress=not quiet, executor=executor)
     from .tune import trial_rows
     _print_table(trial_rows(study), ("number", "p", "max_lr", "state", "final_test_acc", "epochs"))
     try:

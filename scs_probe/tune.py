@@ -6,13 +6,17 @@ re-queued with the same parameters (RetryFailedTrialCallback), never counted as 
 
 from __future__ import annotations
 
+import re
+import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import OptionError, TrainingDiverged
+from .errors import OptionError, ScsProbeError, ServiceUnavailable, TrainingDiverged
 from .rundir import RunsDir
 from .storage import write_csv
 from .training import Trainer, TrainOptions
+from .training.executors import LocalExecutor, run_all
 
 SEARCHABLE = ("p", "max_lr")
 PRUNERS = ("median", "halving", "none")
@@ -54,7 +58,7 @@ def _pruner(name: str):
             "none": optuna.pruners.NopPruner()}[name]
 
 
-def open_study(out, config: TuneConfig):
+def open_study(out, config: TuneConfig, worker: int = 0):
     """Create or continue the study (Optuna's storage holds its trials, TPE's history and heartbeats)."""
     import warnings
 
@@ -63,26 +67,61 @@ def open_study(out, config: TuneConfig):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     url = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    try:
+    def connect():
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8: not the user's news
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(url, heartbeat_interval=config.heartbeat, grace_period=2 * config.heartbeat,
+            # SQLite shared by parallel workers: wait for the file lock rather than fail
+            engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+            storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=config.heartbeat,
+                                 grace_period=2 * config.heartbeat,
                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
         return optuna.create_study(study_name=config.study_name, storage=storage, load_if_exists=True,
-                                   direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.seed),
-                                   pruner=_pruner(config.pruner))
-    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as e:
-        raise OptionError("storage", f"cannot open {url} ({type(e).__name__}: {str(e).splitlines()[0][:160]})") \
+                                   direction="maximize", pruner=_pruner(config.pruner))
+
+    try:
+        for attempt in range(5):
+            try:
+                study = connect()
+                break
+            except Exception as e:  # two processes creating one database's tables at once: one wins, retry
+                if attempt == 4 or "IntegrityError" not in type(e).__name__ + str(e)[:200]:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+    except Exception as e:
+        if not isinstance(e, ImportError | ValueError) and type(e).__name__ not in ("NoSuchModuleError",
+                                                                                   "ArgumentError"):
+            raise ServiceUnavailable(f"cannot reach the study storage {_safe(url)} ({type(e).__name__}: "
+                                     f"{str(e).splitlines()[0][:200]})") from None
+        # a URL SQLAlchemy cannot parse, or whose driver is not installed: the user's to fix
+        raise OptionError("storage", f"cannot open {_safe(url)} ({type(e).__name__}: {str(e).splitlines()[0][:160]})") \
             from None
+    # TPE's seed differs per worker and per continuation: parallel workers and a continued study do not redraw
+    # the same random start-up points
+    seen = len(study.get_trials(deepcopy=False))
+    study.sampler = optuna.samplers.TPESampler(seed=config.seed * 1_000_003 + worker * 10_007 + seen)
+    return study
 
 
-def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool = True):
-    """Run trials until the study holds `config.n_trials` complete or pruned ones; returns the study."""
+def _safe(url: str) -> str:
+    """A storage URL without its password."""
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
+def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool = True, executor=None,
+         worker: int = 0):
+    """Run trials until the study holds `config.n_trials` complete or pruned ones; returns the study.
+
+    `executor` (a `LocalExecutor(jobs=N)` or a `RayExecutor`) runs that many workers at once, each this loop in
+    its own process against the shared storage (Optuna's own way to parallelise a study)."""
     import optuna
     if base.variant.layer == "conv":
         raise OptionError("layer", "the fixed-p search trains sharpened layers (scs or sdp), not conv")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(out, config)
+    study = open_study(out, config, worker)
+    if executor is not None and not (isinstance(executor, LocalExecutor) and executor.jobs == 1):
+        _tune_parallel(study, base, out, config, executor, log, progress)
+        write_trials(study, out)
+        return study
     trials = RunsDir(Path(out) / "trials")
 
     def objective(trial):
@@ -116,6 +155,76 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
             optuna.study.MaxTrialsCallback(config.n_trials, states=finished)])
     write_trials(study, out)
     return study
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """One tune worker: the study's loop in a process of its own (see `tune`)."""
+
+    options: TrainOptions
+    out: str
+    config: TuneConfig
+    worker: int
+    threads: int | None = None
+    backend: str | None = None
+
+
+def tune_worker(job: TuneJob) -> dict:
+    """Run `tune` in this process until the shared study holds its trials. Errors are outcomes."""
+    import torch
+
+    from .data import UnverifiedDataWarning
+    from .layers import set_backend
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    if job.backend:
+        set_backend(job.backend)
+    warnings.simplefilter("ignore", UnverifiedDataWarning)
+    try:
+        tune(job.options, job.out, job.config, log=lambda *a, **k: None, progress=False, worker=job.worker)
+        return {"status": "finished", "message": ""}
+    except ScsProbeError as e:
+        return {"status": "failed", "message": str(e)}
+
+
+def _tune_parallel(study, base: TrainOptions, out, config: TuneConfig, executor, log, progress: bool) -> None:
+    from .data import load_cifar10, resolve_data_dir
+    from .layers import get_backend
+    from .progress import progress_bar, write_line
+    data_dir = resolve_data_dir(base.data_dir).resolve()
+    load_cifar10(data_dir, train=False)  # checked (and downloaded) once, here
+    base = replace(base, data_dir=str(data_dir))
+    out = str(Path(out).resolve())
+
+    def counts():
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        return {s: states.count(s) for s in ("COMPLETE", "PRUNED", "RUNNING", "FAIL")}
+
+    with executor:
+        n = counts()
+        left = config.n_trials - n["COMPLETE"] - n["PRUNED"]
+        if left <= 0:
+            return
+        workers = min(left, executor.jobs or executor.capacity())
+        log(f"{workers} tune worker{'s' if workers > 1 else ''} on {executor.describe()}")
+        jobs = [TuneJob(base, out, config, worker, executor.threads_per_run(), get_backend())
+                for worker in range(1, workers + 1)]
+        bar = progress_bar(total=config.n_trials, initial=n["COMPLETE"] + n["PRUNED"], enabled=progress,
+                           desc="trials", unit="trial")
+
+        def tick(_):
+            n = counts()
+            bar.n = n["COMPLETE"] + n["PRUNED"]
+            bar.set_postfix_str(f"running {n['RUNNING']}, pruned {n['PRUNED']}, failed {n['FAIL']}", refresh=True)
+
+        def done(job, outcome):
+            if outcome["status"] == "failed":
+                write_line(f"tune worker {job.worker}: failed: {outcome['message']}", log)
+
+        try:
+            run_all(executor, jobs, tune_worker, on_done=done, on_tick=tick)
+        finally:
+            bar.close()
 
 
 def trial_rows(study) -> list[dict]:

@@ -50,3 +50,41 @@ def fake_cifar(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _no_env_data(monkeypatch):
     monkeypatch.delenv("SCS_PROBE_DATA", raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server (Debian's `postgresql` package; `.ci/run` installs it) in a temp dir, started
+    with initdb/pg_ctl on a free loopback port; its SQLAlchemy URL. Skipped where PostgreSQL or psycopg is
+    missing. As root, the server runs as the `postgres` user (PostgreSQL refuses to run as root)."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    bindir = found[-1].parent if found else (Path(shutil.which("initdb")).parent if shutil.which("initdb") else None)
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    as_user = []
+    root = Path(tempfile.mkdtemp(prefix="scs-probe-pg-"))
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*args):
+        subprocess.run([*as_user, *map(str, args)], check=True, capture_output=True, cwd=root)
+
+    run(bindir / "initdb", "-D", root / "data", "-A", "trust", "-U", "scs", "--no-sync")
+    run(bindir / "pg_ctl", "-D", root / "data", "-l", root / "server.log", "-w", "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        run(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "scs", "study")
+        yield f"postgresql+psycopg://scs@127.0.0.1:{port}/study"
+    finally:
+        run(bindir / "pg_ctl", "-D", root / "data", "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)

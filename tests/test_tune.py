@@ -46,7 +46,7 @@ def test_study_prunes_continues_and_requeues(fake_cifar, tmp_path, monkeypatch):
     study = tune_module.open_study(tmp_path, config)
     dead = study.ask({"p": optuna.distributions.FloatDistribution(0.5, 4.0, log=True)})
     study._storage.record_heartbeat(dead._trial_id)
-    time.sleep(2.5)
+    time.sleep(3.5)  # > grace period 2 s, at the one-second resolution of SQLite's clock
     tune_module.tune(base(fake_cifar), tmp_path, replace_n(config, 6), **quiet)
     rows = read_csv(tmp_path / "trials.csv")
     states = {int(r["number"]): r["state"] for r in rows}
@@ -78,3 +78,49 @@ def test_tune_command_and_bad_options(fake_cifar, tmp_path, capsys):
         assert len(err.splitlines()) == 1 and err.startswith("scs-probe: error:"), err
     with pytest.raises(OptionError):
         tune_module.TuneConfig(pruner="random")
+
+
+def _tune_args(fake_cifar, out, *extra):
+    return ["tune", "--n-trials", "4", "--epochs", "2", "--limit-train", "128", "--limit-test", "64", "--batch-size",
+            "64", "--data-dir", str(fake_cifar), "--device", "cpu", "--quiet", "--out", str(out), *extra]
+
+
+def test_two_tune_processes_share_one_postgresql_study(fake_cifar, tmp_path, postgres_url):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    args = _tune_args(fake_cifar, tmp_path, "--storage", postgres_url, "--pruner", "none")
+    procs = [subprocess.Popen([sys.executable, "-m", "scs_probe", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    study = optuna.load_study(study_name="scs-fixed-p", storage=postgres_url)
+    trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) and sorted(numbers) == list(range(len(numbers)))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert 4 <= len(trials) <= 5  # each process stops once 4 are done; one may be finishing its own
+    for t in trials:  # every trial trained its own run, whole
+        run = RunDir(tmp_path / "trials" / str(t.number))
+        assert run.read_config()["variant"]["fixed_p"] == pytest.approx(t.params["p"])
+        assert [int(r["epoch"]) for r in run.read("history")] == [1, 2]
+        assert float(run.read("history")[-1]["test_acc"]) == pytest.approx(t.value)
+    assert {p.name for p in (tmp_path / "trials").iterdir()} == {str(n) for n in numbers}
+
+
+def test_study_storage_errors_are_one_line(fake_cifar, tmp_path, capsys):
+    cases = {"postgresql+psycopg://scs@127.0.0.1:1/none": 1, "nosuchdb://x": 2}
+    for url, code in cases.items():
+        assert main(_tune_args(fake_cifar, tmp_path, "--storage", url)) == code, url
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("scs-probe: error:"), err
+
+
+def test_tune_workers_on_ray_fill_one_study(fake_cifar, tmp_path, capsys):
+    pytest.importorskip("ray")
+    assert main(_tune_args(fake_cifar, tmp_path, "--executor", "ray", "--jobs", "2", "--pruner", "none")) == 0
+    rows = read_csv(tmp_path / "trials.csv")
+    assert 4 <= len(rows) <= 5 and all(r["state"] == "complete" for r in rows)
+    assert len({r["p"] for r in rows}) == len(rows)  # workers draw different points
+    assert "best: trial" in capsys.readouterr().out

@@ -76,12 +76,13 @@ def _init_local_worker(slots, n_gpus: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_local_job(job: RunJob) -> dict:
+def _call_local(fn, job) -> dict:
+    """fn(job) in a worker, on the worker's GPU where `job.options` leaves the device to us."""
     if _GPU_SLOT is not None and job.options.device in ("auto", "cuda"):
         job = replace(job, options=replace(job.options, device=f"cuda:{_GPU_SLOT}"))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return run_job(job)
+        return fn(job)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -115,8 +116,12 @@ class LocalExecutor:
                                            initargs=(slots, n_gpus))
         return self
 
-    def submit(self, job: RunJob):
-        return self.pool.submit(_run_local_job, job)
+    def capacity(self) -> int:
+        return self.jobs
+
+    def submit(self, job, fn=None):
+        """Start fn(job) (default `run_job`): `job` is a frozen dataclass with `options`, `threads`, `backend`."""
+        return self.pool.submit(_call_local, fn or run_job, job)
 
     def wait(self, pending, timeout: float):
         done, rest = cf.wait(pending, timeout=timeout, return_when=cf.FIRST_COMPLETED)
@@ -173,7 +178,7 @@ class RayExecutor:
                 raise OptionError("address", f"expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
         self.jobs = jobs  # at most this many runs in flight (None: as many as the resources allow)
         self.started = False
-        self.remote = None
+        self.remotes = {}
 
     def describe(self) -> str:
         where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
@@ -196,15 +201,22 @@ class RayExecutor:
                                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
         if self.gpus is None:
             self.gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        self.remote = ray.remote(run_job).options(num_cpus=self.cpus, num_gpus=self.gpus,
-                                                  max_retries=self.max_retries, retry_exceptions=False)
+        self.remotes = {}
         return self
 
-    def submit(self, job: RunJob, fn=None):
-        if fn is not None:
-            return _ray().remote(fn).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries,
-                                             retry_exceptions=False).remote(job)
-        return self.remote.remote(job)
+    def capacity(self) -> int:
+        """How many runs the cluster holds at once with these resources per run."""
+        resources = _ray().cluster_resources()
+        fits = [resources.get("CPU", 0) / self.cpus] + ([resources.get("GPU", 0) / self.gpus] if self.gpus else [])
+        return max(1, int(min(fits)))
+
+    def submit(self, job, fn=None):
+        """A Ray task of fn(job) (default `run_job`), retried on a dead worker, never on an exception."""
+        fn = fn or run_job
+        if fn not in self.remotes:
+            self.remotes[fn] = _ray().remote(fn).options(num_cpus=self.cpus, num_gpus=self.gpus,
+                                                         max_retries=self.max_retries, retry_exceptions=False)
+        return self.remotes[fn].remote(job)
 
     def wait(self, pending, timeout: float):
         if not pending:
@@ -228,6 +240,29 @@ class RayExecutor:
     def __exit__(self, *exc) -> None:
         if self.started:
             _ray().shutdown()
+
+
+def run_all(executor, jobs: list, fn=None, on_done=None, on_tick=None, limit: int | None = None) -> None:
+    """Run fn(job) for every job on an entered executor, at most `limit` at once (default: the executor's jobs,
+    else all), calling on_done(job, outcome) as each ends and on_tick(jobs in flight) about once a second.
+    Ctrl-C stops the jobs in flight (and the queued ones never start), then propagates."""
+    queue, pending = list(jobs), {}
+    limit = limit or executor.jobs or len(jobs)
+    try:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                job = queue.pop(0)
+                pending[executor.submit(job, fn)] = job
+            done, _ = executor.wait(list(pending), timeout=1.0)
+            for handle in done:
+                job = pending.pop(handle)
+                if on_done is not None:
+                    on_done(job, executor.result(handle))
+            if on_tick is not None:
+                on_tick(list(pending.values()))
+    except KeyboardInterrupt:
+        executor.cancel(list(pending))
+        raise
 
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:

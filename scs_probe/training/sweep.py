@@ -16,7 +16,7 @@ from ..rundir import RunsDir
 from ..stats import t_interval
 from ..storage import read_json
 from ..zoo import Variant, variant_grid
-from .executors import LocalExecutor, RunJob
+from .executors import LocalExecutor, RunJob, run_all
 from .options import TrainOptions
 from .trainer import train
 
@@ -149,26 +149,16 @@ def _sweep_parallel(plan, runs: RunsDir, base: TrainOptions, executor, log, prog
             log(f"{len(todo)} run{'s' if len(todo) > 1 else ''} on {executor.describe()}")
             display = SweepProgress([j.name for j in todo], runs, {j.name: j.options.resolved().epochs for j in todo},
                                     started, log, progress)
-            queue, pending = list(todo), {}
-            limit = executor.jobs or len(todo)  # in flight at once; the others wait here, not in the engine
+
+            def on_done(job, outcome):
+                outcomes[job.name] = outcome = {**outcome, "name": job.name}
+                display.finished(outcome)
+                _write_summaries(runs, summary_rows())
+
             try:
-                while queue or pending:
-                    while queue and len(pending) < limit:
-                        job = queue.pop(0)
-                        pending[executor.submit(job)] = job
-                    done, _ = executor.wait(list(pending), timeout=1.0)
-                    for handle in done:
-                        job = pending.pop(handle)
-                        outcome = {**executor.result(handle), "name": job.name}
-                        outcomes[job.name] = outcome
-                        display.finished(outcome)
-                        _write_summaries(runs, summary_rows())
-                    display.poll([j.name for j in pending.values()])
-            except KeyboardInterrupt:
+                run_all(executor, todo, on_done=on_done, on_tick=lambda jobs: display.poll([j.name for j in jobs]))
+            finally:
                 display.close()
-                executor.cancel(list(pending))
-                raise
-            display.close()
     rows = summary_rows()
     _write_summaries(runs, rows)
     failed = [o for o in outcomes.values() if o["status"] == "failed"]
