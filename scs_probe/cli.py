@@ -18,7 +18,7 @@ import click
 from . import errors
 from .cli_types import ClassList, EpsList, EpsRange, EpsValue, IndexList, PatternList, PositiveRange
 from .data import DATA_ENV
-from .rundir import RunDir, RunsDir
+from .rundir import RunDir, RunsDir, StudyDir
 from .training.options import DEVICES, TrainOptions
 from .zoo import AXES, GRIDS, Variant, axis_choices, list_archs
 
@@ -227,10 +227,10 @@ def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_na
     try:
         best = study.best_trial
         click.echo(f"best: trial {best.number}, " + ", ".join(f"{k}={v:.4g}" for k, v in best.params.items())
-                   + f", test accuracy {best.value:.4f} ({out_dir / 'trials' / str(best.number)})")
+                   + f", test accuracy {best.value:.4f} ({StudyDir(out_dir).trial(best.number)})")
     except ValueError:
         click.echo("best: no trial completed")
-    click.echo(f"trials: {out_dir / 'trials.csv'}")
+    click.echo(f"trials: {StudyDir(out_dir).trials_path}")
 
 
 @cli.command()

@@ -2,7 +2,8 @@
 
 A run directory holds `checkpoint.pt`, `config.json` and the per-epoch records `history.csv`, `norms.csv`,
 `exponents.csv`. A directory of runs (a sweep, or runs trained one by one into one folder) holds runs as
-subdirectories, `summary.csv`, analyses under `analysis/<name>/` and `report.html`.
+subdirectories, `summary.csv`, analyses under `analysis/<name>/` and `report.html`; it may also hold fixed-p
+searches (`StudyDir`: `study.db`, `trials.csv`, `tune.png`, a run per trial under `trials/<number>/`).
 """
 
 from __future__ import annotations
@@ -201,3 +202,43 @@ class RunsDir:
     @property
     def report_path(self) -> Path:
         return self.path / self.REPORT
+
+    def studies(self) -> list[StudyDir]:
+        """Fixed-p searches kept in this directory (itself, or subdirectories holding a trials.csv)."""
+        if not self.path.is_dir():
+            return []
+        return [StudyDir(p) for p in [self.path, *sorted(self.path.iterdir())] if StudyDir(p).trials_path.is_file()]
+
+
+class StudyDir:
+    """A fixed-p search's folder (`scs-probe tune`): the default Optuna database, the trials table and figure, and
+    one run directory per trial under trials/<number>/."""
+
+    DATABASE, TRIALS, FIGURE, RUNS = "study.db", "trials.csv", "tune", "trials"
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def default_storage(self) -> str:
+        return f"sqlite:///{(self.path / self.DATABASE).resolve()}"
+
+    @property
+    def trials_path(self) -> Path:
+        return self.path / self.TRIALS
+
+    @property
+    def figure_path(self) -> Path:
+        return self.path / f"{self.FIGURE}.png"
+
+    def trial(self, number: int) -> RunDir:
+        return RunDir(self.path / self.RUNS / str(number))
+
+    def write_trials(self, rows: list[dict], fields) -> None:
+        write_csv(self.trials_path, rows, fields, float_format=".6g")
+
+    def read_trials(self) -> list[dict]:
+        return read_csv(self.trials_path) if self.trials_path.is_file() else []

@@ -13,8 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import OptionError, ScsProbeError, ServiceUnavailable, TrainingDiverged
-from .rundir import RunsDir
-from .storage import write_csv
+from .rundir import StudyDir
 from .training import Trainer, TrainOptions
 from .training.executors import LocalExecutor, run_all
 
@@ -66,7 +65,7 @@ def open_study(out, config: TuneConfig, worker: int = 0):
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    url = config.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    url = config.storage or StudyDir(out).default_storage
     def connect():
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8: not the user's news
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -122,13 +121,13 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
         _tune_parallel(study, base, out, config, executor, log, progress)
         write_trials(study, out)
         return study
-    trials = RunsDir(Path(out) / "trials")
+    trials = StudyDir(out)
 
     def objective(trial):
         p = trial.suggest_float("p", *config.p_range, log=True)
         max_lr = trial.suggest_float("max_lr", *config.lr_range, log=True) if "max_lr" in config.search \
             else base.max_lr
-        run = trials.run(str(trial.number))
+        run = trials.trial(trial.number)
         options = replace(base, variant=replace(base.variant, fixed_p=p), max_lr=max_lr, out=str(run.path))
         def report(epoch, row):
             trial.report(float(row["test_acc"]), epoch)
@@ -255,16 +254,19 @@ def _retried(trial):
 def write_trials(study, out) -> Path:
     """trials.csv and tune.png (test accuracy against p, pruned trials hollow)."""
     from .analysis.figures import plt, save
-    out = Path(out)
+    folder = StudyDir(out)
     rows = trial_rows(study)
-    write_csv(out / "trials.csv", rows, ("number", "p", "max_lr", "state", "final_test_acc", "best_test_acc",
-                                        "epochs", "seconds", "retry_of"), float_format=".6g")
+    folder.write_trials(rows, ("number", "p", "max_lr", "state", "final_test_acc", "best_test_acc", "epochs",
+                               "seconds", "retry_of"))
     fig, ax = plt.subplots(figsize=(6, 4))
     for state, style in (("complete", dict(color="tab:blue")), ("pruned", dict(facecolors="none",
                                                                                edgecolors="tab:gray"))):
         sel = [r for r in rows if r["state"] == state and r["best_test_acc"] != ""]
         ax.scatter([r["p"] for r in sel], [r["best_test_acc"] for r in sel], label=f"{state} ({len(sel)})", **style)
     ax.set_xscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+    for axis_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis_formatter(FormatStrFormatter("%g"))
     ax.set(xlabel="fixed p (log scale)", ylabel="best test accuracy", title="Fixed-p search")
     ax.legend(fontsize=8)
-    return save(fig, out, "tune", svg=False)
+    return save(fig, folder.path, folder.FIGURE, svg=False)

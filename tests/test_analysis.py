@@ -238,6 +238,10 @@ def report_html(sweep_dir, fake_cifar, tmp_path_factory):
     cfg = (evil / "config.json").read_text().replace('"variant_name": "rohrer100k-scs-none-maxabs"',
                                                      '"variant_name": "<script>alert(1)</script>"')
     (evil / "config.json").write_text(cfg)
+    # a fixed-p search kept beside the runs: the report gets a tuning section
+    assert main(["tune", "--n-trials", "2", "--epochs", "1", "--limit-train", "64", "--limit-test", "32",
+                 "--batch-size", "32", "--pruner", "none", "--data-dir", str(fake_cifar), "--device", "cpu",
+                 "--quiet", "--out", str(d / "tune")]) == 0
     assert main(["report", str(d), "--data-dir", str(fake_cifar), "--pgd-images", "16", "--eps-range", "0:4/255:2",
                  "--device", "cpu"]) == 0
     return d / "report.html"
@@ -257,6 +261,8 @@ def test_report_is_self_contained_and_escaped(report_html):
     verdicts = re.findall(r'<td class="l (supported|contradicted|inconclusive|not tested)">', html)
     assert len(verdicts) == 5, verdicts
     assert "Randomisation" in html and "masking" in html
+    assert "Fixed-p search (Optuna)" in html and "2 complete, 0 pruned, 0 failed trials" in html
+    assert re.search(r"Best: trial [01], p = [0-9.]+", html)
     assert (report_html.parent / "analysis" / "pgd" / "pgd.csv").is_file()
 
 

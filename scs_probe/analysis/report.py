@@ -14,7 +14,7 @@ import jinja2
 from .. import __version__
 from ..errors import OptionError
 from ..paper import experiments, published_row
-from ..rundir import RunDir, RunsDir
+from ..rundir import RunDir, RunsDir, StudyDir
 from ..storage import atomic_write, read_csv
 from ..training.sweep import summarize_variants
 from ..zoo import get_arch
@@ -97,6 +97,24 @@ def warnings_for(rows: list[dict]) -> list[str]:
     return out
 
 
+def study_summary(study: StudyDir, root: Path) -> dict:
+    """What the report shows of one fixed-p search: trial counts by state, the best complete trial, the range of
+    p tried, the settings the trials shared, and its figure."""
+    rows = study.read_trials()
+    done = [r for r in rows if r["state"] == "complete" and r["final_test_acc"] != ""]
+    best = max(done, key=lambda r: float(r["final_test_acc"]), default=None)
+    config = study.trial(int(best["number"])).read_config() if best else {}
+    options = config.get("options", {})
+    ps = [float(r["p"]) for r in rows if r["p"] != ""]
+    return {"name": str(study.path.relative_to(root)) if study.path != root else study.path.name,
+            "counts": {state: sum(r["state"] == state for r in rows) for state in ("complete", "pruned", "fail")},
+            "best": best, "p_lo": min(ps, default=""), "p_hi": max(ps, default=""),
+            "settings": {k: options.get(k) for k in ("arch", "layer", "pool", "epochs", "max_lr", "batch_size",
+                                                     "limit_train")} if options else {},
+            "rows": sorted(done, key=lambda r: float(r["p"])),
+            "figure": data_uri(study.figure_path) if study.figure_path.is_file() else None}
+
+
 def build_report(directory, out_html=None, asked: dict[str, dict] | None = None,
                  context: Context | None = None, experiment: str | None = None) -> Path:
     """Gather (or compute) every analysis of the runs in `directory` and render one HTML file. `asked`: per
@@ -140,7 +158,8 @@ def build_report(directory, out_html=None, asked: dict[str, dict] | None = None,
         comparisons=results["compare"].summary, saliency=results["saliency"].summary,
         randomisation=[r for r in (read_csv(rand_path) if rand_path.is_file() else []) if r["stage"] == "all"],
         pgd=results["pgd"].summary, checks=read_csv(checks_path) if checks_path.is_file() else [],
-        norms=results["norms"].summary, configs=configs, figures=figures, version=__version__,
+        norms=results["norms"].summary, studies=[study_summary(st, runs_dir.path) for st in runs_dir.studies()],
+        configs=configs, figures=figures, version=__version__,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
     atomic_write(out_html, html)
     return out_html
