@@ -285,7 +285,7 @@ def make_executor(name: str = "local", jobs: int | None = None, address: str | N
     if name == "local":
         for option, value in (("address", address), ("cpus_per_run", cpus_per_run), ("gpus_per_run", gpus_per_run)):
             if value is not None:
-                raise OptionError(option, "only applies to the ray executor (add --executor ray)")
+                raise OptionError(option, "only applies to the ray executor")
         return LocalExecutor(1 if jobs is None else jobs)
     return RayExecutor(address, 1 if cpus_per_run is None else cpus_per_run, gpus_per_run, max_retries, jobs)
 
