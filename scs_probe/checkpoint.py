@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OptionError
 from .storage import atomic_write
 
 FORMAT = "scs-probe/checkpoint"
@@ -78,9 +78,15 @@ def checkpoint_variant(ckpt: dict, path=""):
 
 def model_from_checkpoint(ckpt: dict, device="cpu", path=""):
     """Rebuild the checkpoint's variant and load its weights (eval mode)."""
+    from .data import normalization
     from .zoo import build_model
     variant = checkpoint_variant(ckpt, path)
-    model = build_model(variant, init=False)
+    dataset = ckpt.get("options", {}).get("dataset", "cifar10")
+    try:
+        model = build_model(variant, init=False, num_classes=int(ckpt.get("data", {}).get("num_classes", 10)),
+                            normalization=normalization(dataset))
+    except OptionError as e:
+        raise CheckpointError(f"{path or 'checkpoint'}: cannot rebuild its model ({e})") from None
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError, KeyError) as e:

@@ -57,21 +57,28 @@ def _options(*opts):
     return deco
 
 
+MODEL_OPTION = click.option(
+    "--model", default=None, metavar="SPEC",
+    help="A model from outside the zoo instead of --arch: torchvision:NAME, timm:NAME or package.module:factory, "
+         "converted to SCS by --layer/--activation keep|none/--pool keep|maxabs.")
+
+
 def variant_options(fn):
     """--arch and one flag per variant axis (choices from the registry), passed on as one `variant`."""
     axes = [click.option(f"--{axis.replace('_', '-')}", type=click.Choice([str(v) for v in axis_choices(axis)]),
                          default=str(getattr(DEFAULT_VARIANT, axis)), show_default=True) for axis in AXES]
 
     @_options(click.option("--arch", type=click.Choice(list_archs()), default=DEFAULT_VARIANT.arch,
-                           show_default=True), *axes,
+                           show_default=True), MODEL_OPTION, *axes,
               click.option("--fixed-p", type=click.FloatRange(min=0.1), default=None,
                            help="Fix every sharpened layer's p to this value (1: plain cosine similarity)."))
     @functools.wraps(fn)
-    def inner(*args, arch, fixed_p, **kwargs):
+    def inner(*args, arch, model, fixed_p, **kwargs):
         values = {axis: kwargs.pop(axis) for axis in AXES}
         values["image_size"] = int(values["image_size"])
-        return fn(*args, variant=Variant(arch, **values, fixed_p=fixed_p), **kwargs)
+        return fn(*args, variant=Variant(model or arch, **values, fixed_p=fixed_p), **kwargs)
     return inner
+
 
 
 def _device_option():
@@ -93,7 +100,10 @@ training_options = _options(
     click.option("--seed", type=int, default=0, show_default=True,
                  help="Initial weights (shared by all variants) and data order."),
     _device_option(),
-    _data_dir_option("Folder holding cifar-10-batches-py"),
+    click.option("--dataset", default="cifar10", show_default=True, metavar="NAME",
+                 help="cifar10, cifar100, svhn, mnist, fashion-mnist or imagefolder:DIR (DIR/train, DIR/val); "
+                      "grayscale sets are repeated to three channels, images resized to the variant's size."),
+    _data_dir_option("Folder holding the data sets in torchvision's layout"),
     click.option("--limit-train", type=click.IntRange(min=1), default=None, help="Use the first N images."),
     click.option("--limit-test", type=click.IntRange(min=1), default=None, help="Use the first N images."),
     click.option("--norms-every-batch", is_flag=True, help="Also record weight/grad norms per mini-batch."),
@@ -168,6 +178,7 @@ def train(ctx, variant, quiet, resume, **kw):
 
 @cli.command()
 @click.option("--arch", type=click.Choice(list_archs()), default=DEFAULT_VARIANT.arch, show_default=True)
+@MODEL_OPTION
 @click.option("--grid", type=click.Choice(GRIDS), default=GRIDS[0], show_default=True,
               help="study: the variants of the paper's table; full: every combination of the axes.")
 @click.option("--only", type=PatternList(), default=None,
@@ -179,14 +190,15 @@ def train(ctx, variant, quiet, resume, **kw):
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Sweep directory [./sweeps/<arch>]; with Ray on a cluster, storage every node sees.")
 @executor_options
-def sweep(arch, grid, only, seeds, quiet, out, executor, **kw):
+def sweep(arch, model, grid, only, seeds, quiet, out, executor, **kw):
     """Train every variant of a grid into OUT/<variant>/ and write OUT/summary.csv: one after another, N at once
     (--jobs N), or as tasks on a Ray cluster (--executor ray)."""
     from .training import select_variants
     from .training import sweep as run_sweep
+    arch = model or arch
     base = TrainOptions(variant=Variant(arch), **kw)
     variants = select_variants(arch, grid, list(only) if only else None)
-    out_dir = Path(out or Path("sweeps") / arch)
+    out_dir = Path(out or Path("sweeps") / arch.replace(":", "-"))
     rows = run_sweep(variants, out_dir, base, progress=not quiet, seeds=list(seeds) if seeds else None,
                      explicit=_explicit(click.get_current_context()) - EXECUTOR_FLAGS, executor=executor)
     _print_table(rows, ("variant", "seed", "test_acc", "train_seconds_mean", "eval_seconds_mean", "params", "status"))
@@ -294,7 +306,9 @@ model_sources = _options(
                  help="A checkpoint (or run directory); repeat for several."),
     click.option("--sweep", "sweep_dir", type=click.Path(), default=None,
                  help="A directory whose subdirectories are runs."),
-    _data_dir_option("Folder holding cifar-10-batches-py"),
+    _data_dir_option("Folder holding the data sets in torchvision's layout"),
+    click.option("--dataset", default=None, metavar="NAME",
+                 help="Test images from this data set [the one the runs were trained on]."),
     _device_option(),
 )
 
@@ -306,11 +320,11 @@ def _runs(ckpts, sweep_dir):
     return resolve_runs(ckpts, sweep_dir)
 
 
-def _run_analysis(analysis, runs, out, sweep_dir, data_dir=None, device="auto"):
+def _run_analysis(analysis, runs, out, sweep_dir, data_dir=None, device="auto", dataset=None):
     from .analysis import Context
     from .training import resolve_device
     dest = Path(out) if out else RunsDir(sweep_dir or ".").analysis_dir(analysis.name)
-    context = Context(data_dir=data_dir, device=resolve_device(device))
+    context = Context(data_dir=data_dir, dataset=dataset, device=resolve_device(device))
     result = analysis.run(runs, dest, context)
     return result, dest
 
@@ -338,12 +352,12 @@ def _out_option(name: str):
 @click.option("--per-image-scale", is_flag=True, help="Scale each image's maps on their own (default: one scale).")
 @click.option("--deletion-steps", type=click.IntRange(min=1), default=10, show_default=True)
 @_out_option("saliency")
-def saliency(ckpts, sweep_dir, data_dir, device, out, **config):
+def saliency(ckpts, sweep_dir, data_dir, dataset, device, out, **config):
     """Vanilla-gradient saliency maps of the same test images across models, with sparseness, complexity and
     deletion curves."""
     from .analysis import SaliencyAnalysis
     analysis = SaliencyAnalysis(**config)
-    result, dest = _run_analysis(analysis, _runs(ckpts, sweep_dir), out, sweep_dir, data_dir, device)
+    result, dest = _run_analysis(analysis, _runs(ckpts, sweep_dir), out, sweep_dir, data_dir, device, dataset)
     _print_table(result.summary, ("model", "n", "sparseness_mean", "sparseness_lo", "sparseness_hi",
                                   "complexity_mean", "deletion_auc_norm_mean", "accuracy", "rand_spearman",
                                   "rand_flag"))
@@ -381,11 +395,11 @@ def _eps(eps_range, eps_list, required: bool):
                    "conv twin (masking_checks.csv).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Attack randomness.")
 @_out_option("pgd")
-def pgd(ckpts, sweep_dir, data_dir, device, eps_range, eps_list, out, **config):
+def pgd(ckpts, sweep_dir, data_dir, dataset, device, eps_range, eps_list, out, **config):
     """Robust accuracy under PGD (L-inf) over a range of eps, one curve per model, with the area under it."""
     from .analysis import RobustnessAnalysis
     analysis = RobustnessAnalysis(eps=_eps(eps_range, eps_list, required=True), **config)
-    result, dest = _run_analysis(analysis, _runs(ckpts, sweep_dir), out, sweep_dir, data_dir, device)
+    result, dest = _run_analysis(analysis, _runs(ckpts, sweep_dir), out, sweep_dir, data_dir, device, dataset)
     _print_table(result.summary, ("model", "attack", "auc", "auc_lo", "auc_hi", "auc_rel", "clean_acc",
                                   "acc_at_eps_max", "masking_flags"))
     click.echo(f"outputs: {dest}")
@@ -432,6 +446,8 @@ def norms(run_dirs, sweep_dir, out):
 @click.argument("directory", type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="HTML file [DIR/report.html].")
 @_data_dir_option("For analyses that are (re)run")
+@click.option("--dataset", default=None, metavar="NAME",
+              help="Test images from this data set [the one the runs were trained on].")
 @_device_option()
 @click.option("--saliency-images", type=click.IntRange(min=1), default=None,
               help="Images the saliency metrics average over [stored analysis', else 100].")
@@ -443,7 +459,7 @@ def norms(run_dirs, sweep_dir, out):
               help="Attacks of the robustness analysis [stored analysis', else pgd].")
 @click.option("--paper-experiment", type=click.Choice(["initial", "followup"]), default=None,
               help="The study's experiment whose numbers stand beside ours [the one covering most variants].")
-def report(directory, out, data_dir, device, saliency_images, pgd_images, eps_range, eps_list, attacks,
+def report(directory, out, data_dir, dataset, device, saliency_images, pgd_images, eps_range, eps_list, attacks,
            paper_experiment):
     """One self-contained HTML report of a directory of runs. Analyses stored in DIR/analysis/ are reused when
     they cover the same runs and the options given here; the others are (re)run."""
@@ -453,7 +469,8 @@ def report(directory, out, data_dir, device, saliency_images, pgd_images, eps_ra
     asked = {"saliency": {"n_images": saliency_images},
              "pgd": {"n_images": pgd_images, "eps": eps, "attacks": tuple(attacks) or None}}
     asked = {name: {k: v for k, v in opts.items() if v is not None} for name, opts in asked.items()}
-    context = Context(data_dir=data_dir, device=resolve_device(device), log=lambda m: click.echo(m, err=True))
+    context = Context(data_dir=data_dir, dataset=dataset, device=resolve_device(device),
+                      log=lambda m: click.echo(m, err=True))
     click.echo(f"report: {build_report(directory, out, asked, context, paper_experiment)}")
 
 

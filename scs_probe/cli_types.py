@@ -91,18 +91,19 @@ class IndexList(_Parsed):
 
 
 class ClassList(_Parsed):
-    """'cat,dog' or '3,5' -> class indices."""
+    """'cat,dog' (CIFAR-10's names) or '3,5' (any data set) -> class indices."""
     name = "CLASSES"
 
     def parse(self, text):
         out = []
         for item in (t.strip() for t in text.split(",") if t.strip()):
-            if item.isdigit() and int(item) < len(CLASSES):
-                out.append(int(item))
+            if item.isdigit():
+                out.append(int(item))  # checked against the data set's classes when images are drawn
             elif item.lower() in CLASSES:
                 out.append(CLASSES.index(item.lower()))
             else:
-                raise ValueError(f"unknown class {item!r}; use 0-9 or one of {', '.join(CLASSES)}")
+                raise ValueError(f"unknown class {item!r}; use class indices, or CIFAR-10's names: "
+                                 f"{', '.join(CLASSES)}")
         if not out:
             raise ValueError("names no class")
         return tuple(out)

@@ -11,7 +11,7 @@ import math
 import os
 import pickle
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +36,17 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
 
 @dataclass
 class Split:
-    images: torch.Tensor   # uint8 [N, 3, 32, 32]
+    images: torch.Tensor   # uint8 [N, C, H, W] (C = 1 for MNIST-like sets)
     labels: torch.Tensor   # int64 [N]
-    official: bool         # files passed torchvision's md5 check
+    official: bool         # files passed torchvision's md5 check (or came from torchvision's own checks)
+    classes: tuple = CLASSES
+    dataset: str = "cifar10"
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def limit(self, n: int | None) -> Split:
-        return self if not n or n >= len(self) else Split(self.images[:n], self.labels[:n], self.official)
+        return self if not n or n >= len(self) else replace(self, images=self.images[:n], labels=self.labels[:n])
 
 
 def _cases_per_batch(base: Path) -> int:
@@ -117,6 +119,142 @@ def load_cifar10(data_dir=None, train: bool = True, download: bool = True) -> Sp
                         missing=True)
     images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
     return Split(images, torch.as_tensor(ds.targets, dtype=torch.int64), official=True)
+
+
+# ---------------------------------------------------------------------------------------------------- data sets
+
+# name -> (torchvision class, its folder under the data directory, how a split is asked for, normalisation)
+DATASETS = ("cifar10", "cifar100", "svhn", "mnist", "fashion-mnist", "imagefolder:DIR")
+MEAN_STD = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+            "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+            "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+            "mnist": ((0.1307,) * 3, (0.3081,) * 3),
+            "fashion-mnist": ((0.2860,) * 3, (0.3530,) * 3),
+            "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}  # ImageNet's
+
+
+def check_dataset(name: str) -> str:
+    """The canonical name of a data set option (cifar10, ..., imagefolder:DIR), or an OptionError."""
+    from .errors import OptionError
+    name = str(name).strip()
+    key = name.lower()
+    if key.startswith("imagefolder:") and len(name) > len("imagefolder:"):
+        return "imagefolder:" + name.split(":", 1)[1]
+    if key in DATASETS[:-1]:
+        return key
+    raise OptionError("dataset", f"unknown value {name!r}; allowed: {', '.join(DATASETS)}")
+
+
+def dataset_family(name: str) -> str:
+    return "imagefolder" if name.startswith("imagefolder:") else name
+
+
+def load_dataset(name: str = "cifar10", data_dir=None, train: bool = True, download: bool = True,
+                 image_size: int = 32) -> Split:
+    """One split of a data set as uint8 tensors, through torchvision's classes (their download and checks). The
+    same data directory holds every set in torchvision's layout (cifar-10-batches-py/, cifar-100-python/,
+    train_32x32.mat, MNIST/raw/, FashionMNIST/raw/). imagefolder:DIR reads DIR/train and DIR/val with
+    torchvision's ImageFolder, resized to `image_size`."""
+    name = check_dataset(name)
+    if name == "cifar10":
+        return load_cifar10(data_dir, train, download)
+    root = resolve_data_dir(data_dir)
+    if name.startswith("imagefolder:"):
+        return _load_image_folder(Path(name.split(":", 1)[1]).expanduser(), train, image_size)
+    import torchvision.datasets as tvd
+    maker = {"cifar100": lambda d: tvd.CIFAR100(str(root), train=train, download=d),
+             "svhn": lambda d: tvd.SVHN(str(root), split="train" if train else "test", download=d),
+             "mnist": lambda d: tvd.MNIST(str(root), train=train, download=d),
+             "fashion-mnist": lambda d: tvd.FashionMNIST(str(root), train=train, download=d)}[name]
+    try:
+        ds = maker(False)
+    except RuntimeError:  # not there, or (CIFAR-100, SVHN) not the official files: torchvision checks md5
+        local = _read_unverified_copy(name, root, train)
+        if local is not None:
+            return local
+        if not download:
+            raise DataError(f"no {name} copy in {root}; name one or set ${DATA_ENV}", missing=True) from None
+        try:
+            ds = maker(True)
+        except Exception as e:
+            raise DataError(f"could not download {name} into {root} ({type(e).__name__}: {e}); name a local "
+                            f"copy (torchvision's layout) or set ${DATA_ENV}", missing=True) from None
+    data = torch.as_tensor(np.asarray(ds.data))
+    if data.ndim == 3:                           # MNIST-like: [N, H, W]
+        data = data[:, None]
+    elif data.shape[-1] == 3:                    # CIFAR-100: [N, H, W, C]
+        data = data.permute(0, 3, 1, 2)
+    labels = torch.as_tensor(np.asarray(ds.labels if name == "svhn" else ds.targets), dtype=torch.int64)
+    classes = tuple(str(c) for c in ds.classes) if getattr(ds, "classes", None) else tuple(str(i) for i in range(10))
+    return Split(data.contiguous().to(torch.uint8), labels, official=True, classes=classes, dataset=name)
+
+
+def _read_unverified_copy(name: str, root: Path, train: bool) -> Split | None:
+    """A local CIFAR-100 or SVHN copy whose files fail torchvision's md5 check, read after a structure check and
+    with a warning (as CIFAR-10's); None where there is no such copy."""
+    if name == "cifar100":
+        base = root / "cifar-100-python"
+        path = base / ("train" if train else "test")
+        if not path.is_file():
+            return None
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            with open(base / "meta", "rb") as f:
+                classes = tuple(pickle.load(f, encoding="latin1")["fine_label_names"])
+            images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(entry["fine_labels"], dtype=np.int64)
+        except Exception as e:
+            raise DataError(f"{path} is not a CIFAR-100 file ({type(e).__name__}: {e})") from None
+        if len(classes) != 100 or len(labels) != len(images) or labels.min() < 0 or labels.max() > 99:
+            raise DataError(f"{base} does not have CIFAR-100's structure (100 classes, one label per image)")
+    elif name == "svhn":
+        path = root / ("train_32x32.mat" if train else "test_32x32.mat")
+        if not path.is_file():
+            return None
+        try:
+            from scipy.io import loadmat
+            mat = loadmat(str(path))
+            images = np.ascontiguousarray(np.asarray(mat["X"], dtype=np.uint8).transpose(3, 2, 0, 1))
+            labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10  # SVHN labels the digit 0 as 10
+        except Exception as e:
+            raise DataError(f"{path} is not an SVHN file ({type(e).__name__}: {e})") from None
+        if images.shape[1:] != (3, 32, 32) or len(labels) != len(images):
+            raise DataError(f"{path} does not have SVHN's structure (32x32 RGB images, one label each)")
+        classes = tuple(str(i) for i in range(10))
+        base = path
+    else:
+        return None
+    if base.resolve() not in _WARNED:
+        _WARNED.add(base.resolve())
+        warnings.warn(f"{name} files in {base} do not match the official md5 checksums; using them after a "
+                      "structure check", UnverifiedDataWarning, stacklevel=3)
+    return Split(torch.from_numpy(images), torch.from_numpy(labels), official=False, classes=classes, dataset=name)
+
+
+def _load_image_folder(folder: Path, train: bool, image_size: int) -> Split:
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+    part = folder / ("train" if train else "val")
+    if not part.is_dir():
+        raise DataError(f"{part} is not a folder: imagefolder:DIR needs DIR/train and DIR/val, one subfolder of "
+                        "images per class", missing=True)
+    try:
+        ds = ImageFolder(str(part), transform=transforms.Compose([
+            transforms.Lambda(lambda im: im.convert("RGB")), transforms.Resize((image_size, image_size)),
+            transforms.PILToTensor()]))
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(f"cannot read images in {part} ({e})") from None
+    if not len(ds):
+        raise DataError(f"{part} holds no images")
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    return Split(images, torch.as_tensor(ds.targets, dtype=torch.int64), official=True, classes=tuple(ds.classes),
+                 dataset=f"imagefolder:{folder}")
+
+
+def normalization(name: str) -> tuple[tuple, tuple]:
+    """Per-channel mean and std of a data set's images (three channels: grayscale sets are repeated)."""
+    return MEAN_STD[dataset_family(check_dataset(name))]
 
 
 class UnverifiedDataWarning(UserWarning):
@@ -200,7 +338,7 @@ class BatchLoader:
             _Indexable(self.split), batch_size=self.batch_size, sampler=sampler, collate_fn=_as_batch,
             num_workers=self.workers, pin_memory=self.device.type == "cuda")
         for images, labels in loader:
-            x = images.to(self.device, non_blocking=True).float().div_(255)
+            x = as_rgb(images.to(self.device, non_blocking=True).float().div_(255))
             if self.augment is not None:
                 x = self.augment(x, gen)
             if self.image_size != x.shape[-1]:
@@ -209,6 +347,15 @@ class BatchLoader:
             yield x, labels.to(self.device, non_blocking=True)
 
 
+def as_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Grayscale batches [B, 1, H, W] as three equal channels: every model takes RGB, so MNIST-like sets train
+    the same architectures (and shared initial weights) as CIFAR."""
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
 def describe(split_train: Split, split_test: Split, root: Path) -> dict:
-    return {"dataset": "CIFAR-10", "root": str(root.resolve()), "official_files": split_train.official
-            and split_test.official, "n_train": len(split_train), "n_test": len(split_test)}
+    name = split_train.dataset
+    return {"dataset": "CIFAR-10" if name == "cifar10" else name, "name": name, "root": str(root.resolve()),
+            "official_files": split_train.official and split_test.official, "n_train": len(split_train),
+            "n_test": len(split_test), "num_classes": len(split_train.classes), "classes": list(split_train.classes),
+            "channels": int(split_train.images.shape[1])}

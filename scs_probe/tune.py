@@ -187,11 +187,12 @@ def tune_worker(job: TuneJob) -> dict:
 
 
 def _tune_parallel(study, base: TrainOptions, out, config: TuneConfig, executor, log, progress: bool) -> None:
-    from .data import load_cifar10, resolve_data_dir
+    from .data import load_dataset, resolve_data_dir
     from .layers import get_backend
     from .progress import progress_bar, write_line
     data_dir = resolve_data_dir(base.data_dir).resolve()
-    load_cifar10(data_dir, train=False)  # checked (and downloaded) once, here
+    # checked (and downloaded) once, here
+    load_dataset(base.dataset, data_dir, train=False, image_size=base.variant.image_size)
     base = replace(base, data_dir=str(data_dir))
     out = str(Path(out).resolve())
 

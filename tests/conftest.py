@@ -88,3 +88,56 @@ def postgres_url():
     finally:
         run(bindir / "pg_ctl", "-D", root / "data", "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _class_images(rng, n: int, n_classes: int, shape, signal: float = 0.6):
+    """n learnable uint8 images of `shape` (C, H, W): a smooth random template per class plus noise."""
+    c, h, w = shape
+    coarse = rng.integers(0, 256, size=(n_classes, c, 4, 4)).astype(np.float32)
+    templates = np.kron(coarse, np.ones((h // 4, w // 4), dtype=np.float32))
+    labels = np.arange(n) % n_classes
+    rng.shuffle(labels)
+    noise = rng.integers(0, 256, size=(n, c, h, w)).astype(np.float32)
+    return (signal * templates[labels] + (1 - signal) * noise).astype(np.uint8), labels
+
+
+def write_fake_datasets(root: Path, n_train: int = 400, n_test: int = 200, seed: int = 1) -> Path:
+    """CIFAR-100, SVHN, MNIST and Fashion-MNIST in torchvision's layouts (md5 sums differ from the official
+    files), and an image folder (root/folder/train, root/folder/val) of PNGs: no network."""
+    from PIL import Image
+    from scipy.io import savemat
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        x, y = _class_images(rng, n, 100, (3, 32, 32))
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": x.reshape(n, -1), "fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist(),
+                         "filenames": [f"{i}.png" for i in range(n)]}, f)
+    with open(base / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class{i:02d}" for i in range(100)],
+                     "coarse_label_names": [f"super{i:02d}" for i in range(20)]}, f)
+    for name, n in (("train_32x32.mat", n_train), ("test_32x32.mat", n_test)):
+        x, y = _class_images(rng, n, 10, (3, 32, 32))
+        savemat(str(root / name), {"X": x.transpose(2, 3, 1, 0), "y": np.where(y == 0, 10, y)[:, None]})
+    for folder in ("MNIST", "FashionMNIST"):
+        raw = root / folder / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for prefix, n in (("train", n_train), ("t10k", n_test)):
+            x, y = _class_images(rng, n, 10, (1, 28, 28))
+            (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+                np.array([2051, n, 28, 28], dtype=">i4").tobytes() + x.reshape(n, -1).tobytes())
+            (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+                np.array([2049, n], dtype=">i4").tobytes() + y.astype(np.uint8).tobytes())
+    for part, n in (("train", 60), ("val", 30)):
+        x, y = _class_images(rng, n, 3, (3, 48, 40))
+        for i, (img, label) in enumerate(zip(x, y)):
+            d = root / "folder" / part / ("cat", "dog", "owl")[label]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.transpose(1, 2, 0)).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_datasets(tmp_path_factory) -> Path:
+    return write_fake_datasets(tmp_path_factory.mktemp("datasets"))

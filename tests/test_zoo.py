@@ -89,11 +89,13 @@ def test_unknown_values_name_the_allowed_ones():
 
 
 def test_choice_lists_come_from_the_registry():
-    """Every axis value some architecture has, and only those: the CLI's choices are these."""
+    """Every axis value some architecture (or a model from elsewhere: keep) has, and only those: the CLI's
+    choices are these."""
     assert axis_choices("layer") == ("conv", "scs", "sdp")
-    assert axis_choices("pool") == ("max", "maxabs", "none")
+    assert axis_choices("pool") == ("max", "maxabs", "none", "keep")
+    assert axis_choices("activation") == ("relu", "none", "keep")
     assert axis_choices("image_size") == (32, 224)
-    assert set(axis_choices("norm")) == {"bn", "none"}
+    assert set(axis_choices("norm")) == {"bn", "none", "keep"}
 
 
 def test_resnet20_records_no_pooling():

@@ -43,6 +43,7 @@ class AnalysisConfig(DictSerializable):
 class Context:
     """Where and how an analysis runs: none of it changes the numbers it writes."""
     data_dir: str | None = None
+    dataset: str | None = None        # test images from this data set (None: the one the runs were trained on)
     device: object = "cpu"
     progress: bool = True
     log: Callable[[str], None] = print

@@ -33,15 +33,17 @@ def variant_axes(run: RunDir) -> dict:
 
 
 def study_pairs(runs: list[RunDir]) -> list[tuple[str, str]]:
-    """Conv (ReLU, max pooling) against SCS (no activation, max-abs pooling) with the same architecture,
-    normalisation and image size: the comparison the study's claims are about."""
+    """Conv (ReLU, max pooling; a converted model's own activations and pooling) against SCS (no activation,
+    max-abs pooling) with the same architecture, normalisation and image size: the comparison the study's
+    claims are about."""
     by_name = {r.name: variant_axes(r) for r in runs}
     pairs = []
     for name, v in by_name.items():
         if v.get("layer") != "scs" or v.get("activation") != "none" or v.get("pool") not in ("maxabs", "none"):
             continue
         for other, w in by_name.items():
-            if (w.get("layer") == "conv" and w.get("activation") == "relu" and w.get("pool") in ("max", "none")
+            if (w.get("layer") == "conv" and w.get("activation") in ("relu", "keep")
+                    and w.get("pool") in ("max", "none", "keep")
                     and all(w.get(k) == v.get(k) for k in ("arch", "norm", "image_size"))
                     and w.get("fixed_p") is None and v.get("fixed_p") is None):
                 pairs.append((other, name))

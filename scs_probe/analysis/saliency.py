@@ -14,7 +14,7 @@ from ..stats import t_interval
 from ..storage import atomic_write, write_csv
 from .base import Analysis, AnalysisConfig, AnalysisResult, Context
 from .metrics import COMPLEXITY, DELETION_AUC, SPARSENESS, entropy, gini
-from .sources import LoadedModel, load_models, select_test_images
+from .sources import LoadedModel, load_models, runs_dataset, select_test_images
 
 TARGETS = ("label", "pred")
 
@@ -39,9 +39,9 @@ class SaliencyConfig(AnalysisConfig):
         self.require("indices", self.indices is None or (len(self.indices) > 0 and all(int(i) >= 0 for i in
                                                                                          self.indices)),
                      "must be one or more integers >= 0")
-        self.require("classes", self.classes is None or (len(self.classes) > 0 and all(0 <= int(c) < len(CLASSES)
+        self.require("classes", self.classes is None or (len(self.classes) > 0 and all(int(c) >= 0
                                                                                        for c in self.classes)),
-                     f"must be one or more classes in 0-{len(CLASSES) - 1}")
+                     "must be one or more class indices >= 0")
         self.require("target", self.target in TARGETS, f"unknown value {self.target!r}; allowed: "
                                                        f"{', '.join(TARGETS)}")
         self.require("deletion_steps", self.deletion_steps >= 1, f"must be >= 1, got {self.deletion_steps}")
@@ -117,11 +117,12 @@ def _mean_ci(name: str, values: torch.Tensor) -> dict:
             f"{name}_hi": round(ci.hi, 6) if ci.defined else ""}
 
 
-def write_outputs(results: list[SaliencyResult], images, labels, indices, out: Path) -> list[dict]:
+def write_outputs(results: list[SaliencyResult], images, labels, indices, out: Path,
+                  classes=CLASSES) -> list[dict]:
     """saliency.csv (per image), deletion.csv, saliency_maps.npz; returns the per-model summary rows (means with
     95% t intervals over images)."""
-    per_image = [{"model": r.model, "image_index": idx, "label": CLASSES[int(labels[i])],
-                  "target": CLASSES[int(r.targets[i])], "pred": CLASSES[int(r.preds[i])],
+    per_image = [{"model": r.model, "image_index": idx, "label": classes[int(labels[i])],
+                  "target": classes[int(r.targets[i])], "pred": classes[int(r.preds[i])],
                   SPARSENESS.name: f"{r.sparseness[i]:.6f}", COMPLEXITY.name: f"{r.complexity[i]:.6f}",
                   DELETION_AUC.name: f"{r.deletion_auc[i]:.6f}", "deletion_auc_norm": f"{r.deletion_auc_norm[i]:.6f}"}
                  for r in results for i, idx in enumerate(indices)]
@@ -141,7 +142,7 @@ def write_outputs(results: list[SaliencyResult], images, labels, indices, out: P
 
 
 def plot_grid(results: list[SaliencyResult], images, labels, out: Path, per_image_scale: bool = False,
-              n_images: int = 8):
+              n_images: int = 8, classes=CLASSES):
     """The first `n_images` images as columns, models as rows; one shared colour scale unless per_image_scale."""
     from .figures import plt, save
     n_img, n_rows = min(n_images, images.shape[0]), len(results) + 1
@@ -151,14 +152,14 @@ def plot_grid(results: list[SaliencyResult], images, labels, out: Path, per_imag
     for j in range(n_img):
         ax = axes[0, j]
         ax.imshow(images[j].permute(1, 2, 0).cpu().numpy().clip(0, 1))
-        ax.set_title(CLASSES[int(labels[j])], fontsize=8)
+        ax.set_title(classes[int(labels[j])], fontsize=8)
         for i, r in enumerate(results, 1):
             ax = axes[i, j]
             vmax = (torch.quantile(allmaps[:, j].flatten().float(), 0.995).item() or 1.0) if per_image_scale \
                 else vmax_shared
             im = ax.imshow(r.maps[j].numpy(), cmap="inferno", vmin=0, vmax=vmax)
             ok = int(r.preds[j]) == int(labels[j])
-            ax.set_title(f"pred {CLASSES[int(r.preds[j])]}", fontsize=7, color="black" if ok else "crimson")
+            ax.set_title(f"pred {classes[int(r.preds[j])]}", fontsize=7, color="black" if ok else "crimson")
     for i, r in enumerate(results, 1):
         axes[i, 0].set_ylabel(r.model, fontsize=7, rotation=0, ha="right", va="center")
     axes[0, 0].set_ylabel("image", fontsize=8, rotation=0, ha="right", va="center")
@@ -289,13 +290,15 @@ class SaliencyAnalysis(Analysis):
     def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
         c = self.config
         models = load_models(runs, context.device)
-        images, labels, idx = select_test_images(context.data_dir, c.n_images, c.indices, c.classes, c.seed)
+        images, labels, idx, classes = select_test_images(context.data_dir, c.n_images, c.indices, c.classes,
+                                                          c.seed, dataset=runs_dataset(runs, context.dataset))
         results = run_saliency(models, images, labels, c.target, c.deletion_steps, context.device)
-        summary = write_outputs(results, images, labels, idx, out)
-        figures = {"saliency": plot_grid(results, images, labels, out, c.per_image_scale, c.grid_images),
+        summary = write_outputs(results, images, labels, idx, out, classes)
+        figures = {"saliency": plot_grid(results, images, labels, out, c.per_image_scale, c.grid_images, classes),
                    "deletion": plot_deletion(results, out)}
         if not c.per_image_scale:
-            plot_grid(results, images, labels, out / "per_image", per_image_scale=True, n_images=c.grid_images)
+            plot_grid(results, images, labels, out / "per_image", per_image_scale=True, n_images=c.grid_images,
+                      classes=classes)
         if c.sanity:
             rows, cascades = randomisation_check(models, images[:c.sanity_images], labels[:c.sanity_images],
                                                  c.target, c.seed, context.device)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import model_from_checkpoint
-from ..data import load_cifar10
+from ..data import as_rgb, check_dataset, load_dataset
 from ..errors import CheckpointError, OptionError
 from ..rundir import RunDir, RunsDir
 
@@ -62,18 +62,34 @@ def load_models(runs: Sequence[RunDir], device) -> list[LoadedModel]:
     return out
 
 
-def select_test_images(data_dir, n: int, indices=None, classes=None, seed: int = 0, random_pick: bool = True):
-    """(images float [0, 1], labels, indices) from the CIFAR-10 test split: explicit indices, or n images
-    (of the given classes) drawn with `seed` (or the first n when not random_pick)."""
-    split = load_cifar10(data_dir, train=False)
+def runs_dataset(runs: Sequence[RunDir], asked: str | None = None) -> str:
+    """The data set to take test images from: `asked`, else the one every run was trained on (as its config
+    records; runs from before data sets were recorded: CIFAR-10)."""
+    if asked:
+        return check_dataset(asked)
+    names = {r.read_config().get("options", {}).get("dataset", "cifar10") for r in runs}
+    if len(names) > 1:
+        raise OptionError("dataset", f"the runs were trained on different data sets ({', '.join(sorted(names))}); "
+                                     "name the one to test on")
+    return names.pop() if names else "cifar10"
+
+
+def select_test_images(data_dir, n: int, indices=None, classes=None, seed: int = 0, random_pick: bool = True,
+                       dataset: str = "cifar10"):
+    """(images float [0, 1] with three channels, labels, indices, class names) from a data set's test split:
+    explicit indices, or n images (of the given classes) drawn with `seed` (or the first n when not
+    random_pick)."""
+    split = load_dataset(dataset, data_dir, train=False)
     if indices:
         if max(indices) >= len(split):
             raise OptionError("indices", f"go up to {len(split) - 1} in this test split")
         chosen = list(indices)
     else:
+        if classes and max(classes) >= len(split.classes):
+            raise OptionError("classes", f"{dataset} has classes 0-{len(split.classes) - 1}")
         pool = [i for i, y in enumerate(split.labels.tolist()) if classes is None or y in classes]
         if random_pick:
             pool = random.Random(seed).sample(pool, min(n, len(pool)))
         chosen = pool[:n]
     idx = torch.tensor(chosen)
-    return split.images[idx].float().div(255), split.labels[idx], chosen
+    return as_rgb(split.images[idx].float().div(255)), split.labels[idx], chosen, split.classes

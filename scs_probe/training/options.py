@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from ..data import check_dataset
 from ..errors import OptionError
 from ..zoo import Variant, get_arch
 
@@ -23,6 +24,7 @@ class TrainOptions:
     max_lr: float | None = None
     seed: int = 0
     device: str = "auto"
+    dataset: str = "cifar10"           # cifar10, cifar100, svhn, mnist, fashion-mnist, imagefolder:DIR
     data_dir: str | None = None        # None: $SCS_PROBE_DATA, else ./data (see data.resolve_data_dir)
     out: str | None = None             # None: ./runs/<variant>
     limit_train: int | None = None
@@ -46,6 +48,7 @@ class TrainOptions:
             raise OptionError("max_lr", f"must be > 0, got {self.max_lr!r}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise OptionError("workers", f"must be an integer >= 0, got {self.workers!r}")
+        self.dataset = check_dataset(self.dataset)
         if self.device.split(":")[0] not in DEVICES:
             raise OptionError("device", f"unknown value {self.device!r}; allowed: {', '.join(DEVICES)}")
 

@@ -121,10 +121,10 @@ def _sweep_here(plan, runs: RunsDir, log, progress, explicit) -> list[dict]:
 def _sweep_parallel(plan, runs: RunsDir, base: TrainOptions, executor, log, progress, explicit) -> list[dict]:
     """Hand the unfinished runs to `executor`; the driver only watches, and writes the summaries. The data set is
     checked (and downloaded) here once, so that workers never race to download it."""
-    from ..data import load_cifar10, resolve_data_dir
+    from ..data import load_dataset, resolve_data_dir
     from ..layers import get_backend
     data_dir = resolve_data_dir(base.data_dir).resolve()
-    load_cifar10(data_dir, train=False)
+    load_dataset(base.dataset, data_dir, train=False, image_size=base.variant.image_size)
     todo, skipped = [], set()
     for i, (name, options) in enumerate(plan, 1):
         status = _status(runs.run(name), f"[{i}/{len(plan)}] {name}", log)

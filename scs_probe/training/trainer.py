@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..checkpoint import load_checkpoint
-from ..data import BatchLoader, describe, load_cifar10, resolve_data_dir
+from ..data import BatchLoader, describe, load_dataset, normalization, resolve_data_dir
 from ..errors import CheckpointError, DeviceUnavailable, ResumeConflict, RunExistsError, TrainingDiverged, TrainingError
 from ..layers import SHARPENED_LAYERS, get_backend
 from ..progress import progress_bar, write_line
@@ -119,8 +119,8 @@ class Trainer:
             self.log(f"warning: bfloat16 autocast is not supported on {self.device}; training in float32")
         torch.manual_seed(o.seed)
         root = resolve_data_dir(o.data_dir)
-        train = load_cifar10(root, train=True).limit(o.limit_train)
-        test = load_cifar10(root, train=False).limit(o.limit_test)
+        train = load_dataset(o.dataset, root, train=True, image_size=o.variant.image_size).limit(o.limit_train)
+        test = load_dataset(o.dataset, root, train=False, image_size=o.variant.image_size).limit(o.limit_test)
         self.data_info = describe(train, test, root)
         self.train_loader = BatchLoader(train, o.batch_size, self.device, True, spec.augment, o.variant.image_size,
                                         o.seed,
@@ -129,7 +129,8 @@ class Trainer:
                                        image_size=o.variant.image_size,
                                        workers=o.workers)
         self.variant = o.variant
-        self.model = build_model(self.variant, seed=o.seed).to(self.device)
+        self.model = build_model(self.variant, seed=o.seed, num_classes=len(train.classes),
+                                 normalization=normalization(o.dataset)).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.max_lr, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=o.max_lr, total_steps=o.epochs * len(self.train_loader))

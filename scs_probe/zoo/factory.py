@@ -9,23 +9,47 @@ import torch
 from torch import nn
 
 from ..layers import SHARPENED_LAYERS, SharpenedCosineSimilarity2d
+from .blocks import Normalize
 from .registry import get_arch
 from .variants import Variant
 
 
-def build_model(variant: Variant | str, *, seed: int = 0, init: bool = True, **axes) -> nn.Module:
+def build_model(variant: Variant | str, *, seed: int = 0, init: bool = True, num_classes: int = 10,
+                normalization: tuple | None = None, **axes) -> nn.Module:
     """Build one variant: a `Variant`, or an architecture name with its axes as keywords
     (`build_model("rohrer100k", layer="conv", activation="relu")`). Variants of one arch built with one seed share
     every initial tensor they have in common (kernels, biases, p, Linear head), as the study trains all variants
-    from one set of weights. The model carries its variant as `model.variant`."""
+    from one set of weights. `num_classes` sizes the head (the zoo's last Linear); `normalization` (mean, std)
+    sets the per-channel input normalisation of models that have one (default CIFAR-10's). The model carries its
+    variant as `model.variant`."""
     if isinstance(variant, Variant) and axes:
         raise TypeError("build_model takes a Variant or an architecture name with axes, not both")
     v = variant if isinstance(variant, Variant) else Variant(variant, **axes)
-    model = get_arch(v.arch).builder(v)
+    spec = get_arch(v.arch)
+    if spec.family == "external":  # its own init under `seed`; sharpened layers take its conv kernels
+        model = spec.builder(v, seed=seed, num_classes=num_classes)
+    else:
+        model = spec.builder(v)
+        if num_classes != 10:
+            _resize_head(model, num_classes)
+        if init:
+            init_shared_(model, seed)
+    if normalization is not None:
+        for m in model.modules():
+            if isinstance(m, Normalize):
+                m.mean.copy_(torch.tensor(normalization[0]).view_as(m.mean))
+                m.std.copy_(torch.tensor(normalization[1]).view_as(m.std))
     model.variant = v
-    if init:
-        init_shared_(model, seed)
     return model
+
+
+def _resize_head(model: nn.Module, num_classes: int) -> None:
+    """Replace the model's last nn.Linear (the zoo's classifier) by one with `num_classes` outputs."""
+    name, head = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent, _, child = name.rpartition(".")
+    new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None, device=head.weight.device,
+                    dtype=head.weight.dtype)
+    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def _generator(seed: int, name: str) -> torch.Generator:

@@ -59,12 +59,22 @@ def list_archs() -> list[str]:
     return list(_REGISTRY)
 
 
+_EXTERNAL: dict[str, ArchSpec] = {}
+
+
 def get_arch(name: str) -> ArchSpec:
+    """A registered architecture, or a model from elsewhere named by a spec (`external`: torchvision:NAME, ...)."""
+    from .external import external_spec, is_external
+    if is_external(name):
+        if name not in _EXTERNAL:
+            _EXTERNAL[name] = external_spec(name)
+        return _EXTERNAL[name]
     if name not in _REGISTRY:
         raise OptionError("arch", f"unknown value {name!r}; allowed: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 
 def axis_choices(axis: str) -> tuple:
-    """Every value `axis` takes in some registered architecture, in registration order."""
-    return tuple(dict.fromkeys(v for spec in _REGISTRY.values() for v in spec.axes[axis]))
+    """Every value `axis` takes in some registered architecture (then in models from elsewhere), in order."""
+    from .external import EXTERNAL_AXES
+    return tuple(dict.fromkeys([v for spec in _REGISTRY.values() for v in spec.axes[axis]] + list(EXTERNAL_AXES[axis])))

@@ -30,6 +30,8 @@ class Variant(DictSerializable):
         spec = get_arch(self.arch)
         if spec.axes["pool"] == ("none",):
             object.__setattr__(self, "pool", "none")
+        if spec.family == "external":  # a model from elsewhere keeps its own normalisation layers
+            object.__setattr__(self, "norm", "keep")
         if isinstance(self.image_size, str) and self.image_size.isdigit():
             object.__setattr__(self, "image_size", int(self.image_size))
         for axis in AXES:
@@ -45,11 +47,12 @@ class Variant(DictSerializable):
 
     @property
     def name(self) -> str:
-        """Directory-safe name, e.g. rohrer100k-scs-none-maxabs or resnet18-conv-relu-max-bn-224px."""
-        parts = [self.arch, self.layer, self.activation]
+        """Directory-safe name, e.g. rohrer100k-scs-none-maxabs, resnet18-conv-relu-max-bn-224px or
+        torchvision-resnet18-scs-none-maxabs (a model from elsewhere)."""
+        parts = [self.arch.replace(":", "-"), self.layer, self.activation]
         if self.pool != "none":
             parts.append(self.pool)
-        if self.norm != "none":
+        if self.norm not in ("none", "keep"):
             parts.append(self.norm)
         if self.image_size != 32:
             parts.append(f"{self.image_size}px")

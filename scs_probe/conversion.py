@@ -1,0 +1,167 @@
+"""Any PyTorch model to its sharpened twin: swap every nn.Conv2d for SCS (or SDP, or p = 1 cosine similarity) of
+the same geometry, optionally max-pooling for max-abs pooling and activation modules for identities, in the
+manner of torch's and timm's module-swapping helpers (`convert_sync_batchnorm`, `freeze_batch_norm_2d`).
+
+What cannot be swapped is listed, never silently left: conv biases (SCS has none: they are dropped), convs with
+string padding or a non-zero padding mode (left as convolutions), and activations called functionally inside a
+`forward` (found by tracing it with torch.fx where it traces), which no module swap can remove.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .errors import OptionError
+from .layers import CosineSimilarity2d, MaxAbsPool2d, SharpenedCosineSimilarity2d, SharpenedSDP2d
+
+LAYERS = {"scs": SharpenedCosineSimilarity2d, "sdp": SharpenedSDP2d, "cosine": CosineSimilarity2d}
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+               nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Tanh, nn.Sigmoid)
+FUNCTIONAL_ACTIVATIONS = {torch.relu, torch.relu_, torch.nn.functional.relu, torch.nn.functional.relu6,
+                          torch.nn.functional.gelu, torch.nn.functional.silu, torch.nn.functional.leaky_relu,
+                          torch.nn.functional.elu, torch.nn.functional.hardswish, torch.nn.functional.mish,
+                          torch.sigmoid, torch.tanh, torch.nn.functional.hardtanh}
+
+
+@dataclass
+class ConversionReport:
+    """What `convert` did, module by module (names as `named_modules` gives them)."""
+
+    replaced: list[str] = field(default_factory=list)          # convs now sharpened layers
+    copied: list[str] = field(default_factory=list)            # ... whose kernels were carried over
+    dropped_biases: list[str] = field(default_factory=list)    # conv biases SCS has no place for
+    skipped: dict[str, str] = field(default_factory=dict)      # convs left as they are, and why
+    pools: list[str] = field(default_factory=list)             # MaxPool2d now MaxAbsPool2d
+    removed_activations: list[str] = field(default_factory=list)
+    out_of_place: list[str] = field(default_factory=list)      # in-place activations made out-of-place
+    functional_activations: list[str] = field(default_factory=list)  # F.relu(...) & co. inside a forward
+    traced: bool = True                                        # False: forward could not be traced for the above
+
+    def summary(self) -> str:
+        lines = [f"{len(self.replaced)} Conv2d replaced" + (f" ({len(self.copied)} with their kernels)"
+                                                            if self.copied else "")]
+        if self.dropped_biases:
+            lines.append(f"{len(self.dropped_biases)} conv biases dropped (sharpened layers have none): "
+                         + ", ".join(self.dropped_biases[:5]) + (" ..." if len(self.dropped_biases) > 5 else ""))
+        lines += [f"left as Conv2d: {name} ({why})" for name, why in self.skipped.items()]
+        if self.pools:
+            lines.append(f"{len(self.pools)} MaxPool2d -> MaxAbsPool2d")
+        if self.removed_activations:
+            lines.append(f"{len(self.removed_activations)} activation modules removed")
+        if self.out_of_place:
+            lines.append(f"{len(self.out_of_place)} in-place activations made out-of-place (a sharpened layer's "
+                         "backward needs its output)")
+        if self.functional_activations:
+            lines.append("functional activations that stay (called inside forward): "
+                         + ", ".join(self.functional_activations))
+        if not self.traced:
+            lines.append("forward could not be traced: functional activations, if any, are not listed")
+        return "\n".join(lines)
+
+
+class Converted(NamedTuple):
+    model: nn.Module
+    report: ConversionReport
+
+
+def _selected(name: str, include, exclude) -> bool:
+    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        return False
+    return not (exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude))
+
+
+def _sharpened_twin(conv: nn.Conv2d, layer: str, copy_weights: bool, fixed_p: float | None):
+    kwargs = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                  device=conv.weight.device, dtype=conv.weight.dtype)
+    if fixed_p is not None and layer != "cosine":
+        kwargs["fixed_p"] = fixed_p
+    new = LAYERS[layer](conv.in_channels, conv.out_channels, conv.kernel_size, **kwargs)
+    if copy_weights:
+        with torch.no_grad():
+            new.weight.copy_(conv.weight)
+    return new
+
+
+def _functional_activations(model: nn.Module) -> list[str] | None:
+    """Activation functions called inside forward (as 'module: function'), or None where fx cannot trace it."""
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, qualname):  # sharpened layers and pools are opaque, as nn's layers are
+            return isinstance(m, tuple(LAYERS.values())[:2] + (MaxAbsPool2d,)) or super().is_leaf_module(m, qualname)
+
+    try:
+        graph = Tracer().trace(model)
+    except Exception:  # data-dependent control flow and the like: fx's own limits
+        return None
+    found = []
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in FUNCTIONAL_ACTIVATIONS:
+            where = node.meta.get("nn_module_stack")
+            found.append(f"{node.name} ({getattr(node.target, '__name__', node.target)})"
+                         + (f" in {list(where)[-1]}" if where else ""))
+        elif node.op == "call_method" and node.target in ("relu", "relu_", "sigmoid", "tanh"):
+            found.append(f"{node.name} (.{node.target}())")
+    return found
+
+
+def convert(model: nn.Module, layer: str = "scs", activation: str = "keep", pool: str = "keep",
+            copy_weights: bool = False, include=None, exclude=None, fixed_p: float | None = None,
+            inplace: bool = False) -> Converted:
+    """Return `model` with every nn.Conv2d (whose name matches `include` globs and not `exclude` ones) replaced
+    by the sharpened layer `layer` ('scs', 'sdp', 'cosine' for p = 1; 'keep' leaves them) of the same channels,
+    kernel, stride, padding, dilation and groups; `pool='maxabs'` swaps nn.MaxPool2d for MaxAbsPool2d,
+    `activation='none'` activation modules for nn.Identity. `copy_weights` carries the conv kernels over (the study's
+    init-from-conv experiment); otherwise the new kernels get Conv2d's default init. A copy is converted
+    unless `inplace`. Returns (model, report)."""
+    if layer not in (*LAYERS, "keep"):
+        raise OptionError("layer", f"unknown value {layer!r}; allowed: {', '.join(LAYERS)}, keep")
+    if activation not in ("keep", "none"):
+        raise OptionError("activation", f"unknown value {activation!r}; allowed: keep, none")
+    if pool not in ("keep", "maxabs"):
+        raise OptionError("pool", f"unknown value {pool!r}; allowed: keep, maxabs")
+    model = model if inplace else copy.deepcopy(model)
+    report = ConversionReport()
+    swaps = []
+    for name, module in model.named_modules():
+        if not name or not _selected(name, include, exclude):
+            continue
+        if isinstance(module, nn.Conv2d) and type(module) is not nn.Conv2d:
+            report.skipped[name] = f"{type(module).__name__}, a Conv2d subclass whose forward may differ"
+        elif type(module) is nn.Conv2d and layer != "keep":
+            if isinstance(module.padding, str) or module.padding_mode != "zeros":
+                report.skipped[name] = (f"padding {module.padding!r}" if isinstance(module.padding, str)
+                                        else f"padding_mode {module.padding_mode!r}")
+                continue
+            swaps.append((name, _sharpened_twin(module, layer, copy_weights, fixed_p)))
+            report.replaced.append(name)
+            if copy_weights:
+                report.copied.append(name)
+            if module.bias is not None:
+                report.dropped_biases.append(name)
+        elif pool == "maxabs" and type(module) is nn.MaxPool2d:
+            if module.return_indices:
+                report.skipped[name] = "MaxPool2d with return_indices"
+                continue
+            swaps.append((name, MaxAbsPool2d(module.kernel_size, module.stride, module.padding, module.dilation,
+                                             ceil_mode=module.ceil_mode)))
+            report.pools.append(name)
+        elif activation == "none" and isinstance(module, ACTIVATIONS):
+            swaps.append((name, nn.Identity()))
+            report.removed_activations.append(name)
+        elif getattr(module, "inplace", False) is True and layer != "keep":
+            # a sharpened layer's backward needs its output (Conv2d's does not): an in-place activation right
+            # after it would overwrite what autograd saved
+            module.inplace = False
+            report.out_of_place.append(name)
+    for name, new in swaps:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    found = _functional_activations(model)
+    report.traced = found is not None
+    report.functional_activations = found or []
+    return Converted(model, report)

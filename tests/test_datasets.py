@@ -1,0 +1,97 @@
+"""More data sets and models from outside the zoo: fake files in torchvision's layouts (no network), trained and
+analysed from the CLI."""
+
+import pytest
+import torch
+
+from scs_probe.cli import main
+from scs_probe.data import as_rgb, check_dataset, load_dataset
+from scs_probe.errors import DataError, OptionError
+from scs_probe.rundir import RunDir
+from scs_probe.storage import read_csv
+from scs_probe.zoo import Variant, build_model, count_params
+
+pytestmark = pytest.mark.filterwarnings("ignore::scs_probe.data.UnverifiedDataWarning")
+
+
+@pytest.mark.parametrize("name, classes, channels", [("cifar100", 100, 3), ("svhn", 10, 3), ("mnist", 10, 1),
+                                                     ("fashion-mnist", 10, 1)])
+def test_each_data_set_loads_in_torchvisions_layout(fake_datasets, name, classes, channels):
+    train = load_dataset(name, fake_datasets, train=True, download=False)
+    test = load_dataset(name, fake_datasets, train=False, download=False)
+    assert train.images.dtype == torch.uint8 and train.images.shape[1] == channels
+    assert len(train) == 400 and len(test) == 200 and len(train.classes) == classes
+    assert int(train.labels.max()) < classes and train.dataset == name
+    assert as_rgb(train.images[:2].float()).shape[1] == 3
+
+
+def test_image_folder_and_bad_names(fake_datasets, tmp_path):
+    split = load_dataset(f"imagefolder:{fake_datasets / 'folder'}", train=False, image_size=24)
+    assert split.images.shape == (30, 3, 24, 24) and split.classes == ("cat", "dog", "owl")
+    with pytest.raises(DataError, match="DIR/train and DIR/val"):
+        load_dataset(f"imagefolder:{tmp_path}", train=True)
+    with pytest.raises(DataError, match="no mnist copy"):
+        load_dataset("mnist", tmp_path, download=False)
+    for bad in ("imagenet", "imagefolder:", ""):
+        with pytest.raises(OptionError):
+            check_dataset(bad)
+    assert check_dataset("CIFAR100") == "cifar100"
+
+
+def test_zoo_heads_follow_the_number_of_classes():
+    ten = build_model("rohrer100k", seed=0)
+    hundred = build_model("rohrer100k", seed=0, num_classes=100)
+    assert hundred.fc.out_features == 100 and count_params(hundred) - count_params(ten) == 90 * (ten.fc.in_features
+                                                                                                 + 1)
+    r18 = build_model(Variant("resnet18", layer="conv", activation="relu", pool="max", norm="bn"), num_classes=100,
+                      normalization=((0.5,) * 3, (0.25,) * 3))
+    assert r18(torch.rand(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_external_models_share_initial_kernels_and_convert():
+    conv = build_model(Variant("torchvision:resnet18", layer="conv", activation="keep", pool="keep"), seed=3)
+    scs = build_model(Variant("torchvision:resnet18", layer="scs"), seed=3)
+    assert torch.equal(conv.net.layer1[0].conv1.weight, scs.net.layer1[0].conv1.weight)
+    assert type(scs.net.maxpool).__name__ == "MaxAbsPool2d" and type(scs.net.relu).__name__ == "Identity"
+    assert Variant("torchvision:resnet18").name == "torchvision-resnet18-scs-none-maxabs"
+    for bad in ("torchvision:nosuchnet", "nosuchpackage.mod:make", "not a spec:"):
+        with pytest.raises(OptionError):
+            Variant(bad)
+
+
+def _train(args, out, fake_datasets):
+    return main(["train", *args, "--epochs", "1", "--batch-size", "32", "--limit-train", "128", "--limit-test", "64",
+                 "--data-dir", str(fake_datasets), "--device", "cpu", "--quiet", "--out", str(out)])
+
+
+@pytest.mark.slow
+def test_converted_torchvision_model_trains_on_mnist_and_is_analysed(fake_datasets, tmp_path, capsys):
+    for layer in (["--layer", "conv", "--activation", "keep", "--pool", "keep"], ["--layer", "scs"]):
+        name = "conv" if "conv" in layer else "scs"
+        assert _train(["--model", "torchvision:resnet18", *layer, "--dataset", "mnist"], tmp_path / "runs" / name,
+                      fake_datasets) == 0
+    run = RunDir(tmp_path / "runs" / "scs")
+    config = run.read_config()
+    assert config["variant"]["arch"] == "torchvision:resnet18" and config["options"]["dataset"] == "mnist"
+    assert config["data"]["num_classes"] == 10 and config["data"]["channels"] == 1
+    # the analyses rebuild the model from its spec and take MNIST test images, as the run recorded
+    assert main(["pgd", "--sweep", str(tmp_path / "runs"), "--eps", "0,2/255", "--n-images", "16", "--no-checks",
+                 "--data-dir", str(fake_datasets), "--device", "cpu"]) == 0
+    assert main(["saliency", "--sweep", str(tmp_path / "runs"), "--n-images", "8", "--no-sanity", "--data-dir",
+                 str(fake_datasets), "--device", "cpu"]) == 0
+    rows = read_csv(tmp_path / "runs" / "analysis" / "saliency" / "saliency.csv")
+    assert {r["label"] for r in rows} <= {"0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five",
+                                          "6 - six", "7 - seven", "8 - eight", "9 - nine"}
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_zoo_model_trains_on_cifar100_and_analyses_say_which_set(fake_datasets, tmp_path, capsys):
+    assert _train(["--arch", "rohrer100k", "--dataset", "cifar100"], tmp_path / "c100", fake_datasets) == 0
+    from scs_probe.checkpoint import model_from_checkpoint
+    model = model_from_checkpoint(RunDir(tmp_path / "c100").load_checkpoint())
+    assert model.fc.out_features == 100
+    assert main(["pgd", "--ckpt", str(tmp_path / "c100"), "--eps", "0", "--n-images", "8", "--no-checks",
+                 "--data-dir", str(fake_datasets), "--device", "cpu", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", "--dataset", "imagenet", "--out", str(tmp_path / "x")]) == 2
+    assert "--dataset" in capsys.readouterr().err
