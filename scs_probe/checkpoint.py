@@ -27,6 +27,19 @@ def save_checkpoint(path, payload: dict) -> None:
 def load_checkpoint(path) -> dict:
     """Load a checkpoint file safely: nothing in it is executed; any problem is one CheckpointError line."""
     path = Path(path)
+    ckpt = _load_tensors(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an scs-probe checkpoint")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer scs-probe (format {ckpt['format_version']})")
+    for key in ("variant", "model", "epoch", "options"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path} is an incomplete scs-probe checkpoint (no {key!r})")
+    return ckpt
+
+
+def _load_tensors(path: Path):
+    """torch.load(weights_only=True) of any file, every failure one CheckpointError line."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
@@ -46,14 +59,49 @@ def load_checkpoint(path) -> dict:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError,
             IndexError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an scs-probe checkpoint")
-    if ckpt.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer scs-probe (format {ckpt['format_version']})")
-    for key in ("variant", "model", "epoch", "options"):
-        if key not in ckpt:
-            raise CheckpointError(f"{path} is an incomplete scs-probe checkpoint (no {key!r})")
     return ckpt
+
+
+def checkpoint_from_state_dict(path, spec: str, dataset: str = "cifar10") -> dict:
+    """A plain state dict saved from a model of `spec` (torchvision:NAME, ...; plain or converted, which its keys
+    tell: log_q is SCS's, a 1-d p without it SDP's), as an scs-probe checkpoint in memory: its variant keeps
+    the model's activations and pooling, its head size is the last 2-d weight's rows. A state dict that does
+    not fit is a CheckpointError naming the first missing and unexpected keys."""
+    from .zoo import Variant, build_model
+    path = Path(path)
+    state = _load_tensors(path)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        raise CheckpointError(f"{path} is an scs-probe checkpoint: give it without --model")
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a state dict (a dict of tensors)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
+    if not all(k.startswith("net.") for k in state):
+        state = {f"net.{k}": v for k, v in state.items()}
+    layer = "scs" if any(k.endswith(".log_q") for k in state) else (
+        "sdp" if any(k.endswith(".p") and v.ndim == 1 for k, v in state.items()) else "conv")
+    variant = Variant(spec, layer=layer, activation="keep", pool="keep")
+    heads = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
+    num_classes = int(heads[-1].shape[0]) if heads else 10
+    with torch.device("meta"):
+        model = build_model(variant, num_classes=num_classes)
+    try:
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise CheckpointError(f"{path} does not fit {spec}: {' '.join(lines[1:2])[:200]}") from None
+    if result.missing_keys or result.unexpected_keys:
+        def first(keys):
+            return ", ".join(k.removeprefix("net.") for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
+        parts = ([f"missing {first(result.missing_keys)}"] if result.missing_keys else []) + \
+                ([f"unexpected {first(result.unexpected_keys)}"] if result.unexpected_keys else [])
+        raise CheckpointError(f"{path} does not fit {spec} ({layer}): {'; '.join(parts)}")
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "variant": variant.to_dict(), "model": state,
+            "epoch": 0, "status": "finished", "history": [],
+            "options": {**variant.to_dict(), "dataset": dataset, "seed": None},
+            "data": {"num_classes": num_classes}}
 
 
 def _plain_pickle_with_objects(path: Path) -> bool:

@@ -309,15 +309,20 @@ model_sources = _options(
     _data_dir_option("Folder holding the data sets in torchvision's layout"),
     click.option("--dataset", default=None, metavar="NAME",
                  help="Test images from this data set [the one the runs were trained on]."),
+    click.option("--model", default=None, metavar="SPEC",
+                 help="The --ckpt files are plain state dicts of this model (torchvision:NAME, timm:NAME, "
+                      "package.module:factory; plain or converted to SCS/SDP, as its keys tell)."),
     _device_option(),
 )
 
 
-def _runs(ckpts, sweep_dir):
+def _runs(ckpts, sweep_dir, model=None, dataset=None):
     from .analysis import resolve_runs
     if not ckpts and not sweep_dir:
         raise click.UsageError("name the models: --ckpt CKPT (repeatable) or --sweep DIR")
-    return resolve_runs(ckpts, sweep_dir)
+    if model and not ckpts:
+        raise click.UsageError("--model names the model of the --ckpt state dicts: give --ckpt FILE")
+    return resolve_runs(ckpts, sweep_dir, model, dataset)
 
 
 def _run_analysis(analysis, runs, out, sweep_dir, data_dir=None, device="auto", dataset=None):
@@ -352,12 +357,13 @@ def _out_option(name: str):
 @click.option("--per-image-scale", is_flag=True, help="Scale each image's maps on their own (default: one scale).")
 @click.option("--deletion-steps", type=click.IntRange(min=1), default=10, show_default=True)
 @_out_option("saliency")
-def saliency(ckpts, sweep_dir, data_dir, dataset, device, out, **config):
+def saliency(ckpts, sweep_dir, data_dir, dataset, model, device, out, **config):
     """Vanilla-gradient saliency maps of the same test images across models, with sparseness, complexity and
     deletion curves."""
     from .analysis import SaliencyAnalysis
     analysis = SaliencyAnalysis(**config)
-    result, dest = _run_analysis(analysis, _runs(ckpts, sweep_dir), out, sweep_dir, data_dir, device, dataset)
+    result, dest = _run_analysis(analysis, _runs(ckpts, sweep_dir, model, dataset), out, sweep_dir, data_dir, device,
+                                 dataset)
     _print_table(result.summary, ("model", "n", "sparseness_mean", "sparseness_lo", "sparseness_hi",
                                   "complexity_mean", "deletion_auc_norm_mean", "accuracy", "rand_spearman",
                                   "rand_flag"))
@@ -395,11 +401,12 @@ def _eps(eps_range, eps_list, required: bool):
                    "conv twin (masking_checks.csv).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Attack randomness.")
 @_out_option("pgd")
-def pgd(ckpts, sweep_dir, data_dir, dataset, device, eps_range, eps_list, out, **config):
+def pgd(ckpts, sweep_dir, data_dir, dataset, model, device, eps_range, eps_list, out, **config):
     """Robust accuracy under PGD (L-inf) over a range of eps, one curve per model, with the area under it."""
     from .analysis import RobustnessAnalysis
     analysis = RobustnessAnalysis(eps=_eps(eps_range, eps_list, required=True), **config)
-    result, dest = _run_analysis(analysis, _runs(ckpts, sweep_dir), out, sweep_dir, data_dir, device, dataset)
+    result, dest = _run_analysis(analysis, _runs(ckpts, sweep_dir, model, dataset), out, sweep_dir, data_dir, device,
+                                 dataset)
     _print_table(result.summary, ("model", "attack", "auc", "auc_lo", "auc_hi", "auc_rel", "clean_acc",
                                   "acc_at_eps_max", "masking_flags"))
     click.echo(f"outputs: {dest}")

@@ -39,7 +39,6 @@ class ConversionReport:
     skipped: dict[str, str] = field(default_factory=dict)      # convs left as they are, and why
     pools: list[str] = field(default_factory=list)             # MaxPool2d now MaxAbsPool2d
     removed_activations: list[str] = field(default_factory=list)
-    out_of_place: list[str] = field(default_factory=list)      # in-place activations made out-of-place
     functional_activations: list[str] = field(default_factory=list)  # F.relu(...) & co. inside a forward
     traced: bool = True                                        # False: forward could not be traced for the above
 
@@ -54,9 +53,7 @@ class ConversionReport:
             lines.append(f"{len(self.pools)} MaxPool2d -> MaxAbsPool2d")
         if self.removed_activations:
             lines.append(f"{len(self.removed_activations)} activation modules removed")
-        if self.out_of_place:
-            lines.append(f"{len(self.out_of_place)} in-place activations made out-of-place (a sharpened layer's "
-                         "backward needs its output)")
+
         if self.functional_activations:
             lines.append("functional activations that stay (called inside forward): "
                          + ", ".join(self.functional_activations))
@@ -153,11 +150,7 @@ def convert(model: nn.Module, layer: str = "scs", activation: str = "keep", pool
         elif activation == "none" and isinstance(module, ACTIVATIONS):
             swaps.append((name, nn.Identity()))
             report.removed_activations.append(name)
-        elif getattr(module, "inplace", False) is True and layer != "keep":
-            # a sharpened layer's backward needs its output (Conv2d's does not): an in-place activation right
-            # after it would overwrite what autograd saved
-            module.inplace = False
-            report.out_of_place.append(name)
+
     for name, new in swaps:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)

@@ -95,3 +95,24 @@ def test_zoo_model_trains_on_cifar100_and_analyses_say_which_set(fake_datasets, 
                  "--data-dir", str(fake_datasets), "--device", "cpu", "--out", str(tmp_path / "a")]) == 0
     assert main(["train", "--dataset", "imagenet", "--out", str(tmp_path / "x")]) == 2
     assert "--dataset" in capsys.readouterr().err
+
+
+def test_plain_state_dicts_are_analysed_with_model_spec(fake_datasets, tmp_path, capsys):
+    import torchvision
+
+    from scs_probe import convert
+    net = torchvision.models.resnet18(num_classes=10)
+    torch.save(net.state_dict(), tmp_path / "conv.pt")
+    torch.save({"state_dict": convert(net).model.state_dict()}, tmp_path / "scs.pt")
+    torch.save(torchvision.models.resnet34(num_classes=10).state_dict(), tmp_path / "other.pt")
+    args = ["pgd", "--model", "torchvision:resnet18", "--eps", "0", "--n-images", "8", "--no-checks", "--data-dir",
+            str(fake_datasets), "--dataset", "svhn", "--device", "cpu", "--out", str(tmp_path / "a")]
+    assert main([*args, "--ckpt", str(tmp_path / "conv.pt"), "--ckpt", str(tmp_path / "scs.pt")]) == 0
+    rows = read_csv(tmp_path / "a" / "pgd.csv")
+    assert {r["model"] for r in rows} == {"conv", "scs"}
+    capsys.readouterr()
+    assert main([*args, "--ckpt", str(tmp_path / "other.pt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "does not fit torchvision:resnet18" in err and "unexpected layer1.2" in err
+    assert main([*args, "--dataset", "cifar100", "--ckpt", str(tmp_path / "conv.pt")]) == 2
+    assert "has 10 outputs but cifar100 has 100 classes" in capsys.readouterr().err

@@ -224,3 +224,23 @@ def test_compiling_drops_torchs_no_cuda_runtime_warning(caplog):
         logger.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
         logger.warning("something else")
     assert [r.getMessage() for r in caplog.records] == ["something else"]
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+@pytest.mark.parametrize("cls", [SharpenedCosineSimilarity2d, SharpenedSDP2d])
+def test_in_place_ops_on_the_output_leave_the_gradients_right(cls, pooled):
+    """Drop-in for Conv2d: an in-place ReLU or residual `+=` on the output must not spoil the backward pass."""
+    from scs_probe.layers import PoolFusedSequential
+    torch.manual_seed(0)
+    layer = cls(3, 4, 3, padding=1)
+    block = PoolFusedSequential(layer, MaxAbsPool2d(2)) if pooled else layer
+    x = torch.randn(2, 3, 8, 8)
+    grads = []
+    for inplace in (False, True):
+        layer.zero_grad()
+        out = block(x)
+        out = torch.relu_(out.add_(1.0)) if inplace else torch.relu(out + 1.0)
+        out.square().sum().backward()
+        grads.append([t.grad.clone() for t in (layer.weight, layer.p)])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -131,3 +131,11 @@ def test_rohrer_pools_before_activation_so_maxabs_differs_from_max():
     names = [n for n, _ in a.named_children()]
     assert names.index("pool1") < names.index("act1")
     assert not torch.allclose(a(x), b(x))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet20"])
+def test_sharpened_resnets_without_batchnorm_train_with_relu(arch):
+    """ReLU right after a sharpened layer (no BatchNorm between) must not overwrite what its backward needs."""
+    model = build_model(arch, layer="scs", activation="relu", norm="none")
+    model(torch.rand(2, 3, 32, 32)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

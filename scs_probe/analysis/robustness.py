@@ -12,7 +12,7 @@ from ..progress import progress_bar
 from ..stats import binomial_interval, bootstrap_interval
 from ..storage import atomic_write, write_csv
 from .base import Analysis, AnalysisConfig, AnalysisResult, Context
-from .sources import LoadedModel, load_models, runs_dataset, select_test_images
+from .sources import LoadedModel, check_classes, load_models, runs_dataset, select_test_images
 
 ATTACKS = ("pgd", "square", "autoattack")
 DEFAULT_EPS = (0.0, 2 / 255, 4 / 255, 6 / 255, 8 / 255)
@@ -264,8 +264,10 @@ class RobustnessAnalysis(Analysis):
     def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
         c = self.config
         models = load_models(runs, context.device)
-        images, labels, _, _ = select_test_images(context.data_dir, c.n_images, random_pick=False,
-                                                  dataset=runs_dataset(runs, context.dataset))
+        dataset = runs_dataset(runs, context.dataset)
+        images, labels, _, classes = select_test_images(context.data_dir, c.n_images, random_pick=False,
+                                                        dataset=dataset)
+        check_classes(models, classes, dataset)
         rows, masks = attack_models(models, images, labels, c, context.device, context.progress)
         summary = summarize(rows, masks, c.n_boot, c.seed)
         if c.checks:

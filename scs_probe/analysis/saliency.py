@@ -14,7 +14,7 @@ from ..stats import t_interval
 from ..storage import atomic_write, write_csv
 from .base import Analysis, AnalysisConfig, AnalysisResult, Context
 from .metrics import COMPLEXITY, DELETION_AUC, SPARSENESS, entropy, gini
-from .sources import LoadedModel, load_models, runs_dataset, select_test_images
+from .sources import LoadedModel, check_classes, load_models, runs_dataset, select_test_images
 
 TARGETS = ("label", "pred")
 
@@ -290,8 +290,10 @@ class SaliencyAnalysis(Analysis):
     def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
         c = self.config
         models = load_models(runs, context.device)
+        dataset = runs_dataset(runs, context.dataset)
         images, labels, idx, classes = select_test_images(context.data_dir, c.n_images, c.indices, c.classes,
-                                                          c.seed, dataset=runs_dataset(runs, context.dataset))
+                                                          c.seed, dataset=dataset)
+        check_classes(models, classes, dataset)
         results = run_saliency(models, images, labels, c.target, c.deletion_steps, context.device)
         summary = write_outputs(results, images, labels, idx, out, classes)
         figures = {"saliency": plot_grid(results, images, labels, out, c.per_image_scale, c.grid_images, classes),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import model_from_checkpoint
+from ..checkpoint import checkpoint_from_state_dict, model_from_checkpoint
 from ..data import as_rgb, check_dataset, load_dataset
 from ..errors import CheckpointError, OptionError
 from ..rundir import RunDir, RunsDir
@@ -22,11 +22,45 @@ class LoadedModel:
     checkpoint: Path
     variant: dict
     seed: int | None = None  # the seed it was trained with
+    num_classes: int = 10
 
 
-def resolve_runs(paths: Sequence = (), directory=None) -> list[RunDir]:
+def check_classes(models: Sequence[LoadedModel], classes: Sequence, dataset: str) -> None:
+    """Every model must have an output per class of the data set the test images come from."""
+    for m in models:
+        if m.num_classes != len(classes):
+            raise OptionError("dataset", f"{m.name} has {m.num_classes} outputs but {dataset} has {len(classes)} "
+                                         "classes: test it on the data set it was trained on")
+
+
+class StateDictRun(RunDir):
+    """A plain state dict from elsewhere, read as a finished run of model `spec` (`checkpoint_from_state_dict`)."""
+
+    def __init__(self, path, spec: str, dataset: str | None = None):
+        super().__init__(Path(path).parent, checkpoint=path)
+        self.spec, self.dataset = spec, dataset or "cifar10"
+        self._ckpt = None
+
+    def load_checkpoint(self) -> dict:
+        if self._ckpt is None:
+            self._ckpt = checkpoint_from_state_dict(self.checkpoint_path, self.spec, self.dataset)
+        return self._ckpt
+
+    def read_config(self) -> dict:
+        ckpt = self.load_checkpoint()
+        return {"variant": ckpt["variant"], "variant_name": self.checkpoint_path.stem, "options": ckpt["options"],
+                "status": "finished", "data": ckpt["data"]}
+
+
+def resolve_runs(paths: Sequence = (), directory=None, model: str | None = None,
+                 dataset: str | None = None) -> list[RunDir]:
     """Checkpoint files or run directories, and/or every run in a directory of runs; a path that holds no
-    checkpoint is a CheckpointError."""
+    checkpoint is a CheckpointError. With `model` (a spec), the files are plain state dicts of that model."""
+    if model is not None:
+        runs = [StateDictRun(p, model, dataset) for p in paths]
+        for run in runs:
+            run.load_checkpoint()  # a file that does not fit says so now, before any work
+        return runs + (RunsDir(directory).runs() if directory is not None else [])
     runs = [RunDir.of(p) for p in paths]
     for run in runs:
         if not run.has_checkpoint():
@@ -58,7 +92,8 @@ def load_models(runs: Sequence[RunDir], device) -> list[LoadedModel]:
         model = model_from_checkpoint(ckpt, device, run.checkpoint_path)
         for p in model.parameters():
             p.requires_grad_(False)
-        out.append(LoadedModel(label, model, run.checkpoint_path, ckpt["variant"], ckpt["options"].get("seed")))
+        out.append(LoadedModel(label, model, run.checkpoint_path, ckpt["variant"], ckpt["options"].get("seed"),
+                               int(ckpt.get("data", {}).get("num_classes", 10))))
     return out
 
 

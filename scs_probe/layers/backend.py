@@ -16,7 +16,6 @@ If compilation fails (no C++ compiler, no Triton), a warning says so once and ev
 from __future__ import annotations
 
 import logging
-import math
 import os
 import types
 import warnings
@@ -77,20 +76,24 @@ def _sharpen_math(c, n, p, eps: float, sdt: torch.dtype):
     return (torch.sign(y) * (y.abs() + eps).pow(p)).to(c.dtype)
 
 
-def _sharpen_backward_math(g, out, n, p, eps: float, tiny: float, sdt: torch.dtype):
-    """Elementwise backward from the saved output alone: a = |out| ** (1 / p), d out / d y = p |out| / a.
+def _sharpen_backward_math(g, c, n, p, eps: float, sdt: torch.dtype):
+    """Elementwise backward from the saved pre-sharpening value c (y = c / n): a = |y| + eps, out = sign(y) a**p,
+    d out / d y = p |out| / a. The layer's output is not saved, so an in-place op on it (a ReLU, a residual `+=`)
+    cannot spoil the backward pass, and a costs no more than recovering it from the output would.
 
     Returns (d L / d c, t, u) with d L / d n = -sum_group(t) / n and d L / d p = sum_batch(u): t = g p out
     (1 - eps / a) (None without n), u = sum over H, W of g out log a, [B, C]. The sum over H, W rides along in the
     elementwise loop; the channel sum for t does not: fused, inductor would write log a and 1 / a out to memory
-    for a second loop, which costs more than reducing t afterwards. Where out == 0 every
-    term carries a factor out or |out| and vanishes, as autograd through the formula gives; the clamps only keep
-    log and exp finite there."""
-    o, g = out.to(sdt), g.to(sdt)
-    mag = o.abs()
-    log_a = (mag.clamp_min(tiny).log() / p).clamp_min(math.log(eps))
+    for a second loop, which costs more than reducing t afterwards. Where y == 0 the output and every term
+    vanish (sign 0), as autograd through the formula gives."""
+    y, g = c.to(sdt), g.to(sdt)
+    if n is not None:
+        y = (_grouped(y, n.shape[1]) / n.unsqueeze(2)).flatten(1, 2)
+    sign = torch.sign(y)
+    log_a = (y.abs() + eps).log()
     inv_a = torch.exp(-log_a)
-    go = g * o
+    mag = torch.exp(log_a * p) * sign.abs()
+    go = g * mag * sign
     gy = mag * inv_a * p * g
     u = (go * log_a).sum(dim=(2, 3))
     if n is None:
@@ -100,21 +103,28 @@ def _sharpen_backward_math(g, out, n, p, eps: float, tiny: float, sdt: torch.dty
 
 
 def _sharpen_eager(c, n, p, eps, sdt):
-    """`_sharpen_math` in place on one buffer: the same values with two allocations instead of six."""
-    y = c.to(sdt)  # c is the fresh convolution output: free to overwrite
+    """`_sharpen_math` in place on one new buffer: the same values with two allocations instead of six (c itself
+    is saved for the backward pass: never written)."""
+    y = c.to(sdt, copy=True)
     if n is not None:
         _grouped(y, n.shape[1]).div_(n.unsqueeze(2))
     sign = y.sign()
     return y.abs_().add_(eps).pow_(p).mul_(sign).to(c.dtype)
 
 
-def _sharpen_backward_eager(g, out, n, p, eps, tiny, sdt):
-    """`_sharpen_backward_math` with in-place ops on four buffers."""
-    o, g = out.to(sdt), g.to(sdt)
-    mag = o.abs()
-    log_a = mag.clamp_min(tiny).log_().div_(p).clamp_min_(math.log(eps))
+def _sharpen_backward_eager(g, c, n, p, eps, sdt):
+    """`_sharpen_backward_math` with in-place ops on its own buffers (c is saved for backward: never written)."""
+    g = g.to(sdt)
+    y = c.to(sdt)
+    if n is not None:
+        y = (_grouped(y, n.shape[1]) / n.unsqueeze(2)).flatten(1, 2)
+    sign = y.sign()
+    log_a = y.abs().add_(eps).log_()
+    del y
     inv_a = log_a.neg().exp_()
-    go = g * o
+    mag = log_a.mul(p).exp_().mul_(sign.abs())
+    go = mag.mul(sign).mul_(g)
+    del sign
     gy = mag.mul_(inv_a).mul_(p).mul_(g)
     u = log_a.mul_(go).sum(dim=(2, 3))
     del log_a
@@ -207,12 +217,12 @@ def pool_key(c: torch.Tensor, n: torch.Tensor | None, absolute: bool) -> torch.T
     return _run(_pool_key_math, _pool_key_math, c, c, n, absolute)
 
 
-def sharpen_backward(g: torch.Tensor, out: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float):
-    """Backward elementwise part: (d L / d c, d L / d n or None, d L / d p [C]), in float32 at least."""
-    sdt = _sharpen_dtype(out)
+def sharpen_backward(g: torch.Tensor, c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float):
+    """Backward elementwise part from the pre-sharpening c (see `_sharpen_backward_math`): (d L / d c, d L / d n
+    or None, d L / d p [C]), in float32 at least."""
+    sdt = _sharpen_dtype(c)
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
-    gc, t, u = _run(_sharpen_backward_math, _sharpen_backward_eager, out,
-                    g, out, n, pv, eps, torch.finfo(sdt).tiny, sdt)
+    gc, t, u = _run(_sharpen_backward_math, _sharpen_backward_eager, c, g, c, n, pv, eps, sdt)
     gn = None if n is None else _grouped(t, n.shape[1]).sum(dim=2).div_(n).neg_()
     return gc, gn, u.sum(dim=0)

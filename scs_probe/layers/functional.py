@@ -122,26 +122,26 @@ class _SharpenedFunction(torch.autograd.Function):
                 s = patch_sq_norm(xc, weight.shape[-2:], stride, padding, dilation, groups).to(sdt)
                 root = (s + eps).sqrt_()
                 n = root + q.to(sdt)
-            if pool is None:
-                out = backend.sharpen(c, n, p, eps)
-            else:
+            size = c.shape[-2:]
+            if pool is not None:  # sharpen (and, in backward, differentiate) at the pooled positions only
                 idx = _max_pool_indices(backend.pool_key(c, n, absolute=pool[0]), pool)
-                out = backend.sharpen(_gather(c, idx), None if n is None else _gather(n, idx), p, eps)
-        ctx.conf = (stride, padding, dilation, groups, normalize, eps, dtype, x.dtype, weight.dtype, q.dtype,
-                    c.shape[-2:])
-        ctx.save_for_backward(xc, weight, p, out, root, n, idx)
+                c = _gather(c, idx)
+            out = backend.sharpen(c, None if n is None else n if idx is None else _gather(n, idx), p, eps)
+        ctx.conf = (stride, padding, dilation, groups, normalize, eps, dtype, x.dtype, weight.dtype, q.dtype, size)
+        # c, not the output: an in-place op on the output (ReLU, a residual +=) must not spoil the backward
+        ctx.save_for_backward(xc, weight, p, c, root, n, idx)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         stride, padding, dilation, groups, normalize, eps, dtype, x_dtype, w_dtype, q_dtype, size = ctx.conf
-        xc, weight, p, out, root, n, idx = ctx.saved_tensors
+        xc, weight, p, c, root, n, idx = ctx.saved_tensors
         need_x, need_w, need_p, need_q = ctx.needs_input_grad[:4]
         with torch.autocast(xc.device.type, enabled=False):
             if idx is None:
-                gc, gn, gp = backend.sharpen_backward(grad_out, out, n, p, eps)
+                gc, gn, gp = backend.sharpen_backward(grad_out, c, n, p, eps)
             else:  # the gradients at the pooled positions, scattered back to the convolution's grid
-                gc, gn, gp = backend.sharpen_backward(grad_out, out, None if n is None else _gather(n, idx), p, eps)
+                gc, gn, gp = backend.sharpen_backward(grad_out, c, None if n is None else _gather(n, idx), p, eps)
                 gc = _scatter(gc, idx, gc.shape[1], size)
                 gn = None if n is None else _scatter(gn, idx, groups, size)
             grad_p = gp.to(p.dtype) if need_p else None

@@ -15,6 +15,9 @@ P_MIN = 0.1  # the reference clamps p here: p -> 0 flattens every response to +-
 class _Sharpened2d(nn.Module):
     """Shared parameters of SCS and SharpenedSDP: a kernel bank and one exponent p per output channel.
 
+    As with Conv2d, in-place ops on the output (`nn.ReLU(inplace=True)`, a residual `+=`) are safe: the backward
+    pass keeps the value before sharpening, not the output.
+
     p is learned (initialised uniform in `p_init`), or fixed to one value with `fixed_p` (a buffer, not a
     parameter: the fixed-p and unsharpened p = 1 variants of the study).
     """
