@@ -71,7 +71,7 @@ def checkpoint_from_state_dict(path, spec: str, dataset: str = "cifar10") -> dic
     path = Path(path)
     state = _load_tensors(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
-        raise CheckpointError(f"{path} is an scs-probe checkpoint: give it without --model")
+        raise CheckpointError(f"{path} is an scs-probe checkpoint, not a plain state dict")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -247,12 +247,13 @@ def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_na
 
 @cli.command()
 @click.option("--arch", type=click.Choice(list_archs()), default=None, help="Only this architecture.")
-def zoo(arch):
+@MODEL_OPTION
+def zoo(arch, model):
     """List architectures, their variant axes and the parameter count of every variant."""
     import torch
 
     from .zoo import build_model, count_params, get_arch, variant_grid
-    for name in [arch] if arch else list_archs():
+    for name in [model] if model else [arch] if arch else list_archs():
         spec = get_arch(name)
         click.echo(f"{name}  ({spec.source}; preset: batch {spec.batch_size}, max_lr {spec.max_lr}, "
                    f"{spec.epochs} epochs, {spec.augment} augmentation)")
@@ -265,7 +266,7 @@ def zoo(arch):
                 continue  # image size does not change the parameter count
             with torch.device("meta"):
                 n = count_params(build_model(v, init=False))
-            click.echo(f"    {v.name:<36} {n:>12,}")
+            click.echo(f"    {v.name:<48} {n:>12,}")
 
 
 @cli.command()

@@ -32,18 +32,6 @@ def batchnorm(kind: str, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if kind == "bn" else nn.Identity()
 
 
-def swap_conv2d(module: nn.Module, layer: str, fixed_p: float | None = None) -> None:
-    """Replace every nn.Conv2d below `module` by `layer` of the same shape, in place (names kept)."""
-    if layer == "conv":
-        return
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Conv2d):
-            setattr(module, name, kernel_layer(layer, child.in_channels, child.out_channels, child.kernel_size,
-                                               child.stride, child.padding, child.groups, fixed_p=fixed_p))
-        else:
-            swap_conv2d(child, layer, fixed_p)
-
-
 class Normalize(nn.Module):
     """Per-channel input normalisation inside the model, so that data and analyses stay in [0, 1]."""
 

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .blocks import CIFAR_MEAN, CIFAR_STD, Normalize, activation, batchnorm, kernel_layer, pooling, swap_conv2d
+from ..conversion import convert
+from .blocks import CIFAR_MEAN, CIFAR_STD, Normalize, activation, batchnorm, kernel_layer, pooling
 from .registry import register_model
 from .variants import Variant
 
@@ -91,8 +92,10 @@ _RESNET = dict(family="resnet", batch_size=128, max_lr=0.01, epochs=200)
                 axes={"layer": ("conv", "scs", "sdp"), "activation": ("relu", "none"), "pool": ("max", "maxabs"),
                       "norm": ("bn", "none"), "image_size": (32, 224)}, **_RESNET)
 def resnet18(v: Variant) -> nn.Module:
+    """torchvision's ResNet18 through `scs_probe.convert`, with the study's activation and BatchNorm swaps."""
     net = torchvision.models.resnet18(weights=None, num_classes=10)
-    swap_conv2d(net, v.layer, v.fixed_p)
+    if v.layer != "conv":
+        net = convert(net, layer=v.layer, fixed_p=v.fixed_p, inplace=True).model
     _swap_modules(net, v)
     net.maxpool = pooling(v.pool, 3, 2, 1)
     return Normalized(net)
