@@ -265,9 +265,10 @@ def write_trials(study, out) -> Path:
         sel = [r for r in rows if r["state"] == state and r["best_test_acc"] != ""]
         ax.scatter([r["p"] for r in sel], [r["best_test_acc"] for r in sel], label=f"{state} ({len(sel)})", **style)
     ax.set_xscale("log")
-    from matplotlib.ticker import FormatStrFormatter
-    for axis_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-        axis_formatter(FormatStrFormatter("%g"))
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.set(xlabel="fixed p (log scale)", ylabel="best test accuracy", title="Fixed-p search")
     ax.legend(fontsize=8)
     return save(fig, folder.path, folder.FIGURE, svg=False)

@@ -79,6 +79,9 @@ def test_converted_torchvision_model_trains_on_mnist_and_is_analysed(fake_datase
                  "--data-dir", str(fake_datasets), "--device", "cpu"]) == 0
     assert main(["saliency", "--sweep", str(tmp_path / "runs"), "--n-images", "8", "--no-sanity", "--data-dir",
                  str(fake_datasets), "--device", "cpu"]) == 0
+    assert main(["saliency", "--sweep", str(tmp_path / "runs"), "--classes", "12", "--no-sanity", "--data-dir",
+                 str(fake_datasets), "--device", "cpu", "--out", str(tmp_path / "bad")]) == 2
+    assert "mnist has classes 0-9" in capsys.readouterr().err
     rows = read_csv(tmp_path / "runs" / "analysis" / "saliency" / "saliency.csv")
     assert {r["label"] for r in rows} <= {"0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five",
                                           "6 - six", "7 - seven", "8 - eight", "9 - nine"}
