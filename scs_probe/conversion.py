@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -21,8 +22,12 @@ from .errors import OptionError
 from .layers import CosineSimilarity2d, MaxAbsPool2d, SharpenedCosineSimilarity2d, SharpenedSDP2d
 
 LAYERS = {"scs": SharpenedCosineSimilarity2d, "sdp": SharpenedSDP2d, "cosine": CosineSimilarity2d}
+# The nonlinearities between layers that activation="none" removes. Sigmoid-like modules (nn.Sigmoid,
+# nn.Hardsigmoid, nn.Tanh) usually gate (squeeze-excitation's scale, attention): removing them would change what
+# the block computes, not drop an activation, so they stay and the report lists them.
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-               nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Tanh, nn.Sigmoid)
+               nn.Hardswish, nn.Hardtanh, nn.Softplus)
+GATES = (nn.Sigmoid, nn.Hardsigmoid, nn.Tanh)
 FUNCTIONAL_ACTIVATIONS = {torch.relu, torch.relu_, torch.nn.functional.relu, torch.nn.functional.relu6,
                           torch.nn.functional.gelu, torch.nn.functional.silu, torch.nn.functional.leaky_relu,
                           torch.nn.functional.elu, torch.nn.functional.hardswish, torch.nn.functional.mish,
@@ -38,7 +43,8 @@ class ConversionReport:
     dropped_biases: list[str] = field(default_factory=list)    # conv biases SCS has no place for
     skipped: dict[str, str] = field(default_factory=dict)      # convs left as they are, and why
     pools: list[str] = field(default_factory=list)             # MaxPool2d now MaxAbsPool2d
-    removed_activations: list[str] = field(default_factory=list)
+    removed_activations: list[str] = field(default_factory=list)  # "name (type)"
+    kept_gates: list[str] = field(default_factory=list)           # sigmoid-like modules left (activation="none")
     functional_activations: list[str] = field(default_factory=list)  # F.relu(...) & co. inside a forward
     traced: bool = True                                        # False: forward could not be traced for the above
 
@@ -52,7 +58,12 @@ class ConversionReport:
         if self.pools:
             lines.append(f"{len(self.pools)} MaxPool2d -> MaxAbsPool2d")
         if self.removed_activations:
-            lines.append(f"{len(self.removed_activations)} activation modules removed")
+            lines.append(f"{len(self.removed_activations)} activation modules removed: "
+                         + ", ".join(self.removed_activations[:8])
+                         + (" ..." if len(self.removed_activations) > 8 else ""))
+        if self.kept_gates:
+            lines.append(f"{len(self.kept_gates)} gating modules kept (they scale features, e.g. squeeze-excitation): "
+                         + ", ".join(self.kept_gates[:8]) + (" ..." if len(self.kept_gates) > 8 else ""))
 
         if self.functional_activations:
             lines.append("functional activations that stay (called inside forward): "
@@ -91,19 +102,32 @@ def _functional_activations(model: nn.Module) -> list[str] | None:
         def is_leaf_module(self, m, qualname):  # sharpened layers and pools are opaque, as nn's layers are
             return isinstance(m, tuple(LAYERS.values())[:2] + (MaxAbsPool2d,)) or super().is_leaf_module(m, qualname)
 
+    tracer = Tracer()
+    tracer.record_stack_traces = True
     try:
-        graph = Tracer().trace(model)
+        graph = tracer.trace(model)
     except Exception:  # data-dependent control flow and the like: fx's own limits
         return None
     found = []
     for node in graph.nodes:
         if node.op == "call_function" and node.target in FUNCTIONAL_ACTIVATIONS:
-            where = node.meta.get("nn_module_stack")
-            found.append(f"{node.name} ({getattr(node.target, '__name__', node.target)})"
-                         + (f" in {list(where)[-1]}" if where else ""))
+            call = f"{getattr(node.target, '__module__', '') or ''}.{node.target.__name__}".lstrip(".")
         elif node.op == "call_method" and node.target in ("relu", "relu_", "sigmoid", "tanh"):
-            found.append(f"{node.name} (.{node.target}())")
+            call = f"Tensor.{node.target}"
+        else:
+            continue
+        found.append(f"{call} ({_where(node.stack_trace)})" if node.stack_trace else call)
     return found
+
+
+def _where(stack_trace: str) -> str:
+    """'file.py:12 in forward' from the innermost frame of an fx node's stack trace outside torch."""
+    frames = [f for f in re.findall(r'File "([^"]+)", line (\d+), in (\w+)', stack_trace)
+              if "/torch/" not in f[0]]  # fx's own frames
+    if not frames:
+        return "in forward"
+    path, line, fn = frames[-1]
+    return f"{path.rsplit('/', 1)[-1]}:{line} in {fn}"
 
 
 def convert(model: nn.Module, layer: str = "scs", activation: str = "keep", pool: str = "keep",
@@ -149,7 +173,9 @@ def convert(model: nn.Module, layer: str = "scs", activation: str = "keep", pool
             report.pools.append(name)
         elif activation == "none" and isinstance(module, ACTIVATIONS):
             swaps.append((name, nn.Identity()))
-            report.removed_activations.append(name)
+            report.removed_activations.append(f"{name} ({type(module).__name__})")
+        elif activation == "none" and isinstance(module, GATES):
+            report.kept_gates.append(f"{name} ({type(module).__name__})")
 
     for name, new in swaps:
         parent, _, child = name.rpartition(".")

@@ -51,8 +51,9 @@ def test_convert_swaps_modules_and_reports_what_stays():
     assert type(new.same) is nn.Conv2d and "padding 'same'" in report.skipped["same"]
     assert isinstance(new.pool, MaxAbsPool2d) and isinstance(new.act, nn.Identity)
     assert report.replaced == ["stem", "dw"] and report.dropped_biases == ["stem"]
-    assert report.removed_activations == ["act"] and report.pools == ["pool"]
-    assert report.traced and len(report.functional_activations) == 1 and "relu" in report.functional_activations[0]
+    assert report.removed_activations == ["act (ReLU)"] and report.pools == ["pool"]
+    assert report.traced and report.functional_activations == ["torch.nn.functional.relu (test_convert.py:25 in "
+                                                                "forward)"]
     assert count(new) == count(model) - 8 + sharpened_extra(new)  # stem's bias gone, p and q added
     x = torch.rand(2, 3, 16, 16)
     assert new(x).shape == model(x).shape
@@ -107,3 +108,14 @@ def test_convert_timm_model():
     assert len(report.replaced) == sum(type(m) is nn.Conv2d for m in model.modules()) > 0
     assert not any(isinstance(m, nn.ReLU) for m in new.modules())
     new(torch.rand(2, 3, 32, 32)).sum().backward()
+
+
+def test_activation_none_keeps_squeeze_excitation_gates():
+    import torchvision
+    model = torchvision.models.mobilenet_v3_small(num_classes=10)
+    new, report = convert(model, activation="none")
+    gates = [n for n, m in model.named_modules() if isinstance(m, nn.Hardsigmoid)]
+    assert gates and all(isinstance(new.get_submodule(n), nn.Hardsigmoid) for n in gates)
+    assert [g.split(" ")[0] for g in report.kept_gates] == gates
+    assert not any(isinstance(m, nn.Hardswish | nn.ReLU) for m in new.modules())
+    assert "gating modules kept" in report.summary() and "(Hardswish)" in report.summary()

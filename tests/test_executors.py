@@ -168,3 +168,29 @@ def test_unreachable_ray_cluster_is_exit_1(fake_cifar, tmp_path, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [err] and "cannot reach a Ray cluster at 127.0.0.1:1" in err
+
+
+@pytest.mark.slow
+def test_ray_resources_beyond_the_local_instance_fail_at_once(fake_cifar, tmp_path, capsys):
+    pytest.importorskip("ray")
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    args = ["sweep", "--only", PAIR[0], "--epochs", "1", "--data-dir", str(fake_cifar), "--out", str(tmp_path),
+            "--executor", "ray"]
+    for extra, named in ((["--gpus-per-run", "1"], "--gpus-per-run: 1 GPU per run asked for; the local Ray "
+                                                   "instance has 0"),
+                         (["--cpus-per-run", "512"], "--cpus-per-run: 512 CPU per run")):
+        assert main([*args, *extra]) == 2  # not Ray's endless wait for a task no node can take
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [err] and named in err, err
+
+
+@pytest.mark.slow
+def test_a_finished_run_trained_otherwise_is_skipped_with_a_note(fake_cifar, tmp_path):
+    variants = select_variants("rohrer100k", "study", PAIR[:1])
+    sweep(variants, tmp_path, base(fake_cifar, epochs=1), log=lambda *a: None, progress=False)
+    for executor in (None, LocalExecutor(jobs=2)):
+        lines = []
+        sweep(variants, tmp_path, base(fake_cifar, epochs=2), log=lines.append, progress=False, executor=executor)
+        assert any("finished, skipped; trained with epochs 1 (asked 2)" in line for line in lines), lines

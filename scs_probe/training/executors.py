@@ -199,8 +199,19 @@ class RayExecutor:
             except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
                 raise ServiceUnavailable(f"cannot reach a Ray cluster at {self.address} "
                                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        resources = ray.cluster_resources()
         if self.gpus is None:
-            self.gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+            self.gpus = 1 if resources.get("GPU", 0) > 0 else 0
+        for option, kind, asked in (("cpus_per_run", "CPU", self.cpus), ("gpus_per_run", "GPU", self.gpus)):
+            have = resources.get(kind, 0)
+            if asked > have:  # Ray would wait forever for a task no node can take
+                where = "the local Ray instance" if self.started and not self.address else "the Ray cluster"
+                if self.started and not self.address:
+                    ray.shutdown()
+                    self.started = False
+                    raise OptionError(option, f"{asked:g} {kind} per run asked for; {where} has {have:g}")
+                warnings.warn(f"{asked:g} {kind} per run asked for but {where} has {have:g} now: runs wait until "
+                              "nodes that have them join", RuntimeWarning, stacklevel=2)
         self.remotes = {}
         return self
 

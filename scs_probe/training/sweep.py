@@ -83,6 +83,15 @@ def sweep(variants: list[Variant], out, base: TrainOptions, log=print, progress:
     return _sweep_parallel(plan, runs, base, executor, log, progress, explicit)
 
 
+def _skip_note(run, options: TrainOptions) -> str:
+    """Why a finished run may not be what this sweep asks for: its epochs, max LR or batch size differ."""
+    stored = run.read_config().get("options", {})
+    asked = options.resolved()
+    differ = [f"{k} {stored.get(k)} (asked {getattr(asked, k)})" for k in ("epochs", "max_lr", "batch_size")
+              if k in stored and stored.get(k) != getattr(asked, k)]
+    return f"; trained with {', '.join(differ)}: train it again into another directory" if differ else ""
+
+
 def _status(run, label: str, log) -> str | None:
     """The run's status, or "unreadable" (logged) where its checkpoint cannot be read."""
     try:
@@ -106,7 +115,7 @@ def _sweep_here(plan, runs: RunsDir, log, progress, explicit) -> list[dict]:
         if status == "unreadable":
             continue
         if status in ("finished", "diverged"):
-            log(f"{label}: {status}, skipped")
+            log(f"{label}: {status}, skipped{_skip_note(run, options)}")
         else:
             log(label + (": resuming" if status else ""))
             try:
@@ -132,7 +141,7 @@ def _sweep_parallel(plan, runs: RunsDir, base: TrainOptions, executor, log, prog
             if status == "unreadable":
                 skipped.add(name)
             else:
-                log(f"[{i}/{len(plan)}] {name}: {status}, skipped")
+                log(f"[{i}/{len(plan)}] {name}: {status}, skipped{_skip_note(runs.run(name), options)}")
             continue
         options = replace(options, out=str(Path(options.out).resolve()), data_dir=str(data_dir))
         todo.append(RunJob(name, options, None if explicit is None else frozenset(explicit),
@@ -197,6 +206,8 @@ class SweepProgress:
         self.bar.set_postfix_str(f"failed {self.failed}; running " + (", ".join(running) or "-"), refresh=True)
 
     def finished(self, outcome: dict) -> None:
+        if outcome["name"] not in self.seen:  # started and ended between two polls: say it started all the same
+            self.poll([outcome["name"]])
         self.failed += outcome["status"] == "failed"
         note = f" (resumed after epoch {outcome['resumed']})" if outcome.get("resumed") else ""
         detail = f": {outcome['message']}" if outcome["message"] else ""
