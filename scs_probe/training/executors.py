@@ -70,7 +70,7 @@ _GPU_SLOT = None
 
 def _init_local_worker(slots, n_gpus: int) -> None:
     """Each worker process takes one slot number: its GPU is slot mod the GPUs present. An idle worker ignores
-    Ctrl-C (the driver shuts the pool down); a working one stops its run (see `_run_local_job`)."""
+    Ctrl-C (the driver shuts the pool down); a working one stops its run (see `_call_local`)."""
     global _GPU_SLOT
     _GPU_SLOT = slots.get() % n_gpus if n_gpus else None
     signal.signal(signal.SIGINT, signal.SIG_IGN)
