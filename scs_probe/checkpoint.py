@@ -62,16 +62,20 @@ def _load_tensors(path: Path):
     return ckpt
 
 
-def checkpoint_from_state_dict(path, spec: str, dataset: str = "cifar10") -> dict:
+def checkpoint_from_state_dict(path, spec: str, dataset: str = "cifar10", activation: str = "keep",
+                               pool: str = "keep") -> dict:
     """A plain state dict saved from a model of `spec` (torchvision:NAME, ...; plain or converted, which its keys
-    tell: log_q is SCS's, a 1-d p without it SDP's), as an scs-probe checkpoint in memory: its variant keeps
-    the model's activations and pooling, its head size is the last 2-d weight's rows. A state dict that does
+    tell: log_q is SCS's, a 1-d p without it SDP's), as an scs-probe checkpoint in memory. Activations and
+    pooling are the model's own unless `activation`/`pool` say how it was converted (the weights cannot tell);
+    the head size is the last 2-d weight's rows. Inputs are normalised by the data set's statistics, as
+    scs-probe's models do. A state dict that does
     not fit is a CheckpointError naming the first missing and unexpected keys."""
     from .zoo import Variant, build_model
     path = Path(path)
     state = _load_tensors(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
-        raise CheckpointError(f"{path} is an scs-probe checkpoint, not a plain state dict")
+        raise CheckpointError(f"{path} is an scs-probe checkpoint, not a plain state dict: give it as a checkpoint, "
+                              "without a model spec")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -82,7 +86,7 @@ def checkpoint_from_state_dict(path, spec: str, dataset: str = "cifar10") -> dic
         state = {f"net.{k}": v for k, v in state.items()}
     layer = "scs" if any(k.endswith(".log_q") for k in state) else (
         "sdp" if any(k.endswith(".p") and v.ndim == 1 for k, v in state.items()) else "conv")
-    variant = Variant(spec, layer=layer, activation="keep", pool="keep")
+    variant = Variant(spec, layer=layer, activation=activation, pool=pool)
     heads = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
     num_classes = int(heads[-1].shape[0]) if heads else 10
     with torch.device("meta"):
@@ -91,7 +95,8 @@ def checkpoint_from_state_dict(path, spec: str, dataset: str = "cifar10") -> dic
         result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise CheckpointError(f"{path} does not fit {spec}: {' '.join(lines[1:2])[:200]}") from None
+        detail = " ".join(lines[1:2]).replace("net.", "")[:200]
+        raise CheckpointError(f"{path} does not fit {spec}: {detail}") from None
     if result.missing_keys or result.unexpected_keys:
         def first(keys):
             return ", ".join(k.removeprefix("net.") for k in keys[:3]) + (" ..." if len(keys) > 3 else "")

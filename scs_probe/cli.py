@@ -76,8 +76,22 @@ def variant_options(fn):
     def inner(*args, arch, model, fixed_p, **kwargs):
         values = {axis: kwargs.pop(axis) for axis in AXES}
         values["image_size"] = int(values["image_size"])
+        if model:
+            ctx = click.get_current_context()
+            _check_model_spec(model, ctx)
+            for axis in ("activation", "pool"):  # a converted model keeps its own unless asked
+                if ctx.get_parameter_source(axis) == click.core.ParameterSource.DEFAULT:
+                    values[axis] = "keep"
         return fn(*args, variant=Variant(model or arch, **values, fixed_p=fixed_p), **kwargs)
     return inner
+
+
+def _check_model_spec(model: str, ctx: click.Context) -> None:
+    if ctx.get_parameter_source("arch") not in (click.core.ParameterSource.DEFAULT, None):
+        raise click.UsageError("give --arch (a zoo model) or --model (one from elsewhere), not both")
+    if ":" not in model:
+        raise click.UsageError(f"--model: {model!r} is not a model spec: torchvision:NAME, timm:NAME or "
+                               "package.module:factory (zoo models: --arch)")
 
 
 
@@ -195,6 +209,8 @@ def sweep(arch, model, grid, only, seeds, quiet, out, executor, **kw):
     (--jobs N), or as tasks on a Ray cluster (--executor ray)."""
     from .training import select_variants
     from .training import sweep as run_sweep
+    if model:
+        _check_model_spec(model, click.get_current_context())
     arch = model or arch
     base = TrainOptions(variant=Variant(arch), **kw)
     variants = select_variants(arch, grid, list(only) if only else None)
@@ -253,6 +269,8 @@ def zoo(arch, model):
     import torch
 
     from .zoo import build_model, count_params, get_arch, variant_grid
+    if model:
+        _check_model_spec(model, click.get_current_context())
     for name in [model] if model else [arch] if arch else list_archs():
         spec = get_arch(name)
         click.echo(f"{name}  ({spec.source}; preset: batch {spec.batch_size}, max_lr {spec.max_lr}, "
@@ -313,17 +331,23 @@ model_sources = _options(
     click.option("--model", default=None, metavar="SPEC",
                  help="The --ckpt files are plain state dicts of this model (torchvision:NAME, timm:NAME, "
                       "package.module:factory; plain or converted to SCS/SDP, as its keys tell)."),
+    click.option("--activation", "model_activation", type=click.Choice(["keep", "none"]), default="keep",
+                 show_default=True, help="With --model: the state dicts' model had its activations removed (none)."),
+    click.option("--pool", "model_pool", type=click.Choice(["keep", "maxabs"]), default="keep", show_default=True,
+                 help="With --model: its max pooling was made max-abs."),
     _device_option(),
 )
 
 
-def _runs(ckpts, sweep_dir, model=None, dataset=None):
+def _runs(ckpts, sweep_dir, model=None, dataset=None, activation="keep", pool="keep"):
     from .analysis import resolve_runs
     if not ckpts and not sweep_dir:
         raise click.UsageError("name the models: --ckpt CKPT (repeatable) or --sweep DIR")
     if model and not ckpts:
         raise click.UsageError("--model names the model of the --ckpt state dicts: give --ckpt FILE")
-    return resolve_runs(ckpts, sweep_dir, model, dataset)
+    if not model and (activation, pool) != ("keep", "keep"):
+        raise click.UsageError("--activation and --pool describe --model state dicts: give --model SPEC")
+    return resolve_runs(ckpts, sweep_dir, model, dataset, activation, pool)
 
 
 def _run_analysis(analysis, runs, out, sweep_dir, data_dir=None, device="auto", dataset=None):
@@ -352,19 +376,19 @@ def _out_option(name: str):
 @click.option("--indices", type=IndexList(), default=None,
               help="Comma-separated test-set indices (instead of a random draw).")
 @click.option("--classes", type=ClassList(), default=None,
-              help="Draw only from these classes (names or 0-9, comma-separated).")
+              help="Draw only from these classes (the data set's names or indices, comma-separated).")
 @click.option("--target", type=click.Choice(["label", "pred"]), default="label", show_default=True,
               help="Explain the true label's logit or the predicted one's.")
 @click.option("--per-image-scale", is_flag=True, help="Scale each image's maps on their own (default: one scale).")
 @click.option("--deletion-steps", type=click.IntRange(min=1), default=10, show_default=True)
 @_out_option("saliency")
-def saliency(ckpts, sweep_dir, data_dir, dataset, model, device, out, **config):
+def saliency(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model_pool, device, out, **config):
     """Vanilla-gradient saliency maps of the same test images across models, with sparseness, complexity and
     deletion curves."""
     from .analysis import SaliencyAnalysis
     analysis = SaliencyAnalysis(**config)
-    result, dest = _run_analysis(analysis, _runs(ckpts, sweep_dir, model, dataset), out, sweep_dir, data_dir, device,
-                                 dataset)
+    runs = _runs(ckpts, sweep_dir, model, dataset, model_activation, model_pool)
+    result, dest = _run_analysis(analysis, runs, out, sweep_dir, data_dir, device, dataset)
     _print_table(result.summary, ("model", "n", "sparseness_mean", "sparseness_lo", "sparseness_hi",
                                   "complexity_mean", "deletion_auc_norm_mean", "accuracy", "rand_spearman",
                                   "rand_flag"))
@@ -402,12 +426,13 @@ def _eps(eps_range, eps_list, required: bool):
                    "conv twin (masking_checks.csv).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Attack randomness.")
 @_out_option("pgd")
-def pgd(ckpts, sweep_dir, data_dir, dataset, model, device, eps_range, eps_list, out, **config):
+def pgd(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model_pool, device, eps_range, eps_list, out,
+        **config):
     """Robust accuracy under PGD (L-inf) over a range of eps, one curve per model, with the area under it."""
     from .analysis import RobustnessAnalysis
     analysis = RobustnessAnalysis(eps=_eps(eps_range, eps_list, required=True), **config)
-    result, dest = _run_analysis(analysis, _runs(ckpts, sweep_dir, model, dataset), out, sweep_dir, data_dir, device,
-                                 dataset)
+    runs = _runs(ckpts, sweep_dir, model, dataset, model_activation, model_pool)
+    result, dest = _run_analysis(analysis, runs, out, sweep_dir, data_dir, device, dataset)
     _print_table(result.summary, ("model", "attack", "auc", "auc_lo", "auc_hi", "auc_rel", "clean_acc",
                                   "acc_at_eps_max", "masking_flags"))
     click.echo(f"outputs: {dest}")
@@ -521,6 +546,9 @@ def main(argv=None) -> int:
         return 2
     except errors.DeviceUnavailable as e:
         click.echo(f"scs-probe: error: --device: {e}", err=True)
+        return 2
+    except errors.ResumeConflict as e:  # an option that cannot change on resume: a usage error
+        click.echo(f"scs-probe: error: {' '.join(_message(e).split())}", err=True)
         return 2
     except errors.ScsProbeError as e:
         click.echo(f"scs-probe: error: {' '.join(_message(e).split())}", err=True)

@@ -156,13 +156,13 @@ class RunDir:
                 "train_seconds_mean": mean("train_seconds"), "eval_seconds_mean": mean("eval_seconds"),
                 "params": config.get("params", ""), "max_lr": options.get("max_lr", ""),
                 "batch_size": options.get("batch_size", ""), "n_train": config.get("data", {}).get("n_train", ""),
-                "status": config.get("status", "unknown")}
+                "dataset": options.get("dataset", "cifar10"), "status": config.get("status", "unknown")}
 
 
 def summary_fields() -> tuple[str, ...]:
     from .zoo import AXES
     return ("variant", "arch", *AXES, "seed", "epochs", "test_acc", "best_test_acc", "train_seconds_mean",
-            "eval_seconds_mean", "params", "max_lr", "batch_size", "n_train", "status")
+            "eval_seconds_mean", "params", "max_lr", "batch_size", "n_train", "dataset", "status")
 
 
 class RunsDir:

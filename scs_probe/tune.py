@@ -119,7 +119,7 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
     study = open_study(out, config, worker)
     if executor is not None and not (isinstance(executor, LocalExecutor) and executor.jobs == 1):
         _tune_parallel(study, base, out, config, executor, log, progress)
-        write_trials(study, out)
+        write_trials(study, out, config.p_range)
         return study
     trials = StudyDir(out)
 
@@ -127,6 +127,7 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
         p = trial.suggest_float("p", *config.p_range, log=True)
         max_lr = trial.suggest_float("max_lr", *config.lr_range, log=True) if "max_lr" in config.search \
             else base.max_lr
+        trial.set_user_attr("max_lr", max_lr)  # searched or not: trials.csv says what each trial used
         run = trials.trial(trial.number)
         options = replace(base, variant=replace(base.variant, fixed_p=p), max_lr=max_lr, out=str(run.path))
         def report(epoch, row):
@@ -152,7 +153,7 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
     if len(study.get_trials(deepcopy=False, states=finished)) < config.n_trials:
         study.optimize(objective, catch=(TrainingDiverged,), callbacks=[
             optuna.study.MaxTrialsCallback(config.n_trials, states=finished)])
-    write_trials(study, out)
+    write_trials(study, out, config.p_range)
     return study
 
 
@@ -231,10 +232,12 @@ def trial_rows(study) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         steps = sorted(t.intermediate_values)
-        rows.append({"number": t.number, "p": t.params.get("p", ""), "max_lr": t.params.get("max_lr", ""),
+        rows.append({"number": t.number, "p": t.params.get("p", ""),
+                     "max_lr": t.params.get("max_lr", t.user_attrs.get("max_lr", "")),
                      "state": t.state.name.lower(),
                      "final_test_acc": t.value if t.value is not None else "",
                      "best_test_acc": max(t.intermediate_values.values()) if steps else "",
+                     "last_test_acc": t.intermediate_values[steps[-1]] if steps else "",
                      "epochs": len(steps),
                      "seconds": round(t.duration.total_seconds(), 2) if t.duration else "",
                      "retry_of": _retried(t)})
@@ -252,23 +255,26 @@ def _retried(trial):
     return "" if number is None else number
 
 
-def write_trials(study, out) -> Path:
-    """trials.csv and tune.png (test accuracy against p, pruned trials hollow)."""
+def write_trials(study, out, p_range: tuple | None = None) -> Path:
+    """trials.csv and tune.png (test accuracy against p over the searched range, pruned trials hollow)."""
     from .analysis.figures import plt, save
     folder = StudyDir(out)
     rows = trial_rows(study)
-    folder.write_trials(rows, ("number", "p", "max_lr", "state", "final_test_acc", "best_test_acc", "epochs",
-                               "seconds", "retry_of"))
+    folder.write_trials(rows, ("number", "p", "max_lr", "state", "final_test_acc", "best_test_acc", "last_test_acc",
+                               "epochs", "seconds", "retry_of"))
     fig, ax = plt.subplots(figsize=(6, 4))
     for state, style in (("complete", dict(color="tab:blue")), ("pruned", dict(facecolors="none",
                                                                                edgecolors="tab:gray"))):
-        sel = [r for r in rows if r["state"] == state and r["best_test_acc"] != ""]
-        ax.scatter([r["p"] for r in sel], [r["best_test_acc"] for r in sel], label=f"{state} ({len(sel)})", **style)
+        sel = [r for r in rows if r["state"] == state and r["last_test_acc"] != ""]
+        ax.scatter([r["p"] for r in sel], [r["last_test_acc"] for r in sel], label=f"{state} ({len(sel)})", **style)
+    if p_range:
+        ax.set_xlim(p_range[0] / 1.05, p_range[1] * 1.05)
     ax.set_xscale("log")
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0)))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.set(xlabel="fixed p (log scale)", ylabel="best test accuracy", title="Fixed-p search")
+    ax.set(xlabel="fixed p (log scale; the searched range)", ylabel="test accuracy (final; pruned: when stopped)",
+           title="Fixed-p search")
     ax.legend(fontsize=8)
     return save(fig, folder.path, folder.FIGURE, svg=False)

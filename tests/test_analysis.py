@@ -189,9 +189,9 @@ def test_pgd_command(sweep_dir, fake_cifar, tmp_path, capsys):
     (["saliency", "--indices", "x"], 2),
     (["norms"], 2),
 ])
-def test_analysis_usage_errors(argv, code, capsys, sweep_dir):
+def test_analysis_usage_errors(argv, code, capsys, sweep_dir, fake_cifar):
     if "--sweep" not in argv and argv[0] != "norms" and argv != ["saliency"]:
-        argv = argv + ["--sweep", str(sweep_dir)]
+        argv = argv + ["--sweep", str(sweep_dir), "--data-dir", str(fake_cifar)]
     assert main(argv) == code
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("scs-probe: error:"), err

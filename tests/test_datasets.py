@@ -1,6 +1,8 @@
 """More data sets and models from outside the zoo: fake files in torchvision's layouts (no network), trained and
 analysed from the CLI."""
 
+import re
+
 import pytest
 import torch
 
@@ -119,3 +121,78 @@ def test_plain_state_dicts_are_analysed_with_model_spec(fake_datasets, tmp_path,
     assert err.splitlines() == [err] and "does not fit torchvision:resnet18" in err and "unexpected layer1.2" in err
     assert main([*args, "--dataset", "cifar100", "--ckpt", str(tmp_path / "conv.pt")]) == 2
     assert "has 10 outputs but cifar100 has 100 classes" in capsys.readouterr().err
+
+
+FACTORIES = '''
+import torch
+from torch import nn
+
+def tiny(num_classes=10):
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+
+def tiny_nokw():
+    return tiny()
+
+def broken():
+    raise RuntimeError("boom")
+
+def noconv():
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+'''
+
+
+def test_model_specs_from_a_users_package(tmp_path, monkeypatch, capsys):
+    (tmp_path / "myfac.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = build_model(Variant("myfac:tiny_nokw", layer="conv", activation="keep", pool="keep"), num_classes=100)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 100)  # no num_classes: its last Linear is resized
+    scs = build_model(Variant("myfac:tiny", layer="scs", activation="none"), num_classes=10)
+    assert "1 conv biases dropped" in scs.conversion.summary()
+    for spec, named in (("myfac:broken", "myfac:broken failed to build (RuntimeError: boom)"),
+                        ("myfac:noconv", "has no nn.Conv2d to turn into scs")):
+        with pytest.raises(OptionError, match=re.escape(named)):
+            build_model(Variant(spec), num_classes=10)
+    for argv, named in ((["--model", "foo"], "is not a model spec"), (["--model", "myfac:tiny", "--arch", "resnet20"],
+                        "not both"), (["--model", "myfac:tiny", "--norm", "bn"], "--norm: does not apply")):
+        assert main(["train", *argv, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [err] and named in err, err
+
+
+@pytest.mark.slow
+def test_compare_and_class_names_follow_the_data_set(fake_datasets, tmp_path, capsys):
+    (tmp_path / "myfac.py").write_text(FACTORIES)
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert _train(["--model", "myfac:tiny", "--layer", "conv", "--dataset", "svhn"], tmp_path / "mix" / "conv",
+                      fake_datasets) == 0
+        assert _train(["--model", "myfac:tiny", "--layer", "scs", "--activation", "none", "--pool", "maxabs",
+                       "--dataset", "fashion-mnist"], tmp_path / "mix" / "scs", fake_datasets) == 0
+        capsys.readouterr()
+        assert main(["compare", str(tmp_path / "mix"), "--pair", "myfac-tiny-conv-keep-keep,myfac-tiny-scs-none-maxabs"]
+                    ) == 2
+        assert "a paired comparison needs the same test images" in capsys.readouterr().err
+        # class names are the data set's: Fashion-MNIST's "Sneaker" is class 7
+        assert main(["saliency", "--ckpt", str(tmp_path / "mix" / "scs"), "--classes", "sneaker", "--n-images", "4",
+                     "--no-sanity", "--data-dir", str(fake_datasets), "--device", "cpu", "--out",
+                     str(tmp_path / "sal")]) == 0
+        assert {r["label"] for r in read_csv(tmp_path / "sal" / "saliency.csv")} == {"Sneaker"}
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_state_dict_of_a_converted_model_with_its_conversion(fake_datasets, tmp_path):
+    assert _train(["--model", "torchvision:resnet18", "--layer", "scs", "--activation", "none", "--pool", "maxabs",
+                   "--dataset", "svhn"], tmp_path / "run", fake_datasets) == 0
+    state = {k.removeprefix("net."): v for k, v in RunDir(tmp_path / "run").load_checkpoint()["model"].items()}
+    torch.save(state, tmp_path / "sd.pt")
+    args = ["--eps", "0", "--n-images", "16", "--no-checks", "--data-dir", str(fake_datasets), "--dataset", "svhn",
+            "--device", "cpu"]
+    assert main(["pgd", "--ckpt", str(tmp_path / "run"), *args, "--out", str(tmp_path / "a")]) == 0
+    assert main(["pgd", "--model", "torchvision:resnet18", "--activation", "none", "--pool", "maxabs", "--ckpt",
+                 str(tmp_path / "sd.pt"), *args, "--out", str(tmp_path / "b")]) == 0
+    clean = [{k: r[k] for k in ("eps", "robust_acc")} for r in read_csv(tmp_path / "a" / "pgd.csv")]
+    assert clean == [{k: r[k] for k in ("eps", "robust_acc")} for r in read_csv(tmp_path / "b" / "pgd.csv")]

@@ -129,7 +129,7 @@ def test_cli_maps_library_errors_to_flags(fake_cifar, tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--data-dir", str(fake_cifar), *common]) == 1
     assert "--resume" in _one_error_line(capsys)
-    assert main(["train", "--data-dir", str(fake_cifar), *common, "--resume", "--layer", "conv"]) == 1
+    assert main(["train", "--data-dir", str(fake_cifar), *common, "--resume", "--layer", "conv"]) == 2  # a usage error
     assert "layer='scs'" in (err := _one_error_line(capsys)) and "(--layer)" in err
     assert main(["sweep", "--only", "nothing-*", "--epochs", "1"]) == 2
     assert "--only:" in _one_error_line(capsys)

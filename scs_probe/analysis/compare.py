@@ -29,7 +29,10 @@ class CompareConfig(AnalysisConfig):
 
 
 def variant_axes(run: RunDir) -> dict:
-    return run.read_config().get("variant", {})
+    """The run's variant, with the data set it was trained on (runs from before data sets were recorded:
+    CIFAR-10): a pair compares test images of one data set."""
+    config = run.read_config()
+    return {**config.get("variant", {}), "dataset": config.get("options", {}).get("dataset", "cifar10")}
 
 
 def study_pairs(runs: list[RunDir]) -> list[tuple[str, str]]:
@@ -44,7 +47,7 @@ def study_pairs(runs: list[RunDir]) -> list[tuple[str, str]]:
         for other, w in by_name.items():
             if (w.get("layer") == "conv" and w.get("activation") in ("relu", "keep")
                     and w.get("pool") in ("max", "none", "keep")
-                    and all(w.get(k) == v.get(k) for k in ("arch", "norm", "image_size"))
+                    and all(w.get(k) == v.get(k) for k in ("arch", "norm", "image_size", "dataset"))
                     and w.get("fixed_p") is None and v.get("fixed_p") is None):
                 pairs.append((other, name))
     return sorted(set(pairs))
@@ -122,6 +125,11 @@ class ComparisonAnalysis(Analysis):
         unknown = [n for pair in pairs for n in pair if n not in names]
         if unknown:
             raise OptionError("pairs", f"no run of variant {unknown[0]!r} here; variants: {', '.join(sorted(names))}")
+        datasets = {r.name: variant_axes(r)["dataset"] for r in runs}
+        for a, b in pairs:
+            if datasets[a] != datasets[b]:
+                raise OptionError("pairs", f"{a} was trained on {datasets[a]} and {b} on {datasets[b]}: a paired "
+                                           "comparison needs the same test images")
         rows = [r for a, b in pairs for r in compare(runs, a, b, self.config.n_boot, self.config.seed)]
         write_csv(out / self.summary_file, rows or [], list(rows[0]) if rows else ["a", "b", "seed"],
                   float_format=".6g")

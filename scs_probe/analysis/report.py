@@ -109,8 +109,9 @@ def study_summary(study: StudyDir, root: Path) -> dict:
     return {"name": str(study.path.relative_to(root)) if study.path != root else study.path.name,
             "counts": {state: sum(r["state"] == state for r in rows) for state in ("complete", "pruned", "fail")},
             "best": best, "p_lo": min(ps, default=""), "p_hi": max(ps, default=""),
-            "settings": {k: options.get(k) for k in ("arch", "layer", "pool", "epochs", "max_lr", "batch_size",
-                                                     "limit_train")} if options else {},
+            "settings": {k: options.get(k, "cifar10" if k == "dataset" else None)
+                         for k in ("arch", "layer", "activation", "pool", "dataset", "epochs", "max_lr", "batch_size",
+                                   "limit_train")} if options else {},
             "rows": sorted(done, key=lambda r: float(r["p"])),
             "figure": data_uri(study.figure_path) if study.figure_path.is_file() else None}
 

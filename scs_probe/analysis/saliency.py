@@ -23,7 +23,7 @@ TARGETS = ("label", "pred")
 class SaliencyConfig(AnalysisConfig):
     n_images: int = 100               # drawn at random with `seed` (of `classes` if given) ...
     indices: tuple | None = None      # ... unless test-set indices are given
-    classes: tuple | None = None      # class indices 0-9
+    classes: tuple | None = None      # class indices or names (of the data set the images come from)
     target: str = "label"             # explain the true label's logit, or the predicted one's
     seed: int = 0
     per_image_scale: bool = False     # main figure scaled per image (default: one shared scale)
@@ -39,9 +39,9 @@ class SaliencyConfig(AnalysisConfig):
         self.require("indices", self.indices is None or (len(self.indices) > 0 and all(int(i) >= 0 for i in
                                                                                          self.indices)),
                      "must be one or more integers >= 0")
-        self.require("classes", self.classes is None or (len(self.classes) > 0 and all(int(c) >= 0
-                                                                                       for c in self.classes)),
-                     "must be one or more class indices >= 0")
+        self.require("classes", self.classes is None or (len(self.classes) > 0 and all(
+            isinstance(c, str) or int(c) >= 0 for c in self.classes)), "must be one or more class indices >= 0 "
+                                                                          "or names")
         self.require("target", self.target in TARGETS, f"unknown value {self.target!r}; allowed: "
                                                        f"{', '.join(TARGETS)}")
         self.require("deletion_steps", self.deletion_steps >= 1, f"must be >= 1, got {self.deletion_steps}")
@@ -257,8 +257,12 @@ def randomisation_check(models: list[LoadedModel], images, labels, target: str =
 
 
 def plot_randomisation(cascades: dict, image, out: Path):
-    """One image per variant: its map for the trained model, then as layers are re-drawn from the output."""
+    """One image per variant: its map for the trained model, then as layers are re-drawn from the output (at
+    most 12 stages shown; randomisation.csv has them all)."""
     from .figures import plt, save
+    max_cols = 12  # deep models have dozens of stages: show evenly spaced ones, always the first and the last
+    cascades = {m: [st[round(i * (len(st) - 1) / (max_cols - 1))] for i in range(max_cols)]
+                if len(st) > max_cols else st for m, st in cascades.items()}
     n_cols = max(len(v) for v in cascades.values()) + 1
     fig, axes = plt.subplots(len(cascades), n_cols, figsize=(1.3 * n_cols + 1.5, 1.45 * len(cascades)),
                              squeeze=False)

@@ -36,14 +36,15 @@ def check_classes(models: Sequence[LoadedModel], classes: Sequence, dataset: str
 class StateDictRun(RunDir):
     """A plain state dict from elsewhere, read as a finished run of model `spec` (`checkpoint_from_state_dict`)."""
 
-    def __init__(self, path, spec: str, dataset: str | None = None):
+    def __init__(self, path, spec: str, dataset: str | None = None, activation: str = "keep", pool: str = "keep"):
         super().__init__(Path(path).parent, checkpoint=path)
-        self.spec, self.dataset = spec, dataset or "cifar10"
+        self.spec, self.dataset, self.activation, self.pool = spec, dataset or "cifar10", activation, pool
         self._ckpt = None
 
     def load_checkpoint(self) -> dict:
         if self._ckpt is None:
-            self._ckpt = checkpoint_from_state_dict(self.checkpoint_path, self.spec, self.dataset)
+            self._ckpt = checkpoint_from_state_dict(self.checkpoint_path, self.spec, self.dataset, self.activation,
+                                                    self.pool)
         return self._ckpt
 
     def read_config(self) -> dict:
@@ -52,12 +53,13 @@ class StateDictRun(RunDir):
                 "status": "finished", "data": ckpt["data"]}
 
 
-def resolve_runs(paths: Sequence = (), directory=None, model: str | None = None,
-                 dataset: str | None = None) -> list[RunDir]:
+def resolve_runs(paths: Sequence = (), directory=None, model: str | None = None, dataset: str | None = None,
+                 activation: str = "keep", pool: str = "keep") -> list[RunDir]:
     """Checkpoint files or run directories, and/or every run in a directory of runs; a path that holds no
-    checkpoint is a CheckpointError. With `model` (a spec), the files are plain state dicts of that model."""
+    checkpoint is a CheckpointError. With `model` (a spec), the files are plain state dicts of that model
+    (converted with `activation` and `pool`)."""
     if model is not None:
-        runs = [StateDictRun(p, model, dataset) for p in paths]
+        runs = [StateDictRun(p, model, dataset, activation, pool) for p in paths]
         for run in runs:
             run.load_checkpoint()  # a file that does not fit says so now, before any work
         return runs + (RunsDir(directory).runs() if directory is not None else [])
@@ -97,6 +99,20 @@ def load_models(runs: Sequence[RunDir], device) -> list[LoadedModel]:
     return out
 
 
+def _class_index(c, names: Sequence[str], dataset: str) -> int:
+    """A class given by index or by (case-insensitive) name, checked against the data set's classes."""
+    lower = [n.lower() for n in names]
+    if isinstance(c, str) and not c.isdigit():
+        if c.lower() in lower:
+            return lower.index(c.lower())
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise OptionError("classes", f"{dataset} has no class {c!r}; its classes: {shown} (or indices "
+                                     f"0-{len(names) - 1})")
+    if not 0 <= int(c) < len(names):
+        raise OptionError("classes", f"{dataset} has classes 0-{len(names) - 1}")
+    return int(c)
+
+
 def runs_dataset(runs: Sequence[RunDir], asked: str | None = None) -> str:
     """The data set to take test images from: `asked`, else the one every run was trained on (as its config
     records; runs from before data sets were recorded: CIFAR-10)."""
@@ -120,8 +136,7 @@ def select_test_images(data_dir, n: int, indices=None, classes=None, seed: int =
             raise OptionError("indices", f"go up to {len(split) - 1} in this test split")
         chosen = list(indices)
     else:
-        if classes and max(classes) >= len(split.classes):
-            raise OptionError("classes", f"{dataset} has classes 0-{len(split.classes) - 1}")
+        classes = None if classes is None else [_class_index(c, split.classes, dataset) for c in classes]
         pool = [i for i, y in enumerate(split.labels.tolist()) if classes is None or y in classes]
         if random_pick:
             pool = random.Random(seed).sample(pool, min(n, len(pool)))

@@ -48,7 +48,7 @@ def summarize_variants(rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if r["variant"] == variant]
         done = [r for r in mine if r["status"] == "finished" and r["test_acc"] != ""]
         row = {"variant": variant, **{k: mine[0][k] for k in ("arch", "layer", "activation", "pool", "norm",
-                                                             "image_size")},
+                                                             "image_size", "dataset")},
                "runs": len(mine), "finished": len(done), "seeds": " ".join(str(r["seed"]) for r in done)}
         for key in SUMMARIZED:
             ci = t_interval([float(r[key]) for r in done])
@@ -84,10 +84,13 @@ def sweep(variants: list[Variant], out, base: TrainOptions, log=print, progress:
 
 
 def _skip_note(run, options: TrainOptions) -> str:
-    """Why a finished run may not be what this sweep asks for: its epochs, max LR or batch size differ."""
+    """Why a finished run may not be what this sweep asks for: its data set, epochs, max LR, batch size or
+    training images differ."""
     stored = run.read_config().get("options", {})
     asked = options.resolved()
-    differ = [f"{k} {stored.get(k)} (asked {getattr(asked, k)})" for k in ("epochs", "max_lr", "batch_size")
+    stored.setdefault("dataset", "cifar10")  # runs from before data sets were recorded
+    differ = [f"{k} {stored.get(k)} (asked {getattr(asked, k)})"
+              for k in ("dataset", "epochs", "max_lr", "batch_size", "limit_train")
               if k in stored and stored.get(k) != getattr(asked, k)]
     return f"; trained with {', '.join(differ)}: train it again into another directory" if differ else ""
 

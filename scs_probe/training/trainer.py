@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from .. import __version__
 from ..checkpoint import load_checkpoint
 from ..data import BatchLoader, describe, load_dataset, normalization, resolve_data_dir
-from ..errors import CheckpointError, DeviceUnavailable, ResumeConflict, RunExistsError, TrainingDiverged, TrainingError
+from ..errors import (
+    CheckpointError,
+    DeviceUnavailable,
+    OptionError,
+    ResumeConflict,
+    RunExistsError,
+    TrainingDiverged,
+    TrainingError,
+)
 from ..layers import SHARPENED_LAYERS, get_backend
 from ..progress import progress_bar, write_line
 from ..rundir import RunDir
@@ -98,7 +106,12 @@ class Trainer:
             if not resume:
                 raise RunExistsError(self.run_dir.path)
             self.ckpt = self.run_dir.load_checkpoint()
-            stored = TrainOptions.from_dict(self.ckpt["options"])
+            try:
+                stored = TrainOptions.from_dict(self.ckpt["options"])
+            except OptionError as e:  # e.g. a package.module:factory that is not importable here
+                raise CheckpointError(f"{self.run_dir.checkpoint_path} holds a model this scs-probe cannot build "
+                                      f"here ({e.message}); for a package.module:factory model, make its package "
+                                      "importable (PYTHONPATH)") from None
             given, kept = options.to_dict(), stored.to_dict()
             for key in sorted(explicit or ()):
                 if key not in TrainOptions.RESUMABLE and given.get(key) != kept.get(key):
@@ -146,6 +159,9 @@ class Trainer:
             self.start_epoch = int(self.ckpt["epoch"])
             self.run_dir.truncate_records(self.start_epoch)
         else:
+            if getattr(self.model, "conversion", None) is not None:  # a model from elsewhere, converted
+                for line in self.model.conversion.summary().splitlines():
+                    self.log(f"convert: {line}")
             if o.init_from:
                 n = load_init_weights(self.model, o.init_from, o.variant.arch)
                 self.log(f"initialised {n} tensors from {o.init_from}")
@@ -253,10 +269,11 @@ class Trainer:
         self._setup()
         o = self.options
         if self.ckpt is not None and self.ckpt.get("status") == "finished":
-            self.log(f"{self.run_dir}: already finished ({self.start_epoch} epochs)")
+            n = self.start_epoch
+            self.log(f"{self.run_dir}: already finished ({n} epoch{'' if n == 1 else 's'})")
             return self._config("finished")
-        self.log(f"{self.variant.name}: {count_params(self.model):,} parameters, {o.epochs} epochs of "
-                 f"{len(self.train_loader)} batches on {self.device}"
+        self.log(f"{self.variant.name}: {count_params(self.model):,} parameters, {o.epochs} "
+                 f"epoch{'' if o.epochs == 1 else 's'} of {len(self.train_loader)} batches on {self.device}"
                  + (" (bf16 autocast)" if self.amp else "") + (f", resuming after epoch {self.start_epoch}"
                                                                 if self.start_epoch else ""))
         self._warm_up_backend()

@@ -100,11 +100,36 @@ def build_external(spec: str, variant, num_classes: int = 10, seed: int = 0) -> 
         takes_classes = False
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = factory(num_classes=num_classes) if takes_classes else factory()
+        try:
+            net = factory(num_classes=num_classes) if takes_classes else factory()
+        except Exception as e:  # the user's code: its failure is theirs to read, in one line
+            raise OptionError("model", f"{spec} failed to build ({type(e).__name__}: "
+                                       f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
         if not isinstance(net, nn.Module):
             raise OptionError("model", f"{spec} returned a {type(net).__name__}, not an nn.Module")
+        if not takes_classes:
+            _fit_head(net, spec, num_classes)
+        report = None
         if variant.layer != "conv" or variant.pool != "keep" or variant.activation != "keep":
-            net = convert(net, layer="keep" if variant.layer == "conv" else variant.layer,
-                          activation=variant.activation, pool=variant.pool, copy_weights=True, inplace=True,
-                          fixed_p=variant.fixed_p).model
-    return External(net)
+            net, report = convert(net, layer="keep" if variant.layer == "conv" else variant.layer,
+                                  activation=variant.activation, pool=variant.pool, copy_weights=True, inplace=True,
+                                  fixed_p=variant.fixed_p)
+            if variant.layer != "conv" and not report.replaced:
+                raise OptionError("layer", f"{spec} has no nn.Conv2d to turn into {variant.layer}")
+    model = External(net)
+    model.conversion = report  # what convert did, for the training log
+    return model
+
+
+def _fit_head(net: nn.Module, spec: str, num_classes: int) -> None:
+    """A factory that takes no num_classes: its last nn.Linear is resized to the data set's classes."""
+    heads = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        raise OptionError("model", f"{spec} takes no num_classes and has no nn.Linear head to resize to "
+                                   f"{num_classes} classes")
+    name, head = heads[-1]
+    if head.out_features != num_classes:
+        parent, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, child,
+                nn.Linear(head.in_features, num_classes, bias=head.bias is not None, device=head.weight.device,
+                          dtype=head.weight.dtype))

@@ -31,6 +31,9 @@ class Variant(DictSerializable):
         if spec.axes["pool"] == ("none",):
             object.__setattr__(self, "pool", "none")
         if spec.family == "external":  # a model from elsewhere keeps its own normalisation layers
+            if self.norm not in ("none", "keep"):
+                raise OptionError("norm", f"does not apply to {self.arch}: a model from elsewhere keeps its own "
+                                          "normalisation layers")
             object.__setattr__(self, "norm", "keep")
         if isinstance(self.image_size, str) and self.image_size.isdigit():
             object.__setattr__(self, "image_size", int(self.image_size))
