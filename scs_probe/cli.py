@@ -470,7 +470,8 @@ def norms(run_dirs, sweep_dir, out):
         raise click.UsageError("name runs: RUN_DIR ... or --sweep DIR")
     runs = [RunDir.of(d) for d in run_dirs] + (RunsDir(sweep_dir).runs() if sweep_dir else [])
     result, dest = _run_analysis(NormsAnalysis(), runs, out, sweep_dir)
-    _print_table([{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in result.summary],
+    _print_table([{k: ("" if v != v else round(v, 4)) if isinstance(v, float) else v for k, v in r.items()}
+                  for r in result.summary],  # nan: no p (a conv layer or the head)
                  ("run", "layer", "weight_l2_first", "weight_l2_last", "grad_l2_mean", "p_mean_last"))
     click.echo(f"outputs: {dest}")
 
