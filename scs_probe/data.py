@@ -89,6 +89,13 @@ def _read_unverified(base: Path, train: bool) -> Split:
     return Split(torch.from_numpy(images), torch.from_numpy(labels), official=False)
 
 
+def _warn_unverified(base: Path, message: str) -> None:
+    """An UnverifiedDataWarning once per copy and process, not once per split."""
+    if base.resolve() not in _WARNED:
+        _WARNED.add(base.resolve())
+        warnings.warn(message, UnverifiedDataWarning, stacklevel=4)
+
+
 def load_cifar10(data_dir=None, train: bool = True, download: bool = True) -> Split:
     """Load one split. Official files go through torchvision (md5-checked, downloaded when missing); a local
     copy whose files differ from the official ones is used after a structure check, with a warning."""
@@ -101,12 +108,8 @@ def load_cifar10(data_dir=None, train: bool = True, download: bool = True) -> Sp
             ds = CIFAR10(str(root), train=train, download=False)
         except RuntimeError:
             split = _read_unverified(base, train)
-            if base.resolve() in _WARNED:
-                return split
-            _WARNED.add(base.resolve())  # once per copy and process, not once per split
-            warnings.warn(f"CIFAR-10 files in {base} do not match the official md5 checksums; using them after "
-                          "a structure check (shapes, batch sizes, 10 classes of equal size)",
-                          UnverifiedDataWarning, stacklevel=2)
+            _warn_unverified(base, f"CIFAR-10 files in {base} do not match the official md5 checksums; using them "
+                                   "after a structure check (shapes, batch sizes, 10 classes of equal size)")
             return split
     elif download:
         try:
@@ -225,10 +228,8 @@ def _read_unverified_copy(name: str, root: Path, train: bool) -> Split | None:
         base = path
     else:
         return None
-    if base.resolve() not in _WARNED:
-        _WARNED.add(base.resolve())
-        warnings.warn(f"{name} files in {base} do not match the official md5 checksums; using them after a "
-                      "structure check", UnverifiedDataWarning, stacklevel=3)
+    _warn_unverified(base, f"{name} files in {base} do not match the official md5 checksums; using them after a "
+                           "structure check")
     return Split(torch.from_numpy(images), torch.from_numpy(labels), official=False, classes=classes, dataset=name)
 
 

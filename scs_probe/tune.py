@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import OptionError, ScsProbeError, ServiceUnavailable, TrainingDiverged
 from .rundir import StudyDir
 from .training import Trainer, TrainOptions
-from .training.executors import LocalExecutor, run_all
+from .training.executors import checked_data_dir, is_parallel, prepare_worker, run_all
 
 SEARCHABLE = ("p", "max_lr")
 PRUNERS = ("median", "halving", "none")
@@ -117,7 +117,7 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
         raise OptionError("layer", "the fixed-p search trains sharpened layers (scs or sdp), not conv")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(out, config, worker)
-    if executor is not None and not (isinstance(executor, LocalExecutor) and executor.jobs == 1):
+    if is_parallel(executor):
         _tune_parallel(study, base, out, config, executor, log, progress)
         write_trials(study, out, config.p_range)
         return study
@@ -171,15 +171,7 @@ class TuneJob:
 
 def tune_worker(job: TuneJob) -> dict:
     """Run `tune` in this process until the shared study holds its trials. Errors are outcomes."""
-    import torch
-
-    from .data import UnverifiedDataWarning
-    from .layers import set_backend
-    if job.threads:
-        torch.set_num_threads(job.threads)
-    if job.backend:
-        set_backend(job.backend)
-    warnings.simplefilter("ignore", UnverifiedDataWarning)
+    prepare_worker(job)
     try:
         tune(job.options, job.out, job.config, log=lambda *a, **k: None, progress=False, worker=job.worker)
         return {"status": "finished", "message": ""}
@@ -188,13 +180,9 @@ def tune_worker(job: TuneJob) -> dict:
 
 
 def _tune_parallel(study, base: TrainOptions, out, config: TuneConfig, executor, log, progress: bool) -> None:
-    from .data import load_dataset, resolve_data_dir
     from .layers import get_backend
     from .progress import progress_bar, write_line
-    data_dir = resolve_data_dir(base.data_dir).resolve()
-    # checked (and downloaded) once, here
-    load_dataset(base.dataset, data_dir, train=False, image_size=base.variant.image_size)
-    base = replace(base, data_dir=str(data_dir))
+    base = replace(base, data_dir=str(checked_data_dir(base)))
     out = str(Path(out).resolve())
 
     def counts():
@@ -245,8 +233,6 @@ def trial_rows(study) -> list[dict]:
 
 
 def _retried(trial):
-    import warnings
-
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     with warnings.catch_warnings():

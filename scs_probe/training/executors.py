@@ -15,6 +15,7 @@ import signal
 import socket
 import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ..data import UnverifiedDataWarning
 from ..errors import OptionError, ScsProbeError, ServiceUnavailable, TrainingDiverged
@@ -36,19 +37,39 @@ class RunJob:
     backend: str | None = None
 
 
-def run_job(job: RunJob) -> dict:
-    """Train `job`'s run from scratch, or resume it from its checkpoint. Returns an outcome dict: the run's
-    name, its status (finished, diverged or failed), a message, and the epoch it resumed after (0: fresh).
-    Errors of the run are outcomes, not exceptions, so that one bad run does not stop a sweep."""
+def is_parallel(executor) -> bool:
+    """Whether `executor` runs work elsewhere (None and a one-job LocalExecutor run it in this process)."""
+    return executor is not None and not (isinstance(executor, LocalExecutor) and executor.jobs == 1)
+
+
+def checked_data_dir(options: TrainOptions) -> Path:
+    """The data folder as an absolute path, its data set checked (and downloaded) here, once, by the driver: the
+    workers never race to download it."""
+    from ..data import load_dataset, resolve_data_dir
+    data_dir = resolve_data_dir(options.data_dir).resolve()
+    load_dataset(options.dataset, data_dir, train=False, image_size=options.variant.image_size)
+    return data_dir
+
+
+def prepare_worker(job) -> None:
+    """A worker process as its driver has it: the job's torch threads and layer backend; the data warning, which
+    the driver gave once, silenced."""
     import torch
 
     from ..layers import set_backend
-    from .trainer import Trainer
     if job.threads:
         torch.set_num_threads(job.threads)
     if job.backend:
         set_backend(job.backend)
-    warnings.simplefilter("ignore", UnverifiedDataWarning)  # the driver checked the data and said so, once
+    warnings.simplefilter("ignore", UnverifiedDataWarning)
+
+
+def run_job(job: RunJob) -> dict:
+    """Train `job`'s run from scratch, or resume it from its checkpoint. Returns an outcome dict: the run's
+    name, its status (finished, diverged or failed), a message, and the epoch it resumed after (0: fresh).
+    Errors of the run are outcomes, not exceptions, so that one bad run does not stop a sweep."""
+    from .trainer import Trainer
+    prepare_worker(job)
     run = RunDir(job.options.run_dir())
     try:
         status = run.status

@@ -16,7 +16,7 @@ from ..rundir import RunsDir
 from ..stats import t_interval
 from ..storage import read_json
 from ..zoo import Variant, variant_grid
-from .executors import LocalExecutor, RunJob, run_all
+from .executors import RunJob, checked_data_dir, is_parallel, run_all
 from .options import TrainOptions
 from .trainer import train
 
@@ -78,9 +78,9 @@ def sweep(variants: list[Variant], out, base: TrainOptions, log=print, progress:
     plan = [(run_name(v, s), replace(base, variant=v, out=str(runs.run(run_name(v, s)).path),
                                      seed=base.seed if s is None else s))
             for s in (list(dict.fromkeys(seeds)) if seeds else [None]) for v in variants]
-    if executor is None or isinstance(executor, LocalExecutor) and executor.jobs == 1:
-        return _sweep_here(plan, runs, log, progress, explicit)
-    return _sweep_parallel(plan, runs, base, executor, log, progress, explicit)
+    if is_parallel(executor):
+        return _sweep_parallel(plan, runs, base, executor, log, progress, explicit)
+    return _sweep_here(plan, runs, log, progress, explicit)
 
 
 def _skip_note(run, options: TrainOptions) -> str:
@@ -131,20 +131,18 @@ def _sweep_here(plan, runs: RunsDir, log, progress, explicit) -> list[dict]:
 
 
 def _sweep_parallel(plan, runs: RunsDir, base: TrainOptions, executor, log, progress, explicit) -> list[dict]:
-    """Hand the unfinished runs to `executor`; the driver only watches, and writes the summaries. The data set is
-    checked (and downloaded) here once, so that workers never race to download it."""
-    from ..data import load_dataset, resolve_data_dir
+    """Hand the unfinished runs to `executor`; the driver only watches, and writes the summaries."""
     from ..layers import get_backend
-    data_dir = resolve_data_dir(base.data_dir).resolve()
-    load_dataset(base.dataset, data_dir, train=False, image_size=base.variant.image_size)
+    data_dir = checked_data_dir(base)
     todo, skipped = [], set()
     for i, (name, options) in enumerate(plan, 1):
-        status = _status(runs.run(name), f"[{i}/{len(plan)}] {name}", log)
-        if status in ("finished", "diverged", "unreadable"):
-            if status == "unreadable":
-                skipped.add(name)
-            else:
-                log(f"[{i}/{len(plan)}] {name}: {status}, skipped{_skip_note(runs.run(name), options)}")
+        run, label = runs.run(name), f"[{i}/{len(plan)}] {name}"
+        status = _status(run, label, log)
+        if status == "unreadable":
+            skipped.add(name)
+            continue
+        if status in ("finished", "diverged"):
+            log(f"{label}: {status}, skipped{_skip_note(run, options)}")
             continue
         options = replace(options, out=str(Path(options.out).resolve()), data_dir=str(data_dir))
         todo.append(RunJob(name, options, None if explicit is None else frozenset(explicit),

@@ -312,10 +312,7 @@ class Trainer:
 
     def _mark_diverged(self, epoch: int, reason: str) -> None:
         """Keep the last good weights; mark checkpoint and config.json as diverged."""
-        ckpt = self.run_dir.load_checkpoint()
-        ckpt.update(status="diverged", diverged={"epoch": epoch, "reason": reason})
-        self.run_dir.save_checkpoint({k: v for k, v in ckpt.items() if k != "format"})
-        self.run_dir.write_config(self._config("diverged", diverged={"epoch": epoch, "reason": reason}))
+        self.mark("diverged", diverged={"epoch": epoch, "reason": reason})
 
 
 @torch.no_grad()

@@ -46,3 +46,31 @@ class Normalize(nn.Module):
 
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+class Normalized(nn.Module):
+    """`net` behind a per-channel input normalisation (CIFAR-10's unless `build_model` sets the data set's): the
+    model takes [0, 1] images. The zoo's ResNets and every model from elsewhere are wrapped so."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.normalize = Normalize(CIFAR_MEAN, CIFAR_STD)
+        self.net = net
+
+    def forward(self, x):
+        return self.net(self.normalize(x))
+
+
+def resize_head(model: nn.Module, num_classes: int) -> bool:
+    """Give the model's last nn.Linear (its classifier) `num_classes` outputs: a fresh Linear where it has another
+    number. False where the model has no nn.Linear."""
+    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        return False
+    name, head = heads[-1]
+    if head.out_features != num_classes:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child,
+                nn.Linear(head.in_features, num_classes, bias=head.bias is not None, device=head.weight.device,
+                          dtype=head.weight.dtype))
+    return True

@@ -6,8 +6,8 @@
 
 Each is an architecture like the zoo's (`get_arch(spec)`), whose variants are `scs_probe.convert` applied to it:
 layer conv (the model as it is), scs, sdp; activation keep or none; pool keep or maxabs. The model takes [0, 1]
-images and normalises them itself, as the zoo's do. All variants of one seed start from the same tensors: the
-model is built under that seed and the sharpened layers take its conv kernels.
+images and normalises them itself (`Normalized`), as the zoo's ResNets do. All variants of one seed start from
+the same tensors: the model is built under that seed and the sharpened layers take its conv kernels.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import OptionError
-from .blocks import CIFAR_MEAN, CIFAR_STD, Normalize
+from .blocks import Normalized, resize_head
 
 EXTERNAL_AXES = {"layer": ("conv", "scs", "sdp"), "activation": ("keep", "none"), "pool": ("keep", "maxabs"),
                  "norm": ("keep",), "image_size": (32, 224)}
@@ -34,18 +34,6 @@ _SPEC = re.compile(r"^(torchvision|timm):([A-Za-z0-9_.]+)$|^([A-Za-z_][\w.]*):([
 
 def is_external(name: str) -> bool:
     return ":" in str(name)
-
-
-class External(nn.Module):
-    """A model from elsewhere behind a per-channel input normalisation (it takes [0, 1] images)."""
-
-    def __init__(self, net: nn.Module, mean=CIFAR_MEAN, std=CIFAR_STD):
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.net = net
-
-    def forward(self, x):
-        return self.net(self.normalize(x))
 
 
 def _factory(spec: str):
@@ -107,8 +95,9 @@ def build_external(spec: str, variant, num_classes: int = 10, seed: int = 0) -> 
                                        f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
         if not isinstance(net, nn.Module):
             raise OptionError("model", f"{spec} returned a {type(net).__name__}, not an nn.Module")
-        if not takes_classes:
-            _fit_head(net, spec, num_classes)
+        if not takes_classes and not resize_head(net, num_classes):
+            raise OptionError("model", f"{spec} takes no num_classes and has no nn.Linear head to resize to "
+                                       f"{num_classes} classes")
         report = None
         if variant.layer != "conv" or variant.pool != "keep" or variant.activation != "keep":
             net, report = convert(net, layer="keep" if variant.layer == "conv" else variant.layer,
@@ -116,20 +105,6 @@ def build_external(spec: str, variant, num_classes: int = 10, seed: int = 0) -> 
                                   fixed_p=variant.fixed_p)
             if variant.layer != "conv" and not report.replaced:
                 raise OptionError("layer", f"{spec} has no nn.Conv2d to turn into {variant.layer}")
-    model = External(net)
+    model = Normalized(net)
     model.conversion = report  # what convert did, for the training log
     return model
-
-
-def _fit_head(net: nn.Module, spec: str, num_classes: int) -> None:
-    """A factory that takes no num_classes: its last nn.Linear is resized to the data set's classes."""
-    heads = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
-    if not heads:
-        raise OptionError("model", f"{spec} takes no num_classes and has no nn.Linear head to resize to "
-                                   f"{num_classes} classes")
-    name, head = heads[-1]
-    if head.out_features != num_classes:
-        parent, _, child = name.rpartition(".")
-        setattr(net.get_submodule(parent) if parent else net, child,
-                nn.Linear(head.in_features, num_classes, bias=head.bias is not None, device=head.weight.device,
-                          dtype=head.weight.dtype))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..layers import SHARPENED_LAYERS, SharpenedCosineSimilarity2d
-from .blocks import Normalize
+from .blocks import Normalize, resize_head
 from .registry import get_arch
 from .variants import Variant
 
@@ -30,8 +30,7 @@ def build_model(variant: Variant | str, *, seed: int = 0, init: bool = True, num
         model = spec.builder(v, seed=seed, num_classes=num_classes)
     else:
         model = spec.builder(v)
-        if num_classes != 10:
-            _resize_head(model, num_classes)
+        resize_head(model, num_classes)  # the zoo's heads have 10 outputs
         if init:
             init_shared_(model, seed)
     if normalization is not None:
@@ -41,15 +40,6 @@ def build_model(variant: Variant | str, *, seed: int = 0, init: bool = True, num
                 m.std.copy_(torch.tensor(normalization[1]).view_as(m.std))
     model.variant = v
     return model
-
-
-def _resize_head(model: nn.Module, num_classes: int) -> None:
-    """Replace the model's last nn.Linear (the zoo's classifier) by one with `num_classes` outputs."""
-    name, head = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-    parent, _, child = name.rpartition(".")
-    new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None, device=head.weight.device,
-                    dtype=head.weight.dtype)
-    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def _generator(seed: int, name: str) -> torch.Generator:

@@ -7,21 +7,9 @@ import torchvision
 from torch import nn
 
 from ..conversion import convert
-from .blocks import CIFAR_MEAN, CIFAR_STD, Normalize, activation, batchnorm, kernel_layer, pooling
+from .blocks import Normalized, activation, batchnorm, kernel_layer, pooling
 from .registry import register_model
 from .variants import Variant
-
-
-class Normalized(nn.Module):
-    """`net` behind a per-channel input normalisation: the model takes [0, 1] images."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.normalize = Normalize(CIFAR_MEAN, CIFAR_STD)
-        self.net = net
-
-    def forward(self, x):
-        return self.net(self.normalize(x))
 
 
 def _swap_modules(module: nn.Module, v: Variant) -> None:
