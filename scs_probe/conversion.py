@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -45,8 +46,22 @@ class ConversionReport:
     pools: list[str] = field(default_factory=list)             # MaxPool2d now MaxAbsPool2d
     removed_activations: list[str] = field(default_factory=list)  # "name (type)"
     kept_gates: list[str] = field(default_factory=list)           # sigmoid-like modules left (activation="none")
-    functional_activations: list[str] = field(default_factory=list)  # F.relu(...) & co. inside a forward
-    traced: bool = True                                        # False: forward could not be traced for the above
+    model: nn.Module | None = field(default=None, repr=False, compare=False)  # the converted model
+
+    @functools.cached_property
+    def _found(self) -> list[str] | None:
+        return None if self.model is None else _functional_activations(self.model)
+
+    @property
+    def functional_activations(self) -> list[str]:
+        """F.relu(...) & co. called inside a forward, which no module swap removes (traced with torch.fx when
+        first asked: building a model does not pay for the trace)."""
+        return self._found or []
+
+    @property
+    def traced(self) -> bool:
+        """False where the forward could not be traced for `functional_activations`."""
+        return self._found is not None
 
     def summary(self) -> str:
         lines = [f"{len(self.replaced)} Conv2d replaced" + (f" ({len(self.copied)} with their kernels)"
@@ -180,7 +195,5 @@ def convert(model: nn.Module, layer: str = "scs", activation: str = "keep", pool
     for name, new in swaps:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
-    found = _functional_activations(model)
-    report.traced = found is not None
-    report.functional_activations = found or []
+    report.model = model
     return Converted(model, report)
