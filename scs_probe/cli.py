@@ -100,6 +100,16 @@ def _device_option():
                         help="auto: CUDA, then MPS, then CPU.")
 
 
+def _test_dataset_option():
+    return click.option("--dataset", default=None, metavar="NAME",
+                        help="Test images from this data set [the one the runs were trained on].")
+
+
+def _arch_dir(arch: str) -> str:
+    """An architecture (or model spec: torchvision:resnet18) as a folder name."""
+    return arch.replace(":", "-")
+
+
 def _data_dir_option(help_text: str):
     return click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                         help=f"{help_text} [env {DATA_ENV}; default ./data, downloaded there if missing].")
@@ -214,7 +224,7 @@ def sweep(arch, model, grid, only, seeds, quiet, out, executor, **kw):
     arch = model or arch
     base = TrainOptions(variant=Variant(arch), **kw)
     variants = select_variants(arch, grid, list(only) if only else None)
-    out_dir = Path(out or Path("sweeps") / arch.replace(":", "-"))
+    out_dir = Path(out or Path("sweeps") / _arch_dir(arch))
     rows = run_sweep(variants, out_dir, base, progress=not quiet, seeds=list(seeds) if seeds else None,
                      explicit=_explicit(click.get_current_context()) - EXECUTOR_FLAGS, executor=executor)
     _print_table(rows, ("variant", "seed", "test_acc", "train_seconds_mean", "eval_seconds_mean", "params", "status"))
@@ -248,7 +258,7 @@ def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_na
     config = TuneConfig(n_trials=n_trials, p_range=p_range, lr_range=lr_range, search=tuple(search),
                         pruner=pruner, storage=storage, study_name=study_name, seed=tune_seed)
     base = TrainOptions(variant=variant, **kw)
-    out_dir = Path(out or Path("tune") / variant.arch)
+    out_dir = Path(out or Path("tune") / _arch_dir(variant.arch))
     study = run_tune(base, out_dir, config, progress=not quiet, executor=executor)
     from .tune import trial_rows
     _print_table(trial_rows(study), ("number", "p", "max_lr", "state", "final_test_acc", "epochs"))
@@ -326,8 +336,7 @@ model_sources = _options(
     click.option("--sweep", "sweep_dir", type=click.Path(), default=None,
                  help="A directory whose subdirectories are runs."),
     _data_dir_option("Folder holding the data sets in torchvision's layout"),
-    click.option("--dataset", default=None, metavar="NAME",
-                 help="Test images from this data set [the one the runs were trained on]."),
+    _test_dataset_option(),
     click.option("--model", default=None, metavar="SPEC",
                  help="The --ckpt files are plain state dicts of this model (torchvision:NAME, timm:NAME, "
                       "package.module:factory; plain or converted to SCS/SDP, as its keys tell)."),
@@ -480,8 +489,7 @@ def norms(run_dirs, sweep_dir, out):
 @click.argument("directory", type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="HTML file [DIR/report.html].")
 @_data_dir_option("For analyses that are (re)run")
-@click.option("--dataset", default=None, metavar="NAME",
-              help="Test images from this data set [the one the runs were trained on].")
+@_test_dataset_option()
 @_device_option()
 @click.option("--saliency-images", type=click.IntRange(min=1), default=None,
               help="Images the saliency metrics average over [stored analysis', else 100].")
