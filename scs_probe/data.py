@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .choices import DATA_ENV
 from .errors import DataError
 
-DATA_ENV = "SCS_PROBE_DATA"
 DEFAULT_DATA_DIR = "./data"
 FOLDER = "cifar-10-batches-py"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

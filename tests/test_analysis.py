@@ -12,7 +12,7 @@ from scs_probe.analysis import RobustnessConfig, SaliencyConfig, entropy, gini
 from scs_probe.analysis.robustness import area_under_curve, robust_accuracy
 from scs_probe.analysis.saliency import deletion_areas, deletion_curve
 from scs_probe.cli import main
-from scs_probe.cli_types import EpsList, EpsRange
+from scs_probe.cli.types import EpsList, EpsRange
 from scs_probe.errors import OptionError
 from scs_probe.rundir import RunDir
 from scs_probe.training import TrainOptions, train

@@ -13,7 +13,7 @@ from scs_probe.training import TrainOptions
 from scs_probe.zoo import Variant
 
 optuna = pytest.importorskip("optuna")
-tune_module = pytest.importorskip("scs_probe.tune")
+tune_module = pytest.importorskip("scs_probe.training.tune")
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::scs_probe.data.UnverifiedDataWarning")]
 
 

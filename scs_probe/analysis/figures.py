@@ -5,25 +5,9 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-import matplotlib
+from ..plotting import plt, save, sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import seaborn as sns
-
-from ..storage import atomic_write
-
-sns.set_theme(style="whitegrid", context="notebook")
-
-
-def save(fig, out_dir: Path, stem: str, svg: bool = True) -> Path:
-    """Write stem.png (and stem.svg) atomically, close the figure."""
-    out_dir = Path(out_dir)
-    png = atomic_write(out_dir / f"{stem}.png", lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
-    if svg:
-        atomic_write(out_dir / f"{stem}.svg", lambda f: fig.savefig(f, format="svg", bbox_inches="tight"))
-    plt.close(fig)
-    return png
+__all__ = ["data_uri", "integer_epochs", "plt", "save", "variant_palette"]
 
 
 def data_uri(png: Path) -> str:

@@ -5,15 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from ..choices import DEFAULT_ARCH, DEVICES
 from ..data import check_dataset
 from ..errors import OptionError
 from ..zoo import Variant, get_arch
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
 
 def _default_variant() -> Variant:
-    return Variant("rohrer100k")  # the headline model: SCS, no activation, MaxAbsPool2d
+    return Variant(DEFAULT_ARCH)
 
 
 @dataclass

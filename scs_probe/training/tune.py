@@ -12,10 +12,16 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import OptionError, ScsProbeError, ServiceUnavailable, TrainingDiverged
-from .rundir import StudyDir
-from .training import Trainer, TrainOptions
-from .training.executors import checked_data_dir, is_parallel, prepare_worker, run_all
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
+
+from ..errors import OptionError, ScsProbeError, ServiceUnavailable, TrainingDiverged
+from ..layers import get_backend
+from ..plotting import plt, save
+from ..progress import progress_bar, write_line
+from ..rundir import StudyDir
+from .executors import checked_data_dir, is_parallel, prepare_worker, run_all
+from .options import TrainOptions
+from .trainer import Trainer
 
 SEARCHABLE = ("p", "max_lr")
 PRUNERS = ("median", "halving", "none")
@@ -59,8 +65,6 @@ def _pruner(name: str):
 
 def open_study(out, config: TuneConfig, worker: int = 0):
     """Create or continue the study (Optuna's storage holds its trials, TPE's history and heartbeats)."""
-    import warnings
-
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     out = Path(out)
@@ -180,8 +184,6 @@ def tune_worker(job: TuneJob) -> dict:
 
 
 def _tune_parallel(study, base: TrainOptions, out, config: TuneConfig, executor, log, progress: bool) -> None:
-    from .layers import get_backend
-    from .progress import progress_bar, write_line
     base = replace(base, data_dir=str(checked_data_dir(base)))
     out = str(Path(out).resolve())
 
@@ -243,7 +245,6 @@ def _retried(trial):
 
 def write_trials(study, out, p_range: tuple | None = None) -> Path:
     """trials.csv and tune.png (test accuracy against p over the searched range, pruned trials hollow)."""
-    from .analysis.figures import plt, save
     folder = StudyDir(out)
     rows = trial_rows(study)
     folder.write_trials(rows, ("number", "p", "max_lr", "state", "final_test_acc", "best_test_acc", "last_test_acc",
@@ -256,7 +257,6 @@ def write_trials(study, out, p_range: tuple | None = None) -> Path:
     if p_range:
         ax.set_xlim(p_range[0] / 1.05, p_range[1] * 1.05)
     ax.set_xscale("log")
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0)))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))

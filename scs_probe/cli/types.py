@@ -3,6 +3,7 @@ does not parse is a usage error naming its flag, as click's own types give."""
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import click
@@ -101,17 +102,35 @@ class ClassList(_Parsed):
 
 
 class PositiveRange(_Parsed):
-    """'LOW:HIGH' -> (low, high) floats (range checks belong to the config)."""
+    """'LOW:HIGH' -> (low, high) floats with 0 < LOW < HIGH <= `max`: a search range whose ends a float32 model
+    can use (inf, or 1e300, would overflow inside the search)."""
     name = "LOW:HIGH"
+
+    def __init__(self, max: float):
+        self.max = max
 
     def parse(self, text):
         parts = text.split(":")
         if len(parts) != 2:
             raise ValueError(f"takes LOW:HIGH, got {text!r}")
         try:
-            return float(parts[0]), float(parts[1])
+            low, high = float(parts[0]), float(parts[1])
         except ValueError:
             raise ValueError(f"takes two numbers LOW:HIGH, got {text!r}") from None
+        if not (0 < low < high <= self.max):
+            raise ValueError(f"needs 0 < LOW < HIGH <= {self.max:g}, got {text!r}")
+        return low, high
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange that also refuses nan and inf (which every comparison of a range lets through or
+    reports as out of range with a confusing bound)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return value
 
 
 class PatternList(_Parsed):

@@ -1,0 +1,65 @@
+"""Commands that look without training: the zoo's architectures and counts (`zoo`), a checkpoint (`inspect`)."""
+
+from __future__ import annotations
+
+import click
+
+from .options import MODEL_OPTION, arch_option, check_model_spec, command
+
+
+@command()
+@arch_option(default=None, help_text="Only this architecture.")
+@MODEL_OPTION
+def zoo(arch, model):
+    """List architectures, their variant axes and the parameter count of every variant."""
+    import torch
+
+    from ..zoo import build_model, count_params, get_arch, list_archs, variant_grid
+    if model:
+        check_model_spec(model, click.get_current_context())
+    for name in [model] if model else [arch] if arch else list_archs():
+        spec = get_arch(name)
+        click.echo(f"{name}  ({spec.source}; preset: batch {spec.batch_size}, max_lr {spec.max_lr}, "
+                   f"{spec.epochs} epochs, {spec.augment} augmentation)")
+        axes = ", ".join(f"{k} {'|'.join(map(str, v))}" for k, v in spec.axes.items())
+        click.echo(f"  axes: {axes}")
+        stated = f"{spec.stated_params:,}" if spec.stated_params else "-"
+        click.echo(f"  stated parameter count: {stated}")
+        for v in variant_grid(name, "full"):
+            if v.image_size != spec.axes["image_size"][0]:
+                continue  # image size does not change the parameter count
+            with torch.device("meta"):
+                n = count_params(build_model(v, init=False))
+            click.echo(f"    {v.name:<48} {n:>12,}")
+
+
+@command()
+@click.argument("ckpt", type=click.Path())
+def inspect(ckpt):
+    """Print a checkpoint's variant, epochs, accuracy and options (nothing in it is executed)."""
+    from ..checkpoint import checkpoint_variant
+    from ..rundir import RunDir
+    run = RunDir.of(ckpt)
+    c = run.load_checkpoint()
+    v = checkpoint_variant(c, run.checkpoint_path)
+    o, hist = c.get("options", {}), c.get("history", [])
+    click.echo(f"variant:   {v.name}")
+    click.echo("axes:      " + " ".join(f"{k}={val}" for k, val in v.axes().items())
+               + (f" fixed_p={v.fixed_p}" if v.fixed_p is not None else ""))
+    click.echo(f"status:    {c.get('status', 'unknown')}, epoch {c['epoch']} of {o.get('epochs', '?')}")
+    if c.get("diverged"):
+        click.echo(f"diverged:  {c['diverged'].get('reason')}")
+    if hist:
+        best = max(float(r["test_acc"]) for r in hist)
+        click.echo(f"accuracy:  test {float(hist[-1]['test_acc']):.2%} (best {best:.2%}), "
+                   f"train {float(hist[-1]['train_acc']):.2%}")
+        secs = [float(r["train_seconds"]) for r in hist]
+        click.echo(f"seconds:   {sum(secs) / len(secs):.1f} train per epoch, "
+                   f"{sum(float(r['eval_seconds']) for r in hist) / len(hist):.1f} eval")
+    click.echo(f"params:    {c.get('params', '?'):,}" if isinstance(c.get("params"), int) else "params:    ?")
+    shown = {k: val for k, val in o.items() if val is not None and val is not False}
+    click.echo("options:   " + " ".join(f"{k}={val}" for k, val in shown.items()))
+    if c.get("data"):
+        click.echo("data:      " + " ".join(f"{k}={val}" for k, val in c["data"].items()))
+    if c.get("versions"):
+        click.echo("versions:  " + " ".join(f"{k}={val}" for k, val in c["versions"].items()))
