@@ -1,5 +1,9 @@
 """CIFAR-10: torchvision's download and files, a checked fallback for local copies, batched augmentation.
 
+Data folders are untrusted input (copies somebody else prepared): files that fail the md5 check are read with an
+unpickler that builds only containers, strings, numbers and numpy arrays, never a callable the file names, and
+image folders are checked (same classes in train and val, every image readable) before anything trains on them.
+
 Images stay uint8 in memory and become float [0, 1] batches on the training device; augmentation (the study's
 RandomCrop(32, padding=4) + horizontal flip, or RandomAffine + flip for the 25K gallery model) and the resize to
 224 px run batched on that device, which keeps two CPU cores from being the bottleneck of a GPU run.
@@ -28,7 +32,6 @@ N_TRAIN_BATCHES = 5
 _WARNED: set[Path] = set()
 
 
-
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     """`data_dir`, else $SCS_PROBE_DATA (read here only), else ./data."""
     return Path(data_dir or os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR).expanduser()
@@ -49,16 +52,72 @@ class Split:
         return self if not n or n >= len(self) else replace(self, images=self.images[:n], labels=self.labels[:n])
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle that names a global outside the allow-list (os.system, builtins.exec, ...): refused unrun."""
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """What Python 3 pickles of protocol 2 and below call (_codecs.encode) to rebuild bytes, for latin-1 only:
+    any other codec name would have the file pick which codec module to import."""
+    if encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"it names the codec {encoding!r}, which data files never use")
+    return text.encode("latin1")
+
+
+def _allowed_globals() -> dict:
+    """(module, name) -> object for everything a CIFAR pickle may call: numpy's array, dtype and scalar
+    reconstruction under both spellings (numpy.core in numpy 1 and in CIFAR's own Python 2 files, numpy._core in
+    numpy 2), the builtin containers that have no opcode of their own, and bytes. The objects are taken from
+    numpy's own reductions, so no module is imported by name."""
+    reconstruct = np.zeros(1).__reduce__()[0]
+    scalar = np.float64(0).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # protocol 5 (Python 3.14's default) pickles arrays with it
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_bytes}
+    for core in ("numpy.core", "numpy._core"):
+        allowed |= {(f"{core}.multiarray", "_reconstruct"): reconstruct, (f"{core}.multiarray", "scalar"): scalar,
+                    (f"{core}.numeric", "_frombuffer"): frombuffer}
+    for container in (set, frozenset, bytearray, list, dict, tuple):
+        allowed[("builtins", container.__name__)] = container
+    return allowed
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles data, never code: every global a pickle refers to (the only way a pickle calls anything) must
+    be in the allow-list. pickle.load on an unverified file would call whatever the file names (os.system, a
+    reduce writing files) while it is read; md5-verified official files are still read by torchvision."""
+
+    ALLOWED = _allowed_globals()
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            named = " ".join(f"{module}.{name}".split())[:100]  # the file's own text: one line, bounded
+            raise _Refused(f"it names {named}, which data files never hold") from None
+
+
+def _read_pickle(path: Path, what: str):
+    """The object pickled in `path`, read by _DataUnpickler (latin-1 strings: CIFAR's files come from Python 2);
+    a DataError naming the file when it is unreadable, not a pickle or refers to anything but data."""
+    try:
+        with open(path, "rb") as f:
+            return _DataUnpickler(f, encoding="latin1").load()
+    except _Refused as e:
+        raise DataError(f"{path} is not {what}: {e}; refused without running anything") from None
+    except Exception as e:  # truncated pickle, random bytes, unreadable file
+        raise DataError(f"{path} is not {what} ({type(e).__name__}: {e})") from None
+
+
 def _cases_per_batch(base: Path) -> int:
     """Images per batch file as batches.meta states it (10,000 in CIFAR-10; small in fake test copies)."""
-    try:
-        with open(base / "batches.meta", "rb") as f:
-            return int(pickle.load(f, encoding="latin1")["num_cases_per_batch"])
-    except FileNotFoundError:
+    path = base / "batches.meta"
+    if not path.is_file():
         return 10_000
-    except Exception as e:  # truncated pickle, wrong keys
-        raise DataError(f"{base / 'batches.meta'} is not CIFAR-10's metadata file ({type(e).__name__}: {e})") \
-            from None
+    meta = _read_pickle(path, "CIFAR-10's metadata file")
+    try:
+        return int(meta["num_cases_per_batch"])
+    except Exception as e:  # wrong keys or types
+        raise DataError(f"{path} is not CIFAR-10's metadata file ({type(e).__name__}: {e})") from None
 
 
 def _read_unverified(base: Path, train: bool) -> Split:
@@ -72,12 +131,11 @@ def _read_unverified(base: Path, train: bool) -> Split:
         path = base / name
         if not path.is_file():
             raise DataError(f"CIFAR-10 copy in {base} is incomplete: {name} is missing")
+        entry = _read_pickle(path, "a CIFAR-10 batch file")
         try:
-            with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
             data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.extend(entry.get("labels", entry.get("fine_labels", [])))
-        except Exception as e:  # truncated pickle, wrong keys, wrong sizes
+        except Exception as e:  # wrong keys, wrong sizes
             raise DataError(f"{path} is not a CIFAR-10 batch file ({type(e).__name__}: {e})") from None
     images, labels = np.concatenate(data), np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=10) if len(labels) and labels.min() >= 0 else np.array([-1])
@@ -200,16 +258,16 @@ def _read_unverified_copy(name: str, root: Path, train: bool) -> Split | None:
         path = base / ("train" if train else "test")
         if not path.is_file():
             return None
+        entry = _read_pickle(path, "a CIFAR-100 file")
+        meta = _read_pickle(base / "meta", "CIFAR-100's metadata file")
         try:
-            with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            with open(base / "meta", "rb") as f:
-                classes = tuple(pickle.load(f, encoding="latin1")["fine_label_names"])
+            classes = tuple(meta["fine_label_names"])
             images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels = np.asarray(entry["fine_labels"], dtype=np.int64)
         except Exception as e:
             raise DataError(f"{path} is not a CIFAR-100 file ({type(e).__name__}: {e})") from None
-        if len(classes) != 100 or len(labels) != len(images) or labels.min() < 0 or labels.max() > 99:
+        if (len(classes) != 100 or not len(labels) or len(labels) != len(images) or labels.min() < 0
+                or labels.max() > 99):
             raise DataError(f"{base} does not have CIFAR-100's structure (100 classes, one label per image)")
     elif name == "svhn":
         path = root / ("train_32x32.mat" if train else "test_32x32.mat")
@@ -233,24 +291,59 @@ def _read_unverified_copy(name: str, root: Path, train: bool) -> Split | None:
     return Split(torch.from_numpy(images), torch.from_numpy(labels), official=False, classes=classes, dataset=name)
 
 
+def _names(names, limit: int = 5) -> str:
+    """Sorted names, the first `limit` of them and how many more: a thousand differing classes stay one line."""
+    names = sorted(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _check_image_folder(folder: Path) -> None:
+    """Check in imagefolder:DIR what ImageFolder would not: train/ and val/ both exist and hold the same class
+    folders (ImageFolder numbers each split's own sorted folders, so a val/ holding only `dog` of train's `cat, dog`
+    would label its images `cat` and score 100 %), and at least two of them (one class trains to loss 0 and
+    100 %). The errors name the folder given as imagefolder:DIR, not a data directory (no `missing`: the CLI
+    would advise a data directory)."""
+    classes = {}
+    for part in ("train", "val"):
+        if not (folder / part).is_dir():
+            raise DataError(f"{folder / part} is not a folder: imagefolder:DIR needs DIR/train and DIR/val, one "
+                            "subfolder of images per class")
+        classes[part] = sorted(e.name for e in os.scandir(folder / part) if e.is_dir())  # as ImageFolder finds them
+    only_train, only_val = set(classes["train"]) - set(classes["val"]), set(classes["val"]) - set(classes["train"])
+    if only_train or only_val:
+        differ = [f"only in train/: {_names(only_train)}"] * bool(only_train) + \
+                 [f"only in val/: {_names(only_val)}"] * bool(only_val)
+        raise DataError(f"imagefolder:{folder}: train/ and val/ must hold the same class folders ({'; '.join(differ)})")
+    if len(classes["train"]) < 2:
+        found = _names(classes["train"]) or "none"
+        raise DataError(f"imagefolder:{folder}: a classifier needs at least two class folders in train/ and val/, "
+                        f"found {len(classes['train'])} ({found})")
+
+
 def _load_image_folder(folder: Path, train: bool, image_size: int) -> Split:
+    """One split of imagefolder:DIR decoded into memory, all of it now: a file that is not a readable image (random
+    bytes named x.png, a truncated JPEG) is a DataError naming it before any training starts, not a PIL
+    traceback in the middle of an epoch."""
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
+    _check_image_folder(folder)
     part = folder / ("train" if train else "val")
-    if not part.is_dir():
-        raise DataError(f"{part} is not a folder: imagefolder:DIR needs DIR/train and DIR/val, one subfolder of "
-                        "images per class", missing=True)
     try:
-        ds = ImageFolder(str(part), transform=transforms.Compose([
-            transforms.Lambda(lambda im: im.convert("RGB")), transforms.Resize((image_size, image_size)),
-            transforms.PILToTensor()]))
-    except (FileNotFoundError, OSError) as e:
+        ds = ImageFolder(str(part))
+    except (FileNotFoundError, OSError) as e:  # a class folder without images, an unreadable folder
         raise DataError(f"cannot read images in {part} ({e})") from None
     if not len(ds):
         raise DataError(f"{part} holds no images")
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
-    return Split(images, torch.as_tensor(ds.targets, dtype=torch.int64), official=True, classes=tuple(ds.classes),
-                 dataset=f"imagefolder:{folder}")
+    resize = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.PILToTensor()])
+    images = []
+    for path, _ in ds.samples:
+        try:
+            images.append(resize(ds.loader(path)))  # the loader opens the file and converts it to RGB
+        except Exception as e:  # not an image, truncated, a decompression bomb
+            detail = type(e).__name__ if str(path) in str(e) else f"{type(e).__name__}: {e}"
+            raise DataError(f"{path} is not a readable image ({' '.join(detail.split())})") from None
+    return Split(torch.stack(images), torch.as_tensor(ds.targets, dtype=torch.int64), official=True,
+                 classes=tuple(ds.classes), dataset=f"imagefolder:{folder}")
 
 
 def normalization(name: str) -> tuple[tuple, tuple]:
