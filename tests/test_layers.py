@@ -13,6 +13,7 @@ from scs_probe.layers import (
     MaxAbsPool2d,
     SharpenedCosineSimilarity2d,
     SharpenedSDP2d,
+    pool_spec,
     sharpened_cosine_similarity2d,
     sharpened_sdp2d,
 )
@@ -165,6 +166,27 @@ def test_bfloat16_autocast_close_to_float32():
     y16.float().sum().backward()
     assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
     assert layer.p.grad.dtype == torch.float32 and layer.log_q.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_float16_autocast_does_not_overflow_the_patch_norm(pooled):
+    """64 channels at std 12: the patch's sum of squares (~83,000) is beyond float16's 65,504; summed in float16
+    it became inf and zeroed most outputs and their gradients, with no nan for a GradScaler to notice."""
+    torch.manual_seed(0)
+    layer = SharpenedCosineSimilarity2d(64, 32, 3, padding=1)
+    x = (torch.randn(2, 64, 12, 12) * 12).requires_grad_()
+    pool = pool_spec(True, 2) if pooled else None
+    fn = lambda: sharpened_cosine_similarity2d(x, layer.weight, layer.effective_p(), layer.effective_q(),  # noqa: E731
+                                               padding=1, pool=pool)
+    y32 = fn()
+    g32, = torch.autograd.grad(y32.sum(), x)
+    with torch.autocast("cpu", dtype=torch.float16):
+        y16 = fn()
+    g16, = torch.autograd.grad(y16.float().sum(), x)
+    assert y16.dtype == torch.float16
+    assert (y16 == 0).float().mean() < 0.02 and (g16 == 0).float().mean() < 0.02
+    torch.testing.assert_close(y16.float(), y32, rtol=0.02, atol=2e-3)
+    assert torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0) > 0.99
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -119,7 +119,9 @@ class _SharpenedFunction(torch.autograd.Function):
             root = n = idx = None
             if normalize:
                 sdt = torch.promote_types(dtype, torch.float32)
-                s = patch_sq_norm(xc, weight.shape[-2:], stride, padding, dilation, groups).to(sdt)
+                # squares summed in float32 at least: in float16 a patch of 64 channels at std 12 overflows to
+                # inf, which would zero the output and its gradients without a nan for GradScaler to see
+                s = patch_sq_norm(xc.to(sdt), weight.shape[-2:], stride, padding, dilation, groups)
                 root = (s + eps).sqrt_()
                 n = root + q.to(sdt)
             size = c.shape[-2:]
