@@ -357,12 +357,22 @@ class UnverifiedDataWarning(UserWarning):
 
 # ---------------------------------------------------------------------------------------------------- batches
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The augmentation's random draws (made on the CPU generator, so a run is the same on every device) in one
+    copy that does not stall the host: pinned and non-blocking on CUDA."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def random_crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = 4) -> torch.Tensor:
     """RandomCrop(size, padding, fill 0) + RandomHorizontalFlip, per image, batched."""
     b, c, h, w = x.shape
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device)
-    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
+    flip = torch.rand(b, generator=gen) < 0.5
+    dy, dx, flip = _to_device(torch.stack([dy, dx, flip.long()]), x.device).unbind(0)
+    flip = flip.bool()
     xp = F.pad(x, (padding,) * 4)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(b, c, h, w + 2 * padding)
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(b, c, h, w)
@@ -379,7 +389,8 @@ def random_affine_flip(x: torch.Tensor, gen: torch.Generator, degrees: float = 1
     flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1).to(x.device, x.dtype)
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    theta = _to_device(theta, x.device).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

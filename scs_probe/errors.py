@@ -58,6 +58,10 @@ class DeviceUnavailable(TrainingError):
     """The device asked for does not exist on this machine."""
 
 
+class OutOfMemory(TrainingError):
+    """The run did not fit in its device's memory: a failed run, which other runs of a sweep survive."""
+
+
 class TrainingDiverged(TrainingError):
     """The loss became NaN or infinite; the run's records are marked diverged."""
 

@@ -155,8 +155,15 @@ def _pool_key_math(c, n, absolute: bool):
     return max_abs_key(y) if absolute else y
 
 
+def _layout(a: torch.Tensor) -> tuple:
+    """What a compiled graph specialises on beyond dtype: the device (with its index), the memory format
+    (channels_last or not) and which dims have size 1 (dynamic shapes still specialise on those)."""
+    channels_last = a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+    return a.dtype, str(a.device), a.dim(), channels_last, tuple(s == 1 for s in a.shape)
+
+
 def _signature(args) -> tuple:
-    return tuple((a.dtype, a.device.type, a.dim()) if isinstance(a, torch.Tensor) else a for a in args)
+    return tuple(_layout(a) if isinstance(a, torch.Tensor) else a for a in args)
 
 
 class _NoCudaRuntime(logging.Filter):
@@ -189,6 +196,8 @@ def _run(math_fn, eager_fn, ref: torch.Tensor, *args):
     if _use_compiled(ref):
         try:
             return _compiled(math_fn, args)(*args)
+        except torch.OutOfMemoryError:  # the batch does not fit: the run's failure, not the compiler's
+            raise
         except Exception as e:
             _state["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warnings.warn(f"scs_probe: compiled kernels unavailable ({_state['failed'][:200]}); running eager. "

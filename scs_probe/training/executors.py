@@ -14,13 +14,18 @@ import os
 import signal
 import socket
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import UnverifiedDataWarning
+import torch
+
+from ..data import UnverifiedDataWarning, load_dataset, resolve_data_dir
 from ..errors import OptionError, ScsProbeError, ServiceUnavailable, TrainingDiverged
+from ..layers import set_backend
 from ..rundir import RunDir
+from .devices import out_of_memory_as_error
 from .options import TrainOptions
+from .trainer import Trainer
 
 EXECUTORS = ("local", "ray")
 
@@ -45,7 +50,6 @@ def is_parallel(executor) -> bool:
 def checked_data_dir(options: TrainOptions) -> Path:
     """The data folder as an absolute path, its data set checked (and downloaded) here, once, by the driver: the
     workers never race to download it."""
-    from ..data import load_dataset, resolve_data_dir
     data_dir = resolve_data_dir(options.data_dir).resolve()
     load_dataset(options.dataset, data_dir, train=False, image_size=options.variant.image_size)
     return data_dir
@@ -54,9 +58,6 @@ def checked_data_dir(options: TrainOptions) -> Path:
 def prepare_worker(job) -> None:
     """A worker process as its driver has it: the job's torch threads and layer backend; the data warning, which
     the driver gave once, silenced."""
-    import torch
-
-    from ..layers import set_backend
     if job.threads:
         torch.set_num_threads(job.threads)
     if job.backend:
@@ -68,15 +69,15 @@ def run_job(job: RunJob) -> dict:
     """Train `job`'s run from scratch, or resume it from its checkpoint. Returns an outcome dict: the run's
     name, its status (finished, diverged or failed), a message, and the epoch it resumed after (0: fresh).
     Errors of the run are outcomes, not exceptions, so that one bad run does not stop a sweep."""
-    from .trainer import Trainer
     prepare_worker(job)
     run = RunDir(job.options.run_dir())
     try:
         status = run.status
         resumed = int(run.load_checkpoint()["epoch"]) if status else 0
         explicit = None if job.explicit is None else set(job.explicit)
-        result = Trainer(job.options, resume=status is not None, explicit=explicit, progress=False,
-                         log=lambda *a, **k: None).run()
+        with out_of_memory_as_error(job.name, job.options.device):
+            result = Trainer(job.options, resume=status is not None, explicit=explicit, progress=False,
+                             log=lambda *a, **k: None).run()
         return {"name": job.name, "status": result["status"], "message": "", "resumed": resumed}
     except TrainingDiverged as e:
         return {"name": job.name, "status": "diverged", "message": str(e), "resumed": 0}
@@ -98,9 +99,10 @@ def _init_local_worker(slots, n_gpus: int) -> None:
 
 
 def _call_local(fn, job) -> dict:
-    """fn(job) in a worker, on the worker's GPU where `job.options` leaves the device to us."""
+    """fn(job) in a worker, on the worker's GPU where `job.options` leaves the device to us: made the process'
+    current device, never written into the options (a resumed run must not return to a slot of an old worker)."""
     if _GPU_SLOT is not None and job.options.device in ("auto", "cuda"):
-        job = replace(job, options=replace(job.options, device=f"cuda:{_GPU_SLOT}"))
+        torch.cuda.set_device(_GPU_SLOT)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return fn(job)
@@ -127,7 +129,6 @@ class LocalExecutor:
         return max(1, (os.cpu_count() or 1) // self.jobs)
 
     def __enter__(self) -> LocalExecutor:
-        import torch
         ctx = multiprocessing.get_context("spawn")
         slots = ctx.Queue()
         for i in range(self.jobs):
@@ -245,10 +246,12 @@ class RayExecutor:
     def submit(self, job, fn=None):
         """A Ray task of fn(job) (default `run_job`), retried on a dead worker, never on an exception."""
         fn = fn or run_job
-        if fn not in self.remotes:
-            self.remotes[fn] = _ray().remote(fn).options(num_cpus=self.cpus, num_gpus=self.gpus,
-                                                         max_retries=self.max_retries, retry_exceptions=False)
-        return self.remotes[fn].remote(job)
+        # a CPU run holds no GPU, whatever the cluster has
+        gpus = 0 if str(getattr(getattr(job, "options", None), "device", "")) == "cpu" else self.gpus
+        if (fn, gpus) not in self.remotes:
+            self.remotes[fn, gpus] = _ray().remote(fn).options(num_cpus=self.cpus, num_gpus=gpus,
+                                                               max_retries=self.max_retries, retry_exceptions=False)
+        return self.remotes[fn, gpus].remote(job)
 
     def wait(self, pending, timeout: float):
         if not pending:

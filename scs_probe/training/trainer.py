@@ -19,7 +19,6 @@ from ..checkpoint import load_checkpoint
 from ..data import BatchLoader, describe, load_dataset, normalization, resolve_data_dir
 from ..errors import (
     CheckpointError,
-    DeviceUnavailable,
     OptionError,
     ResumeConflict,
     RunExistsError,
@@ -30,35 +29,9 @@ from ..layers import SHARPENED_LAYERS, get_backend
 from ..progress import progress_bar, write_line
 from ..rundir import RunDir
 from ..zoo import build_model, count_params, get_arch
+from .devices import amp_dtype, describe_device, out_of_memory_as_error, resolve_device
 from .options import TrainOptions
 from .records import exponent_rows, tracked_layers, weight_norm_rows
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto: CUDA, then MPS, then CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable(f"device {name!r} asked for, but CUDA is not available here")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DeviceUnavailable(f"device {name!r} asked for, but MPS is not available here")
-    return device
-
-
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bfloat16 autocast where the device supports it, else None (float32)."""
-    if not enabled:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type in ("cpu", "mps") and torch.amp.autocast_mode.is_autocast_available(device.type):
-        return torch.bfloat16
-    return None
 
 
 def versions() -> dict:
@@ -174,7 +147,8 @@ class Trainer:
     def _config(self, status: str, **extra) -> dict:
         return {"variant": self.variant.to_dict(), "variant_name": self.variant.name, "options": self.options.to_dict(),
                 "params": count_params(self.model), "data": self.data_info, "versions": versions(),
-                "device": str(self.device), "host": socket.gethostname(), "pid": os.getpid(),  # which node and process
+                **describe_device(self.device),
+                "host": socket.gethostname(), "pid": os.getpid(),  # which node and process
                 "amp": str(self.amp) if self.amp else None, "status": status,
                 "epochs_done": len(self.history), "updated": datetime.now(UTC).isoformat(), **extra}
 
@@ -339,4 +313,5 @@ def evaluate(model, loader, device, autocast) -> dict:
 
 
 def train(options: TrainOptions, resume: bool = False, **kwargs) -> dict:
-    return Trainer(options, resume=resume, **kwargs).run()
+    with out_of_memory_as_error(options.variant.name, options.device):
+        return Trainer(options, resume=resume, **kwargs).run()
