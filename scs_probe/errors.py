@@ -43,6 +43,9 @@ class UntrustedModelCode(ScsProbeError):
                          "torchvision:/timm: model) unless it is trusted")
         self.spec, self.source = spec, source
 
+    def __reduce__(self):  # raised in a worker process, it reaches the driver whole
+        return type(self), (self.spec, self.source)
+
 
 class NoRunsError(ScsProbeError):
     """A directory that holds no runs, or a path that is not a run directory."""

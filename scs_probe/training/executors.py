@@ -20,6 +20,7 @@ from pathlib import Path
 from ..data import UnverifiedDataWarning
 from ..errors import OptionError, ScsProbeError, ServiceUnavailable, TrainingDiverged
 from ..rundir import RunDir
+from ..zoo import ModelCodeTrust, model_code_trust, trust_model_code
 from .options import TrainOptions
 
 EXECUTORS = ("local", "ray")
@@ -97,13 +98,20 @@ def _init_local_worker(slots, n_gpus: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _call_local(fn, job) -> dict:
+def _call_trusting(fn, job, trust: ModelCodeTrust) -> dict:
+    """fn(job) under the driver's trust in model code (`scs_probe.zoo.trust_model_code`: the spec the user named,
+    or every one), which a fresh worker process does not have; restored after, as workers are reused."""
+    with trust_model_code(trust):
+        return fn(job)
+
+
+def _call_local(fn, job, trust: ModelCodeTrust) -> dict:
     """fn(job) in a worker, on the worker's GPU where `job.options` leaves the device to us."""
     if _GPU_SLOT is not None and job.options.device in ("auto", "cuda"):
         job = replace(job, options=replace(job.options, device=f"cuda:{_GPU_SLOT}"))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return fn(job)
+        return _call_trusting(fn, job, trust)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -142,7 +150,7 @@ class LocalExecutor:
 
     def submit(self, job, fn=None):
         """Start fn(job) (default `run_job`): `job` is a frozen dataclass with `options`, `threads`, `backend`."""
-        return self.pool.submit(_call_local, fn or run_job, job)
+        return self.pool.submit(_call_local, fn or run_job, job, model_code_trust())
 
     def wait(self, pending, timeout: float):
         done, rest = cf.wait(pending, timeout=timeout, return_when=cf.FIRST_COMPLETED)
@@ -199,7 +207,7 @@ class RayExecutor:
                 raise OptionError("address", f"expected auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
         self.jobs = jobs  # at most this many runs in flight (None: as many as the resources allow)
         self.started = False
-        self.remotes = {}
+        self.remote = None
 
     def describe(self) -> str:
         where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
@@ -233,7 +241,7 @@ class RayExecutor:
                     raise OptionError(option, f"{asked:g} {kind} per run asked for; {where} has {have:g}")
                 warnings.warn(f"{asked:g} {kind} per run asked for but {where} has {have:g} now: runs wait until "
                               "nodes that have them join", RuntimeWarning, stacklevel=2)
-        self.remotes = {}
+        self.remote = None
         return self
 
     def capacity(self) -> int:
@@ -244,11 +252,10 @@ class RayExecutor:
 
     def submit(self, job, fn=None):
         """A Ray task of fn(job) (default `run_job`), retried on a dead worker, never on an exception."""
-        fn = fn or run_job
-        if fn not in self.remotes:
-            self.remotes[fn] = _ray().remote(fn).options(num_cpus=self.cpus, num_gpus=self.gpus,
-                                                         max_retries=self.max_retries, retry_exceptions=False)
-        return self.remotes[fn].remote(job)
+        if self.remote is None:
+            self.remote = _ray().remote(_call_trusting).options(num_cpus=self.cpus, num_gpus=self.gpus,
+                                                                max_retries=self.max_retries, retry_exceptions=False)
+        return self.remote.remote(fn or run_job, job, model_code_trust())
 
     def wait(self, pending, timeout: float):
         if not pending:
