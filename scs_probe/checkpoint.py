@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 
+from .data import normalization
 from .errors import CheckpointError, OptionError
 from .storage import atomic_write
+from .zoo import Variant, build_model, check_trusted
 
 FORMAT = "scs-probe/checkpoint"
 FORMAT_VERSION = 1
@@ -69,8 +71,8 @@ def checkpoint_from_state_dict(path, spec: str, dataset: str = "cifar10", activa
     pooling are the model's own unless `activation`/`pool` say how it was converted (the weights cannot tell);
     the head size is the last 2-d weight's rows. Inputs are normalised by the data set's statistics, as
     scs-probe's models do. A state dict that does
-    not fit is a CheckpointError naming the first missing and unexpected keys."""
-    from .zoo import Variant, build_model
+    not fit is a CheckpointError naming the first missing and unexpected keys. `spec` is the caller's: a
+    package.module:factory must be trusted (`scs_probe.zoo.trust_model_code`)."""
     path = Path(path)
     state = _load_tensors(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
@@ -120,19 +122,18 @@ def _plain_pickle_with_objects(path: Path) -> bool:
 
 
 def checkpoint_variant(ckpt: dict, path=""):
-    """The checkpoint's `Variant`; an architecture or axis this scs-probe does not know is a CheckpointError."""
-    from .errors import OptionError
-    from .zoo import Variant
+    """The checkpoint's `Variant`; an architecture or axis this scs-probe does not know is a CheckpointError, a
+    model spec naming code to import that the user does not trust an UntrustedModelCode (nothing imported)."""
     try:
+        check_trusted(ckpt["variant"].get("arch"), source=path or "checkpoint")
         return Variant.from_dict(ckpt["variant"])
-    except (OptionError, TypeError) as e:
+    except (OptionError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path or 'checkpoint'} holds a variant this scs-probe cannot build ({e})") from None
 
 
 def model_from_checkpoint(ckpt: dict, device="cpu", path=""):
-    """Rebuild the checkpoint's variant and load its weights (eval mode)."""
-    from .data import normalization
-    from .zoo import build_model
+    """Rebuild the checkpoint's variant and load its weights (eval mode). A model spec naming code to import is
+    built only where trusted (`scs_probe.zoo.trust_model_code`), else UntrustedModelCode."""
     variant = checkpoint_variant(ckpt, path)
     dataset = ckpt.get("options", {}).get("dataset", "cifar10")
     try:

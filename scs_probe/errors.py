@@ -29,6 +29,24 @@ class CheckpointError(ScsProbeError):
     """A checkpoint that is missing, unreadable, unsafe, not one of ours or not of the expected model."""
 
 
+class UntrustedModelCode(ScsProbeError):
+    """A model spec that names code to import (package.module:factory, or anything that is not a zoo architecture
+    nor a torchvision:/timm: model), read from a file or otherwise not trusted: nothing was imported. The opt-in
+    is `scs_probe.zoo.trust_model_code` (the CLI's flag for it: `option`). Exit code 1, as for a checkpoint that
+    would need unpickling of arbitrary objects."""
+
+    option = "trust_model_code"
+
+    def __init__(self, spec: str, source=None):
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}refusing to import the model code {spec!r} (not a zoo architecture nor a "
+                         "torchvision:/timm: model) unless it is trusted")
+        self.spec, self.source = spec, source
+
+    def __reduce__(self):  # raised in a worker process, it reaches the driver whole
+        return type(self), (self.spec, self.source)
+
+
 class NoRunsError(ScsProbeError):
     """A directory that holds no runs, or a path that is not a run directory."""
 

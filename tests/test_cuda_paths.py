@@ -17,10 +17,11 @@ def test_a_workers_gpu_is_made_current_not_written_into_the_options(monkeypatch)
     seen = []
     monkeypatch.setattr(executors, "_GPU_SLOT", 1)
     monkeypatch.setattr(torch.cuda, "set_device", seen.append)
+    trust = executors.model_code_trust()
     job = executors.RunJob("r", TrainOptions(Variant("rohrer25k"), device="auto"))
-    assert executors._call_local(lambda j: j.options.device, job) == "auto" and seen == [1]
+    assert executors._call_local(lambda j: j.options.device, job, trust) == "auto" and seen == [1]
     explicit = executors.RunJob("r", TrainOptions(Variant("rohrer25k"), device="cpu"))
-    assert executors._call_local(lambda j: j.options.device, explicit) == "cpu" and seen == [1]
+    assert executors._call_local(lambda j: j.options.device, explicit, trust) == "cpu" and seen == [1]
 
 
 def test_out_of_memory_is_a_failed_run_of_a_sweep(monkeypatch, tmp_path):
@@ -86,7 +87,7 @@ def test_a_cpu_run_holds_no_ray_gpu(monkeypatch):
             made.append(kw["num_gpus"])
             return self
 
-        def remote(self, job):
+        def remote(self, fn, job, trust):
             return job
 
     class FakeRay:

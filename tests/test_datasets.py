@@ -11,7 +11,7 @@ from scs_probe.data import as_rgb, check_dataset, load_dataset
 from scs_probe.errors import DataError, OptionError
 from scs_probe.rundir import RunDir
 from scs_probe.storage import read_csv
-from scs_probe.zoo import Variant, build_model, count_params
+from scs_probe.zoo import Variant, build_model, count_params, trust_model_code
 
 pytestmark = pytest.mark.filterwarnings("ignore::scs_probe.data.UnverifiedDataWarning")
 
@@ -57,7 +57,7 @@ def test_external_models_share_initial_kernels_and_convert():
     assert type(scs.net.maxpool).__name__ == "MaxAbsPool2d" and type(scs.net.relu).__name__ == "Identity"
     assert Variant("torchvision:resnet18").name == "torchvision-resnet18-scs-none-maxabs"
     for bad in ("torchvision:nosuchnet", "nosuchpackage.mod:make", "not a spec:"):
-        with pytest.raises(OptionError):
+        with trust_model_code(bad), pytest.raises(OptionError):
             Variant(bad)
 
 
@@ -145,19 +145,21 @@ def noconv():
 def test_model_specs_from_a_users_package(tmp_path, monkeypatch, capsys):
     (tmp_path / "myfac.py").write_text(FACTORIES)
     monkeypatch.syspath_prepend(str(tmp_path))
-    model = build_model(Variant("myfac:tiny_nokw", layer="conv", activation="keep", pool="keep"), num_classes=100)
-    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 100)  # no num_classes: its last Linear is resized
-    scs = build_model(Variant("myfac:tiny", layer="scs", activation="none"), num_classes=10)
-    assert "1 conv biases dropped" in scs.conversion.summary()
-    for spec, named in (("myfac:broken", "myfac:broken failed to build (RuntimeError: boom)"),
-                        ("myfac:noconv", "has no nn.Conv2d to turn into scs")):
-        with pytest.raises(OptionError, match=re.escape(named)):
-            build_model(Variant(spec), num_classes=10)
-    for argv, named in ((["--model", "foo"], "is not a model spec"), (["--model", "myfac:tiny", "--arch", "resnet20"],
-                        "not both"), (["--model", "myfac:tiny", "--norm", "bn"], "--norm: does not apply")):
-        assert main(["train", *argv, "--out", str(tmp_path / "x")]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.splitlines() == [err] and named in err, err
+    with trust_model_code():  # specs named in code: the caller's own
+        model = build_model(Variant("myfac:tiny_nokw", layer="conv", activation="keep", pool="keep"), num_classes=100)
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 100)  # no num_classes: its last Linear is resized
+        scs = build_model(Variant("myfac:tiny", layer="scs", activation="none"), num_classes=10)
+        assert "1 conv biases dropped" in scs.conversion.summary()
+        for spec, named in (("myfac:broken", "myfac:broken failed to build (RuntimeError: boom)"),
+                            ("myfac:noconv", "has no nn.Conv2d to turn into scs")):
+            with pytest.raises(OptionError, match=re.escape(named)):
+                build_model(Variant(spec), num_classes=10)
+        for argv, named in ((["--model", "foo"], "is not a model spec"),
+                            (["--model", "myfac:tiny", "--arch", "resnet20"], "not both"),
+                            (["--model", "myfac:tiny", "--norm", "bn"], "--norm: does not apply")):
+            assert main(["train", *argv, "--out", str(tmp_path / "x")]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.splitlines() == [err] and named in err, err
 
 
 @pytest.mark.slow

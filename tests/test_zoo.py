@@ -1,11 +1,31 @@
 """Zoo: true parameter counts (REFERENCE.md section 3), shared initial weights, validation, grids."""
 
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+import scs_probe.zoo.external  # with every model module: the fully imported zoo
 from scs_probe.errors import OptionError
 from scs_probe.layers import MaxAbsPool2d, SharpenedCosineSimilarity2d, SharpenedSDP2d
-from scs_probe.zoo import Variant, axis_choices, build_model, count_params, get_arch, list_archs, variant_grid
+from scs_probe.zoo import (
+    AXES,
+    Variant,
+    axis_choices,
+    build_model,
+    count_params,
+    get_arch,
+    list_archs,
+    resnet,
+    rohrer,
+    variant_grid,
+)
+from scs_probe.zoo.registry import entry_point
 
 SCS_COUNTS = {"rohrer25k": 24_974, "rohrer47k": 47_653, "rohrer68k": 68_029, "rohrer100k": 113_741,
               "rohrer583k": 629_933}
@@ -139,3 +159,69 @@ def test_sharpened_resnets_without_batchnorm_train_with_relu(arch):
     model = build_model(arch, layer="scs", activation="relu", norm="none")
     model(torch.rand(2, 3, 32, 32)).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# what the command line lists before any model is built: the values and order it had when the zoo imported torch
+ARCHS = ["rohrer25k", "rohrer47k", "rohrer68k", "rohrer100k", "rohrer583k", "resnet18", "resnet20"]
+CHOICES = {"layer": ["conv", "scs", "sdp"], "activation": ["relu", "none", "keep"],
+           "pool": ["max", "maxabs", "none", "keep"], "norm": ["none", "bn", "keep"], "image_size": [32, 224]}
+LISTING = """
+import json, sys
+from scs_probe.zoo import AXES, Variant, axis_choices, get_arch, list_archs
+from scs_probe.zoo.registry import axis_choices as choices_of_the_registry, list_archs as archs_of_the_registry
+Variant("rohrer100k", layer="conv", activation="relu", pool="max")
+assert archs_of_the_registry() == list_archs() and all(choices_of_the_registry(a) == axis_choices(a) for a in AXES)
+print(json.dumps({"archs": list_archs(), "choices": {a: axis_choices(a) for a in AXES},
+                  "presets": {n: [get_arch(n).epochs, get_arch(n).batch_size, get_arch(n).max_lr]
+                              for n in list_archs()},
+                  "torch": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "numpy"))}))
+"""
+
+
+def test_architectures_and_axis_values_are_listed_without_importing_torch():
+    root = str(Path(scs_probe.zoo.__file__).parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", LISTING], capture_output=True, text=True, env=env, check=True)
+    listed = json.loads(out.stdout)
+    assert listed["torch"] == []
+    assert listed["archs"] == list_archs() == ARCHS
+    assert listed["choices"] == {a: list(axis_choices(a)) for a in AXES} == CHOICES
+    assert listed["presets"] == {n: [get_arch(n).epochs, get_arch(n).batch_size, get_arch(n).max_lr] for n in ARCHS}
+
+
+def test_builtin_builders_are_the_models_functions():
+    """The torch-free table names each builder as "module:function": every one exists, in the module that builds
+    its family."""
+    for name in list_archs():
+        spec = get_arch(name)
+        assert spec.builder == f"scs_probe.zoo.{spec.family}:{name}"
+        assert entry_point(spec.builder) is getattr({"rohrer": rohrer, "resnet": resnet}[spec.family], name)
+
+
+def test_the_zoo_imports_in_one_direction_and_never_inside_a_function():
+    """No import circle among the zoo's modules, and no import inside a function but optional timm's."""
+    root = Path(scs_probe.zoo.__file__).parent
+    edges, local = {}, []
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        edges[path.stem] = {alias.name if node.module is None else node.module.split(".")[0]
+                            for node in tree.body if isinstance(node, ast.ImportFrom) and node.level == 1
+                            for alias in (node.names if node.module is None else [None])}
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                local += [(path.stem, n.names[0].name if isinstance(n, ast.Import) else n.module)
+                          for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert local == [("external", "timm")]
+    order, seen = [], set()
+
+    def visit(module, stack):
+        assert module not in stack, f"import circle: {' -> '.join([*stack, module])}"
+        if module not in seen:
+            for target in sorted(edges.get(module, ())):
+                visit(target, (*stack, module))
+            seen.add(module)
+            order.append(module)
+    for module in sorted(edges):
+        visit(module, ())
+    assert order.index("axes") < order.index("registry") < min(order.index(m) for m in ("variants", "external"))
+    assert not edges["registry"] - {"axes", "builtin"} and not edges["builtin"] and not edges["axes"]

@@ -13,6 +13,7 @@ from ..checkpoint import checkpoint_from_state_dict, model_from_checkpoint
 from ..data import as_rgb, check_dataset, load_dataset
 from ..errors import CheckpointError, OptionError
 from ..rundir import RunDir, RunsDir
+from ..zoo import check_trusted
 
 
 @dataclass
@@ -57,19 +58,33 @@ def resolve_runs(paths: Sequence = (), directory=None, model: str | None = None,
                  activation: str = "keep", pool: str = "keep") -> list[RunDir]:
     """Checkpoint files or run directories, and/or every run in a directory of runs; a path that holds no
     checkpoint is a CheckpointError. With `model` (a spec), the files are plain state dicts of that model
-    (converted with `activation` and `pool`)."""
-    if model is not None:
-        runs = [StateDictRun(p, model, dataset, activation, pool) for p in paths]
-        for run in runs:
-            run.load_checkpoint()  # a file that does not fit says so now, before any work
-        return runs + (RunsDir(directory).runs() if directory is not None else [])
-    runs = [RunDir.of(p) for p in paths]
-    for run in runs:
+    (converted with `activation` and `pool`). A run whose config.json names model code that the user does not
+    trust (`scs_probe.zoo.trust_model_code`) is an UntrustedModelCode now, before any work, with nothing imported
+    (its checkpoint's spec is checked again when its model is built); `model` is the caller's own spec, but a
+    package.module:factory must be trusted all the same."""
+    stored = [] if model is not None else [RunDir.of(p) for p in paths]  # runs with records of their own
+    for run in stored:
         if not run.has_checkpoint():
             raise CheckpointError(f"no checkpoint at {run.checkpoint_path}")
     if directory is not None:
-        runs += RunsDir(directory).runs()
-    return runs
+        stored += RunsDir(directory).runs()
+    for run in stored:
+        _check_recorded_spec(run)
+    if model is None:
+        return stored
+    state_dicts = [StateDictRun(p, model, dataset, activation, pool) for p in paths]
+    for run in state_dicts:
+        run.load_checkpoint()  # a file that does not fit says so now, before any work
+    return state_dicts + stored
+
+
+def _check_recorded_spec(run: RunDir) -> None:
+    try:
+        variant = run.read_config().get("variant", {})
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable records: the analyses that read them say so
+    if isinstance(variant, dict):
+        check_trusted(variant.get("arch"), source=run.config_path)
 
 
 def run_labels(runs: Sequence[RunDir]) -> list[str]:

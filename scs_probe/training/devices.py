@@ -73,5 +73,5 @@ def out_of_memory_as_error(what: str, device):
         first = str(e).splitlines()[0] if str(e) else ""
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        raise OutOfMemory(f"{what} ran out of memory on {device} ({first[:160]}); lower the batch size, use bfloat16 autocast (amp), "
-                          "or run fewer runs per GPU") from None
+        raise OutOfMemory(f"{what} ran out of memory on {device} ({first[:160]}); lower the batch size, use "
+                          "bfloat16 autocast (amp), or run fewer runs per GPU") from None

@@ -23,6 +23,7 @@ from ..data import UnverifiedDataWarning, load_dataset, resolve_data_dir
 from ..errors import OptionError, ScsProbeError, ServiceUnavailable, TrainingDiverged
 from ..layers import set_backend
 from ..rundir import RunDir
+from ..zoo import ModelCodeTrust, model_code_trust, trust_model_code
 from .devices import out_of_memory_as_error
 from .options import TrainOptions
 from .trainer import Trainer
@@ -98,14 +99,21 @@ def _init_local_worker(slots, n_gpus: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _call_local(fn, job) -> dict:
+def _call_trusting(fn, job, trust: ModelCodeTrust) -> dict:
+    """fn(job) under the driver's trust in model code (`scs_probe.zoo.trust_model_code`: the spec the user named,
+    or every one), which a fresh worker process does not have; restored after, as workers are reused."""
+    with trust_model_code(trust):
+        return fn(job)
+
+
+def _call_local(fn, job, trust: ModelCodeTrust) -> dict:
     """fn(job) in a worker, on the worker's GPU where `job.options` leaves the device to us: made the process'
     current device, never written into the options (a resumed run must not return to a slot of an old worker)."""
     if _GPU_SLOT is not None and job.options.device in ("auto", "cuda"):
         torch.cuda.set_device(_GPU_SLOT)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return fn(job)
+        return _call_trusting(fn, job, trust)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -143,7 +151,7 @@ class LocalExecutor:
 
     def submit(self, job, fn=None):
         """Start fn(job) (default `run_job`): `job` is a frozen dataclass with `options`, `threads`, `backend`."""
-        return self.pool.submit(_call_local, fn or run_job, job)
+        return self.pool.submit(_call_local, fn or run_job, job, model_code_trust())
 
     def wait(self, pending, timeout: float):
         done, rest = cf.wait(pending, timeout=timeout, return_when=cf.FIRST_COMPLETED)
@@ -245,13 +253,12 @@ class RayExecutor:
 
     def submit(self, job, fn=None):
         """A Ray task of fn(job) (default `run_job`), retried on a dead worker, never on an exception."""
-        fn = fn or run_job
         # a CPU run holds no GPU, whatever the cluster has
         gpus = 0 if str(getattr(getattr(job, "options", None), "device", "")) == "cpu" else self.gpus
-        if (fn, gpus) not in self.remotes:
-            self.remotes[fn, gpus] = _ray().remote(fn).options(num_cpus=self.cpus, num_gpus=gpus,
-                                                               max_retries=self.max_retries, retry_exceptions=False)
-        return self.remotes[fn, gpus].remote(job)
+        if gpus not in self.remotes:
+            self.remotes[gpus] = _ray().remote(_call_trusting).options(
+                num_cpus=self.cpus, num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=False)
+        return self.remotes[gpus].remote(fn or run_job, job, model_code_trust())
 
     def wait(self, pending, timeout: float):
         if not pending:

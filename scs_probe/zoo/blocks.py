@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..layers import MaxAbsPool2d, SharpenedCosineSimilarity2d, SharpenedSDP2d
@@ -37,7 +38,6 @@ class Normalize(nn.Module):
 
     def __init__(self, mean, std):
         super().__init__()
-        import torch
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 

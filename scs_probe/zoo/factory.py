@@ -27,9 +27,9 @@ def build_model(variant: Variant | str, *, seed: int = 0, init: bool = True, num
     v = variant if isinstance(variant, Variant) else Variant(variant, **axes)
     spec = get_arch(v.arch)
     if spec.family == "external":  # its own init under `seed`; sharpened layers take its conv kernels
-        model = spec.builder(v, seed=seed, num_classes=num_classes)
+        model = spec.build(v, seed=seed, num_classes=num_classes)
     else:
-        model = spec.builder(v)
+        model = spec.build(v)
         resize_head(model, num_classes)  # the zoo's heads have 10 outputs
         if init:
             init_shared_(model, seed)

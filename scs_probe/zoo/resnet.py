@@ -1,4 +1,5 @@
-"""ResNets: torchvision's ImageNet ResNet18 (10 classes) and the CIFAR ResNet20 (option-A shortcuts)."""
+"""ResNets: torchvision's ImageNet ResNet18 (10 classes) and the CIFAR ResNet20 (option-A shortcuts). Their
+names, axes, presets and counts are declared in `builtin`, which names these builders."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from torch import nn
 
 from ..conversion import convert
 from .blocks import Normalized, activation, batchnorm, kernel_layer, pooling
-from .registry import register_model
 from .variants import Variant
 
 
@@ -72,13 +72,6 @@ class ResNet20(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-_RESNET = dict(family="resnet", batch_size=128, max_lr=0.01, epochs=200)
-
-
-@register_model("resnet18", paper_name="ResNet18", params_conv=11_181_642, stated_params=11_181_642,
-                source="torchvision.models.resnet18(num_classes=10)",
-                axes={"layer": ("conv", "scs", "sdp"), "activation": ("relu", "none"), "pool": ("max", "maxabs"),
-                      "norm": ("bn", "none"), "image_size": (32, 224)}, **_RESNET)
 def resnet18(v: Variant) -> nn.Module:
     """torchvision's ResNet18 through `scs_probe.convert`, with the study's activation and BatchNorm swaps."""
     net = torchvision.models.resnet18(weights=None, num_classes=10)
@@ -89,12 +82,5 @@ def resnet18(v: Variant) -> nn.Module:
     return Normalized(net)
 
 
-@register_model("resnet20", params_conv=269_722, stated_params=270_000,
-                source="He et al. 2016, CIFAR ResNet20 (option A)",
-                axes={"layer": ("conv", "scs", "sdp"), "activation": ("relu", "none"), "pool": ("none",),
-                      "norm": ("bn", "none"), "image_size": (32,)},
-                study_grid_extra=({"layer": "conv", "activation": "relu", "norm": "bn"},
-                                  {"layer": "scs", "activation": "none", "norm": "bn"},
-                                  {"layer": "scs", "activation": "relu", "norm": "bn"}), **_RESNET)
 def resnet20(v: Variant) -> nn.Module:
     return Normalized(ResNet20(v))

@@ -7,11 +7,10 @@ import itertools
 from dataclasses import dataclass
 
 from ..errors import OptionError
+from ..paper import paper_axes, paper_table
 from ..serialization import DictSerializable
+from .axes import AXES, GRIDS
 from .registry import axis_choices, get_arch
-
-AXES = ("layer", "activation", "pool", "norm", "image_size")
-GRIDS = ("study", "full")
 
 
 @dataclass(frozen=True, order=True)
@@ -67,7 +66,6 @@ class Variant(DictSerializable):
         return {axis: getattr(self, axis) for axis in AXES}
 
 
-
 def variant_grid(arch: str, grid: str = "study") -> list[Variant]:
     """`full`: every combination of the arch's axes. `study`: the variants of the paper's tables for it (and
     the arch's `study_grid_extra`)."""
@@ -76,7 +74,6 @@ def variant_grid(arch: str, grid: str = "study") -> list[Variant]:
         return [Variant(arch, **dict(zip(AXES, combo))) for combo in itertools.product(*(spec.axes[a] for a in AXES))]
     if grid != "study":
         raise OptionError("grid", f"unknown value {grid!r}; allowed: {', '.join(GRIDS)}")
-    from ..paper import paper_axes, paper_table
     found = {Variant(arch, **paper_axes(r)) for r in (paper_table(spec.paper_name) if spec.paper_name else [])}
     found |= {Variant(arch, **extra) for extra in spec.study_grid_extra}
     if not found:
