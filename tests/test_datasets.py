@@ -173,11 +173,12 @@ def test_compare_and_class_names_follow_the_data_set(fake_datasets, tmp_path, ca
         assert _train(["--model", "myfac:tiny", "--layer", "scs", "--activation", "none", "--pool", "maxabs",
                        "--dataset", "fashion-mnist"], tmp_path / "mix" / "scs", fake_datasets) == 0
         capsys.readouterr()
-        assert main(["compare", str(tmp_path / "mix"), "--pair", "myfac-tiny-conv-keep-keep,myfac-tiny-scs-none-maxabs"]
-                    ) == 2
+        assert main(["compare", str(tmp_path / "mix"), "--trust-model-code", "--pair",
+                     "myfac-tiny-conv-keep-keep,myfac-tiny-scs-none-maxabs"]) == 2
         assert "a paired comparison needs the same test images" in capsys.readouterr().err
         # class names are the data set's: Fashion-MNIST's "Sneaker" is class 7
-        assert main(["saliency", "--ckpt", str(tmp_path / "mix" / "scs"), "--classes", "sneaker", "--n-images", "4",
+        assert main(["saliency", "--ckpt", str(tmp_path / "mix" / "scs"), "--trust-model-code", "--classes", "sneaker",
+                     "--n-images", "4",
                      "--no-sanity", "--data-dir", str(fake_datasets), "--device", "cpu", "--out",
                      str(tmp_path / "sal")]) == 0
         assert {r["label"] for r in read_csv(tmp_path / "sal" / "saliency.csv")} == {"Sneaker"}

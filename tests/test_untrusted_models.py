@@ -194,3 +194,21 @@ def test_workers_of_parallel_runs_get_the_drivers_trust(factory_on_path, monkeyp
         assert executor.result(trusted).arch == GOOD
         with pytest.raises(UntrustedModelCode):
             executor.result(executor.submit(GOOD, Variant))
+
+
+def test_the_command_line_refuses_in_one_line_and_names_the_opt_in(tmp_path, factory_on_path, hostile_cwd, capsys):
+    from scs_probe.cli import main
+    crafted = tmp_path / "crafted.pt"
+    _checkpoint(crafted, "evil:make", factory_on_path)
+    for argv in (["inspect", str(crafted)], ["pgd", "--ckpt", str(crafted), "--eps", "0", "--device", "cpu"],
+                 ["report", str(_run_dir(tmp_path / "sweep" / "a", "this:x", factory_on_path).parent)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [err] and "Traceback" not in err, err
+        assert "refusing to import the model code" in err and "pass --trust-model-code if you trust it" in err
+    assert "this" not in sys.modules and not (hostile_cwd / "SENTINEL").exists()
+    good = tmp_path / "good.pt"
+    _checkpoint(good, GOOD, factory_on_path)
+    assert main(["inspect", str(good)]) == 1 and "--trust-model-code" in capsys.readouterr().err
+    assert main(["inspect", str(good), "--trust-model-code"]) == 0 and GOOD in capsys.readouterr().out
+    assert main(["inspect", str(good)]) == 1  # the opt-in ends with its command

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..zoo import trust_model_code
 from .options import (
     command,
     data_dir_option,
@@ -15,6 +16,7 @@ from .options import (
     out_option,
     print_table,
     test_dataset_option,
+    trust_option,
 )
 from .types import ClassList, EpsList, EpsRange, EpsValue, IndexList, PatternList
 
@@ -29,6 +31,8 @@ def _runs(ckpts, sweep_dir, model=None, dataset=None, activation="keep", pool="k
         raise click.UsageError("--model names the model of the --ckpt state dicts: give --ckpt FILE")
     if not model and (activation, pool) != ("keep", "keep"):
         raise click.UsageError("--activation and --pool describe --model state dicts: give --model SPEC")
+    if model:
+        trust_model_code(model)  # named by the user
     return resolve_runs(ckpts, sweep_dir, model, dataset, activation, pool)
 
 
@@ -66,6 +70,7 @@ def _eps(eps_range, eps_list, required: bool):
 @click.option("--per-image-scale", is_flag=True, help="Scale each image's maps on their own (default: one scale).")
 @click.option("--deletion-steps", type=click.IntRange(min=1), default=10, show_default=True)
 @out_option("saliency")
+@trust_option
 def saliency(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model_pool, device, out, **config):
     """Vanilla-gradient saliency maps of the same test images across models, with sparseness, complexity and
     deletion curves."""
@@ -104,6 +109,7 @@ def saliency(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model
                    "conv twin (masking_checks.csv).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Attack randomness.")
 @out_option("pgd")
+@trust_option
 def pgd(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model_pool, device, eps_range, eps_list, out,
         **config):
     """Robust accuracy under PGD (L-inf) over a range of eps, one curve per model, with the area under it."""
@@ -123,6 +129,7 @@ def pgd(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model_pool
                    "settings, for every architecture present].")
 @click.option("--n-boot", type=click.IntRange(min=100), default=2000, show_default=True)
 @out_option("compare")
+@trust_option
 def compare(directory, pairs, n_boot, out):
     """Paired accuracy differences between variants on the same test images: bootstrap interval and exact
     McNemar test per seed, a bootstrap over seeds and images."""
@@ -142,6 +149,7 @@ def compare(directory, pairs, n_boot, out):
 @click.option("--sweep", "sweep_dir", type=click.Path(), default=None,
               help="A directory whose subdirectories are runs.")
 @out_option("norms")
+@trust_option
 def norms(run_dirs, sweep_dir, out):
     """Weight and gradient L2 norms per layer over epochs (and batches), and the learned p per kernel."""
     from ..analysis import NormsAnalysis
@@ -172,6 +180,7 @@ def norms(run_dirs, sweep_dir, out):
               help="Attacks of the robustness analysis [stored analysis', else pgd].")
 @click.option("--paper-experiment", type=click.Choice(["initial", "followup"]), default=None,
               help="The study's experiment whose numbers stand beside ours [the one covering most variants].")
+@trust_option
 def report(directory, out, data_dir, dataset, device, saliency_images, pgd_images, eps_range, eps_list, attacks,
            paper_experiment):
     """One self-contained HTML report of a directory of runs. Analyses stored in DIR/analysis/ are reused when

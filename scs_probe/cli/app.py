@@ -15,6 +15,7 @@ import warnings
 import click
 
 from .. import errors
+from ..zoo import trust_model_code
 from .options import BACKEND_ENV, BACKENDS, flag
 
 # command -> "module:attribute" under scs_probe.cli, loaded when the command is asked for (Click's LazyGroup)
@@ -68,6 +69,8 @@ def _message(e: errors.ScsProbeError) -> str:
         return f"{e}; pass --resume to continue it or choose another --out"
     if isinstance(e, errors.ResumeConflict):
         return f"{e} ({flag(e.option)})"
+    if isinstance(e, errors.UntrustedModelCode):
+        return f"{e}; pass {flag(e.option)} if you trust it"
     if isinstance(e, errors.DataError) and e.missing:
         return f"{e}; pass --data-dir DIR"
     return str(e)
@@ -83,7 +86,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     warnings.showwarning = _one_line_warnings
     try:
-        rv = cli.main(args=argv, prog_name="scs-probe", standalone_mode=False)
+        with trust_model_code(False):  # what this command trusts ends with it (in-process callers, tests)
+            rv = cli.main(args=argv, prog_name="scs-probe", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as e:
         return e.exit_code

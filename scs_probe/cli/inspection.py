@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import MODEL_OPTION, arch_option, check_model_spec, command
+from .options import MODEL_OPTION, arch_option, check_model_spec, command, trust_option
 
 
 @command()
@@ -35,6 +35,7 @@ def zoo(arch, model):
 
 @command()
 @click.argument("ckpt", type=click.Path())
+@trust_option
 def inspect(ckpt):
     """Print a checkpoint's variant, epochs, accuracy and options (nothing in it is executed)."""
     from ..checkpoint import checkpoint_variant

@@ -11,7 +11,7 @@ import functools
 import click
 
 from ..choices import DATA_ENV, DEFAULT_ARCH, DEVICES
-from ..zoo import AXES, Variant, axis_choices, list_archs
+from ..zoo import AXES, Variant, axis_choices, list_archs, trust_model_code
 from .types import FiniteFloatRange
 
 BACKENDS = ("auto", "eager", "compiled")
@@ -98,11 +98,24 @@ def variant_options(fn):
 
 
 def check_model_spec(model: str, ctx: click.Context) -> None:
+    """A --model spec given on the command line: well formed, and trusted (the user named its code)."""
     if ctx.get_parameter_source("arch") not in (click.core.ParameterSource.DEFAULT, None):
         raise click.UsageError("give --arch (a zoo model) or --model (one from elsewhere), not both")
     if ":" not in model:
         raise click.UsageError(f"--model: {model!r} is not a model spec: torchvision:NAME, timm:NAME or "
                                "package.module:factory (zoo models: --arch)")
+    trust_model_code(model)
+
+
+def _trust_all(ctx, param, value):
+    if value:
+        trust_model_code(True)
+
+
+trust_option = click.option(
+    "--trust-model-code", is_flag=True, expose_value=False, callback=_trust_all,
+    help="Import the model code (package.module:factory) that checkpoints and run directories name. Off: only zoo "
+         "architectures, torchvision: and timm: models, and the --model you give, are built.")
 
 
 def device_option():

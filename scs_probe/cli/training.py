@@ -19,6 +19,7 @@ from .options import (
     explicit,
     print_table,
     training_options,
+    trust_option,
     variant_options,
 )
 from .types import IndexList, PatternList, PositiveRange
@@ -31,6 +32,7 @@ from .types import IndexList, PatternList, PositiveRange
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--init-from", type=click.Path(), default=None,
               help="Start from the weights of another checkpoint of this architecture (matching shapes).")
+@trust_option
 @click.pass_context
 def train(ctx, variant, quiet, resume, **kw):
     """Train one variant; writes checkpoint.pt, config.json, history.csv, norms.csv, exponents.csv."""
@@ -56,6 +58,7 @@ def train(ctx, variant, quiet, resume, **kw):
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Sweep directory [./sweeps/<arch>]; with Ray on a cluster, storage every node sees.")
 @executor_options
+@trust_option
 def sweep(arch, model, grid, only, seeds, quiet, out, executor, **kw):
     """Train every variant of a grid into OUT/<variant>/ and write OUT/summary.csv: one after another, N at once
     (--jobs N), or as tasks on a Ray cluster (--executor ray)."""
@@ -93,6 +96,7 @@ def sweep(arch, model, grid, only, seeds, quiet, out, executor, **kw):
 @training_options
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Study directory [./tune/<arch>].")
 @executor_options
+@trust_option
 def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_name, tune_seed, quiet, out, executor,
          **kw):
     """Search a fixed p for SCS (the study's Optuna search): trials under OUT/trials/<n>/, OUT/trials.csv,
