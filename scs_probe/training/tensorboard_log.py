@@ -1,6 +1,6 @@
-"""Live curves for TensorBoard (`--tensorboard`; the optional `tensorboard` extra): each run writes event files into
-its own `RUN_DIR/tensorboard/`, so `tensorboard --logdir SWEEP_DIR` shows a sweep's runs (or a study's trials)
-side by side. Per epoch, the rows the run records: every numeric column of its history row (train_loss ->
+"""Live curves for TensorBoard (option `tensorboard`; the optional `tensorboard` extra): each run writes event
+files into its own `RUN_DIR/tensorboard/`, so TensorBoard pointed at a sweep's folder shows its runs (or a study's
+trials) side by side. Per epoch, the rows the run records: every numeric column of its history row (train_loss ->
 loss/train, test_acc -> acc/test, eval_seconds -> seconds/eval, lr), each layer's weight and gradient norm
 (weight_norm/LAYER, grad_norm/LAYER) and each sharpened layer's exponents p as a histogram (p/LAYER); epoch 0 is
 the initial weights. When the run ends (finished, pruned, diverged) its options and final metrics go to
@@ -24,7 +24,7 @@ def available() -> bool:
 
 
 def require() -> None:
-    """An OptionError naming --tensorboard where the tensorboard package is missing."""
+    """An OptionError for the tensorboard option where the tensorboard package is missing."""
     if not available():
         raise OptionError("tensorboard", f"needs the tensorboard package ({INSTALL_HINT})")
 

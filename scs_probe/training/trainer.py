@@ -100,7 +100,7 @@ class Trainer:
         one that differs from the stored run's is a ResumeConflict, the others are taken from the run."""
         self.log, self.progress = log, progress
         self.on_epoch = on_epoch  # on_epoch(epoch, history row) after each epoch's checkpoint: may stop the run
-        self.board = None  # the run's TensorBoard log while it trains (--tensorboard)
+        self.board = None  # the run's TensorBoard log while it trains (option tensorboard)
         self.run_dir = RunDir(options.run_dir())
         self.ckpt = None
         if resume and not self.run_dir.has_checkpoint():
@@ -323,7 +323,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ TensorBoard
     def _open_board(self) -> None:
-        """With --tensorboard: open the run's log; one new or never logged gets the epochs its records hold."""
+        """With the tensorboard option: open the run's log; one new or never logged gets the epochs its records hold."""
         if not self.options.tensorboard:
             return
         self.board = TensorBoardLog(self.run_dir.tensorboard_path, first_epoch=self.start_epoch + 1)
