@@ -8,7 +8,7 @@ import platform
 import statistics
 import time
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as `scs-probe` sets it: see scs_probe/cli.py
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as `scs-probe` sets it: see scs_probe/cli/app.py
 import torch
 
 from scs_probe.layers import BACKENDS, get_backend, set_backend

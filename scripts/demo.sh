@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, end to end: set up, get CIFAR-10, train a short sweep of rohrer100k variants (2 seeds each),
-# print the table, and write the report that weighs the study's claims against it.
+# The main job, end to end: set up (the package and what it needs; no test tools), get CIFAR-10, train a short
+# sweep of rohrer100k variants (2 seeds each), print the table, and write the report that weighs the study's
+# claims against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

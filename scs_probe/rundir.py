@@ -1,9 +1,10 @@
 """The on-disk layout of runs and of directories of runs. Only this module spells a file name.
 
 A run directory holds `checkpoint.pt`, `config.json` and the per-epoch records `history.csv`, `norms.csv`,
-`exponents.csv`. A directory of runs (a sweep, or runs trained one by one into one folder) holds runs as
-subdirectories, `summary.csv`, analyses under `analysis/<name>/` and `report.html`; it may also hold fixed-p
-searches (`StudyDir`: `study.db`, `trials.csv`, `tune.png`, a run per trial under `trials/<number>/`).
+`exponents.csv` (with the tensorboard option, also TensorBoard's event files under `tensorboard/`). A directory of
+runs (a sweep, or runs trained one by one into one folder) holds runs as subdirectories, `summary.csv`, analyses under
+`analysis/<name>/` and `report.html`; it may also hold fixed-p searches (`StudyDir`: `study.db`, `trials.csv`,
+`tune.png`, a run per trial under `trials/<number>/`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class RunDir:
     """One training run's folder: paths, reading, atomic writing of each record, and its status."""
 
     CHECKPOINT, CONFIG, PREDICTIONS = "checkpoint.pt", "config.json", "predictions.csv"
+    TENSORBOARD = "tensorboard"  # event files of the tensorboard option
 
     def __init__(self, path, checkpoint=None):
         self.path = Path(path)
@@ -76,6 +78,10 @@ class RunDir:
             return self.read_config().get("variant_name") or self.path.name
         except (OSError, ValueError):
             return self.path.name
+
+    @property
+    def tensorboard_path(self) -> Path:
+        return self.path / self.TENSORBOARD
 
     @property
     def status(self) -> str | None:

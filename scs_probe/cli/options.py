@@ -7,6 +7,7 @@ are made inside the commands, which import torch when they run."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import click
 
@@ -138,6 +139,13 @@ def out_option(name: str):
                         help=f"Output folder [SWEEP/analysis/{name} or ./analysis/{name}].")
 
 
+def _check_tensorboard(ctx, param, value: bool) -> bool:
+    """--tensorboard without the package: a usage error before anything trains (found without importing it)."""
+    if value and importlib.util.find_spec("tensorboard") is None:
+        raise click.UsageError("--tensorboard needs the tensorboard package: pip install 'scs-probe[tensorboard]'")
+    return value
+
+
 training_options = stack(
     click.option("--epochs", type=click.IntRange(min=1), default=None,
                  help="Default: the architecture's preset (800 gallery, 200 ResNets)."),
@@ -157,6 +165,9 @@ training_options = stack(
     click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
                  help="DataLoader worker processes."),
     click.option("--amp", is_flag=True, help="bfloat16 autocast where the device supports it."),
+    click.option("--tensorboard/--no-tensorboard", default=False, callback=_check_tensorboard,
+                 help="Also log each epoch for TensorBoard into RUN_DIR/tensorboard/ (tensorboard --logdir OUT; "
+                      "needs the tensorboard extra)."),
     click.option("--quiet", is_flag=True, help="No progress bars (they are off anyway when stderr is not a "
                                                "terminal)."),
 )

@@ -32,9 +32,11 @@ class TrainOptions:
     norms_every_batch: bool = False
     workers: int = 0
     amp: bool = False
+    tensorboard: bool = False          # also log for TensorBoard into RUN_DIR/tensorboard/ (the optional extra)
 
-    # Options that may change when a run is resumed (where and how fast it runs, not what it computes).
-    RESUMABLE = ("device", "data_dir", "workers", "out")
+    # Options that may change when a run is resumed (where and how fast it runs, or what it logs, not what it
+    # computes).
+    RESUMABLE = ("device", "data_dir", "workers", "out", "tensorboard")
 
     def __post_init__(self):
         if not isinstance(self.variant, Variant):

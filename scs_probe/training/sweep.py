@@ -18,6 +18,7 @@ from ..storage import read_json
 from ..zoo import Variant, variant_grid
 from .executors import RunJob, checked_data_dir, is_parallel, run_all
 from .options import TrainOptions
+from .tensorboard_log import require as require_tensorboard
 from .trainer import train
 
 
@@ -74,6 +75,8 @@ def sweep(variants: list[Variant], out, base: TrainOptions, log=print, progress:
     `executor`: None (or a one-job LocalExecutor) trains in this process, one run after another; a
     `LocalExecutor(jobs=N)` or a `RayExecutor` runs them in parallel (see `executors`). The summary is the same.
     """
+    if base.tensorboard:  # before any run starts, not as each run's failure
+        require_tensorboard()
     runs = RunsDir(out)
     plan = [(run_name(v, s), replace(base, variant=v, out=str(runs.run(run_name(v, s)).path),
                                      seed=base.seed if s is None else s))

@@ -32,6 +32,8 @@ from ..zoo import build_model, count_params, get_arch
 from .devices import amp_dtype, describe_device, out_of_memory_as_error, resolve_device
 from .options import TrainOptions
 from .records import exponent_rows, tracked_layers, weight_norm_rows
+from .tensorboard_log import TensorBoardLog, final_metrics, run_hparams
+from .tensorboard_log import require as require_tensorboard
 
 
 def versions() -> dict:
@@ -71,6 +73,7 @@ class Trainer:
         one that differs from the stored run's is a ResumeConflict, the others are taken from the run."""
         self.log, self.progress = log, progress
         self.on_epoch = on_epoch  # on_epoch(epoch, history row) after each epoch's checkpoint: may stop the run
+        self.board = None  # the run's TensorBoard log while it trains (option tensorboard)
         self.run_dir = RunDir(options.run_dir())
         self.ckpt = None
         if resume and not self.run_dir.has_checkpoint():
@@ -94,6 +97,8 @@ class Trainer:
             kept_keys = [k for k in TrainOptions.RESUMABLE if explicit is None or k in explicit or k == "out"]
             options = dataclasses.replace(stored, **{k: getattr(options, k) for k in kept_keys})
         self.options = options.resolved()
+        if self.options.tensorboard:
+            require_tensorboard()
 
     # ------------------------------------------------------------------------------------------------ set-up
     def _setup(self):
@@ -251,6 +256,7 @@ class Trainer:
                  + (" (bf16 autocast)" if self.amp else "") + (f", resuming after epoch {self.start_epoch}"
                                                                 if self.start_epoch else ""))
         self._warm_up_backend()
+        self._open_board()
         for epoch in range(self.start_epoch + 1, o.epochs + 1):
             try:
                 tr = self._train_epoch(epoch)
@@ -266,15 +272,19 @@ class Trainer:
             self.history.append(row)
             self.run_dir.append("history", [row])
             self.run_dir.append("norms", tr["norm_rows"])
-            self.run_dir.append("exponents", exponent_rows(epoch, self.model))
+            p_rows = exponent_rows(epoch, self.model)
+            self.run_dir.append("exponents", p_rows)
             self.run_dir.write_predictions(epoch, self.test_loader.split.labels, ev["preds"])
             self._save(epoch, "finished" if epoch == o.epochs else "running")
+            if self.board is not None:
+                self.board.epoch(row, tr["norm_rows"], p_rows)
             msg = (f"epoch {epoch}/{o.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
                    f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2%}  "
                    f"train {row['train_seconds']:.1f}s eval {row['eval_seconds']:.1f}s")
             write_line(msg, self.log)
             if self.on_epoch is not None:
                 self.on_epoch(epoch, row)
+        self._close_board("finished")
         return self._config("finished")
 
     def mark(self, status: str, **extra) -> None:
@@ -283,6 +293,22 @@ class Trainer:
         ckpt.update(status=status, **extra)
         self.run_dir.save_checkpoint({k: v for k, v in ckpt.items() if k != "format"})
         self.run_dir.write_config(self._config(status, **extra))
+        self._close_board(status)
+
+    # ------------------------------------------------------------------------------------------ TensorBoard
+    def _open_board(self) -> None:
+        """With the tensorboard option: open the run's log; one new or never logged gets the epochs its records hold."""
+        if not self.options.tensorboard:
+            return
+        self.board = TensorBoardLog(self.run_dir.tensorboard_path, first_epoch=self.start_epoch + 1)
+        if self.board.fresh:
+            self.board.backfill(self.history, self.run_dir.read("norms"), self.run_dir.read("exponents"))
+
+    def _close_board(self, status: str) -> None:
+        """The run's options, status and final metrics to TensorBoard's HParams, and the log closed."""
+        if self.board is not None:
+            self.board.finish({**run_hparams(self.options.to_dict()), "status": status}, final_metrics(self.history))
+            self.board = None
 
     def _mark_diverged(self, epoch: int, reason: str) -> None:
         """Keep the last good weights; mark checkpoint and config.json as diverged."""

@@ -21,6 +21,7 @@ from ..progress import progress_bar, write_line
 from ..rundir import StudyDir
 from .executors import checked_data_dir, is_parallel, prepare_worker, run_all
 from .options import TrainOptions
+from .tensorboard_log import require as require_tensorboard
 from .trainer import Trainer
 
 SEARCHABLE = ("p", "max_lr")
@@ -119,6 +120,8 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
     import optuna
     if base.variant.layer == "conv":
         raise OptionError("layer", "the fixed-p search trains sharpened layers (scs or sdp), not conv")
+    if base.tensorboard:  # before any run starts, not as each run's failure
+        require_tensorboard()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(out, config, worker)
     if is_parallel(executor):
