@@ -50,13 +50,6 @@ def stack(*opts):
             fn = opt(fn)
         return fn
     return deco
-def _options(*opts):
-    """Apply click options in the order listed (as they appear in --help)."""
-    def deco(fn):
-        for opt in reversed(opts):
-            fn = opt(fn)
-        return fn
-    return deco
 
 
 MODEL_OPTION = click.option(
