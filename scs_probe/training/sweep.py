@@ -156,6 +156,7 @@ def _sweep_parallel(plan, runs: RunsDir, base: TrainOptions, executor, log, prog
     if todo:
         started = time.time()
         with executor:
+            executor.check_storage(runs.path, base.dataset, data_dir)  # every node sees OUT and the data
             log(f"{len(todo)} run{'s' if len(todo) > 1 else ''} on {executor.describe()}")
             display = SweepProgress([j.name for j in todo], runs, {j.name: j.options.resolved().epochs for j in todo},
                                     started, log, progress)
