@@ -58,7 +58,7 @@ def test_a_sweep_lands_on_both_nodes(two_nodes, fake_cifar, tmp_path):
     cluster, head, worker = two_nodes
     variants = select_variants("rohrer100k", "study", PAIR)
     lines = []
-    rows = sweep(variants, tmp_path, base(fake_cifar), log=lines.append, progress=False,
+    rows = sweep(variants, tmp_path, base(fake_cifar, epochs=1), log=lines.append, progress=False,
                  executor=RayExecutor(address=cluster.address, cpus_per_run=1))
     assert [r["status"] for r in rows] == ["finished", "finished"], lines
     assert _nodes_of(tmp_path / name for name in PAIR) == {head, worker.node_id}
@@ -69,7 +69,7 @@ def test_a_sweep_lands_on_both_nodes(two_nodes, fake_cifar, tmp_path):
 
 def test_a_removed_nodes_runs_resume_on_the_other(two_nodes, fake_cifar, tmp_path):
     cluster, head, worker = two_nodes
-    epochs = 6
+    epochs = 4
     proc = _cli([*_sweep_args(fake_cifar, tmp_path, epochs), "--executor", "ray", "--address", cluster.address,
                  "--max-retries", "2"])
 

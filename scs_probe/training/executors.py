@@ -379,7 +379,8 @@ def _storage_problem(ray, ref, ready, node: dict, folder: Path, expected: dict, 
     except Exception as e:  # the probe could not run there at all (scs-probe missing, say)
         return f"could not run the shared-storage check ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
     if not seen["sees_out"]:
-        return f"does not see --out {out} as this driver does (its copy lacks the driver's mark); {SHARED_ADVICE}"
+        return (f"does not see --out {out} as this driver does (the probe this driver wrote there is not there); "
+                f"{SHARED_ADVICE}")
     if seen["write_error"]:
         return f"cannot write to --out {out} ({seen['write_error']}); make it writable there"
     if not (folder / f"{node['NodeID']}.probe").is_file():
