@@ -232,7 +232,7 @@ class RayExecutor:
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.ERROR, configure_logging=True)
-            except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
+            except (ConnectionError, TimeoutError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
                 raise ServiceUnavailable(f"cannot reach a Ray cluster at {self.address} "
                                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
         resources = ray.cluster_resources()
@@ -436,24 +436,44 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
 
 
 def _check_gcs(address: str, timeout: float) -> None:
-    """Ask the Ray head's GCS at `address` for its cluster id, as `ray.init` does first, with a deadline."""
+    """Ask the Ray head's GCS at `address` for its cluster id, as `ray.init` does first, with a deadline, and with
+    the authentication token `ray.init` would send (Ray's token authentication, RAY_AUTH_MODE=token)."""
     import grpc
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    token = _ray_token() if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else None
     channel = grpc.insecure_channel(address)
     try:
-        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(gcs_service_pb2.GetClusterIdRequest(),
-                                                                          timeout=timeout)
+        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+            gcs_service_pb2.GetClusterIdRequest(), timeout=timeout,
+            metadata=[("authorization", f"Bearer {token}")] if token else None)
     except grpc.RpcError as e:
-        if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            return  # a Ray head with token authentication: ray.init takes it from here
+        code = e.code()
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            why = ("its head asks for Ray's authentication token: set RAY_AUTH_MODE=token here and on every node, "
+                   "with the head's token in ~/.ray/auth_token or RAY_AUTH_TOKEN" if token is None else
+                   "it refuses this machine's authentication token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                   "~/.ray/auth_token): give the head's")
+            raise ServiceUnavailable(f"cannot join the Ray cluster at {address} ({why})") from None
         why = {grpc.StatusCode.DEADLINE_EXCEEDED: f"no answer from a Ray head within {timeout:g} s",
                grpc.StatusCode.UNIMPLEMENTED: "it answers, but is not a Ray head"}.get(
-            e.code(), f"{e.code().name.lower()}: {(e.details() or '').splitlines()[0][:120] if e.details() else ''}")
+            code, f"{code.name.lower()}: {(e.details() or '').splitlines()[0][:120] if e.details() else ''}")
         raise ServiceUnavailable(f"cannot reach a Ray cluster at {address} ({why}); give the head's GCS address, "
                                  "HOST:PORT as `ray start --head` printed it, or auto on a node of the cluster") \
             from None
     finally:
         channel.close()
+
+
+def _ray_token() -> str | None:
+    """The token Ray's token authentication would send from here: $RAY_AUTH_TOKEN, else the file
+    $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    try:
+        return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").read_text().strip() \
+            or None
+    except OSError:
+        return None
 
 
 def make_executor(name: str = "local", jobs: int | None = None, address: str | None = None,

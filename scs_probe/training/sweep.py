@@ -203,7 +203,8 @@ class SweepProgress:
             if name not in self.seen:
                 self.seen.add(name)
                 if not interactive():
-                    self.log(f"{name}: started on {config.get('host', '?')} ({config.get('device', '?')})")
+                    node = f"Ray node {config['node'][:8]}, " if config.get("node") else ""
+                    self.log(f"{name}: started on {config.get('host', '?')} ({node}{config.get('device', '?')})")
             running.append(f"{name} {config.get('epochs_done', 0)}/{self.epochs[name]}")
         self.bar.set_postfix_str(f"failed {self.failed}; running " + (", ".join(running) or "-"), refresh=True)
 
