@@ -207,3 +207,30 @@ def test_an_address_that_is_no_ray_head_fails_in_seconds(fake_cifar, tmp_path, c
         assert not ray.is_initialized()
     finally:
         server.close()
+
+
+def test_a_head_that_asks_for_a_token_is_one_line(monkeypatch, tmp_path):
+    """A GCS that answers UNAUTHENTICATED (Ray's token authentication): said at once, with what to set."""
+    import grpc
+
+    from scs_probe.errors import ServiceUnavailable
+    from scs_probe.training.executors import _check_reachable
+
+    class Refuse(grpc.GenericRpcHandler):
+        def service(self, details):
+            return grpc.unary_unary_rpc_method_handler(
+                lambda request, context: context.abort(grpc.StatusCode.UNAUTHENTICATED, "InvalidAuthToken"))
+
+    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(2), handlers=[Refuse()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        for mode, said in (("", "set RAY_AUTH_MODE=token here and on every node"),
+                           ("token", "it refuses this machine's authentication token")):
+            monkeypatch.setenv("RAY_AUTH_MODE", mode)
+            monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+            (tmp_path / "token").write_text("not-the-heads")
+            with pytest.raises(ServiceUnavailable, match=said):
+                _check_reachable(f"127.0.0.1:{port}")
+    finally:
+        server.stop(None)
