@@ -464,3 +464,27 @@ def describe(split_train: Split, split_test: Split, root: Path) -> dict:
             "official_files": split_train.official and split_test.official, "n_train": len(split_train),
             "n_test": len(split_test), "num_classes": len(split_train.classes), "classes": list(split_train.classes),
             "channels": int(split_train.images.shape[1])}
+
+
+# ---------------------------------------------------------------------------------------------------- shared storage
+
+def dataset_files(name: str, data_dir=None) -> list[Path]:
+    """The files a data set is read from (sorted), as this machine sees them: what a cluster's nodes must all see
+    the same way (`training.executors` compares them across nodes). CIFAR-10/100: their batch folders; SVHN: the
+    two .mat files; MNIST-like sets: their raw/ folders; imagefolder:DIR: every file under DIR/train and DIR/val."""
+    name = check_dataset(name)
+    root = resolve_data_dir(data_dir)
+    if name.startswith("imagefolder:"):
+        folder = Path(name.split(":", 1)[1]).expanduser()
+        places = [folder / "train", folder / "val"]
+    else:
+        places = {"cifar10": [root / FOLDER], "cifar100": [root / "cifar-100-python"],
+                  "svhn": [root / "train_32x32.mat", root / "test_32x32.mat"], "mnist": [root / "MNIST" / "raw"],
+                  "fashion-mnist": [root / "FashionMNIST" / "raw"]}[name]
+    files = []
+    for place in places:
+        if place.is_file():
+            files.append(place)
+        elif place.is_dir():
+            files += [Path(d) / f for d, _, names in os.walk(place) for f in names]
+    return sorted(files)

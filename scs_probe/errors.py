@@ -86,3 +86,7 @@ class TrainingDiverged(TrainingError):
 
 class ServiceUnavailable(ScsProbeError):
     """A service the work needs (a Ray cluster, a study's database) cannot be reached or is not installed."""
+
+
+class StorageNotShared(ScsProbeError):
+    """A cluster node does not see the run directories or the data folder as the driver does."""

@@ -9,18 +9,21 @@ up from the last checkpoint. Scheduling, retries and placement are the engines' 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..data import UnverifiedDataWarning, load_dataset, resolve_data_dir
-from ..errors import OptionError, ScsProbeError, ServiceUnavailable, TrainingDiverged
+from ..data import UnverifiedDataWarning, dataset_files, load_dataset, resolve_data_dir
+from ..errors import OptionError, ScsProbeError, ServiceUnavailable, StorageNotShared, TrainingDiverged
 from ..layers import set_backend
 from ..rundir import RunDir
 from ..zoo import ModelCodeTrust, model_code_trust, trust_model_code
@@ -169,6 +172,9 @@ class LocalExecutor:
                 pass
         self.pool.shutdown(wait=True, cancel_futures=True)
 
+    def check_storage(self, out, dataset: str, data_dir) -> None:
+        """Nothing to check: every worker process is on this machine."""
+
     def __exit__(self, *exc) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
@@ -226,7 +232,7 @@ class RayExecutor:
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.ERROR, configure_logging=True)
-            except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
+            except (ConnectionError, TimeoutError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
                 raise ServiceUnavailable(f"cannot reach a Ray cluster at {self.address} "
                                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
         resources = ray.cluster_resources()
@@ -279,9 +285,116 @@ class RayExecutor:
         for ref in pending:
             ray.cancel(ref, force=True)
 
+    def check_storage(self, out, dataset: str, data_dir, timeout: float = 120.0) -> None:
+        """Before any run starts: every alive node that can take a run sees `out` and the data set's files as this
+        driver does (a run's state lives in its directory, which the driver reads back). One small task per node
+        (no CPU asked, so busy nodes answer too) looks for the driver's mark in a folder under `out`, writes its
+        probe next to it, and fingerprints the data files; the driver reads the probes back. A StorageNotShared
+        error names the first node that differs. Skipped on a local instance this executor started (one
+        machine); nodes that join later are not checked."""
+        if self.started and not self.address:
+            return
+        ray = _ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        nodes = [n for n in ray.nodes() if n.get("Alive") and self._fits(n.get("Resources", {}))]
+        if not nodes:
+            return
+        out = Path(out).resolve()
+        folder = out / STORAGE_CHECK / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        try:
+            (folder / "driver").write_text(socket.gethostname())
+            expected = data_fingerprint(dataset_files(dataset, data_dir))
+            probe = ray.remote(num_cpus=0, max_retries=0)(storage_probe)
+            refs = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                    .remote(str(folder), n["NodeID"], dataset, str(data_dir)): n for n in nodes}
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+            for ref, node in refs.items():
+                problem = _storage_problem(ray, ref, ready, node, folder, expected, timeout)
+                if problem:
+                    where = (f"node {node['NodeID']} ({node.get('NodeManagerAddress', '?')}, host "
+                             f"{node.get('NodeManagerHostname', '?')})")
+                    raise StorageNotShared(f"{where} {problem}")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                folder.parent.rmdir()
+            except OSError:
+                pass
+
+    def _fits(self, resources: dict) -> bool:
+        """Whether a node with these resources can take a run."""
+        return resources.get("CPU", 0) >= self.cpus and resources.get("GPU", 0) >= (self.gpus or 0)
+
     def __exit__(self, *exc) -> None:
         if self.started:
             _ray().shutdown()
+
+
+# ------------------------------------------------------------------------------------------------ shared storage
+
+STORAGE_CHECK = ".storage-check"  # OUT/.storage-check/<token>/: the driver's mark and one probe per node
+HASHED_FILES, HASHED_BYTES = 64, 1 << 16
+SHARED_ADVICE = ("put --out and the data folder on a file system every node mounts at the same path (NFS or "
+                 "similar), or copy the data to the same path on every node")
+
+
+def data_fingerprint(files: list[Path]) -> dict:
+    """What a node sees of a data set's files: how many, a digest of their paths and sizes, and each of the
+    first files' size and hash of its first 64 KiB (enough to tell a partial or different copy)."""
+    digest, sample = hashlib.sha256(), {}
+    for i, path in enumerate(files):
+        size = path.stat().st_size
+        digest.update(f"{path}\0{size}\n".encode())
+        if i < HASHED_FILES:
+            with open(path, "rb") as f:
+                sample[str(path)] = [size, hashlib.sha256(f.read(HASHED_BYTES)).hexdigest()]
+    return {"count": len(files), "digest": digest.hexdigest(), "sample": sample}
+
+
+def storage_probe(folder: str, node: str, dataset: str, data_dir: str) -> dict:
+    """On one node: whether it sees the driver's mark in `folder`, its own probe written there (only where it
+    sees the mark: never a folder of the same name on a local disk), and the data files as it sees them."""
+    folder = Path(folder)
+    seen = {"sees_out": (folder / "driver").is_file(), "write_error": "", "host": socket.gethostname()}
+    if seen["sees_out"]:
+        try:
+            (folder / f"{node}.probe").write_text(seen["host"])
+        except OSError as e:
+            seen["write_error"] = e.strerror or type(e).__name__
+    try:
+        seen["data"] = data_fingerprint(dataset_files(dataset, data_dir))
+    except (OSError, ScsProbeError) as e:
+        seen["data"] = {"error": str(e)}
+    return seen
+
+
+def _storage_problem(ray, ref, ready, node: dict, folder: Path, expected: dict, timeout: float) -> str:
+    """What is wrong with one node's view of the storage ('' where nothing is)."""
+    out = folder.parent.parent
+    if ref not in ready:
+        return f"did not answer the shared-storage check within {timeout:g} s"
+    try:
+        seen = ray.get(ref)
+    except Exception as e:  # the probe could not run there at all (scs-probe missing, say)
+        return f"could not run the shared-storage check ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+    if not seen["sees_out"]:
+        return (f"does not see --out {out} as this driver does (the probe this driver wrote there is not there); "
+                f"{SHARED_ADVICE}")
+    if seen["write_error"]:
+        return f"cannot write to --out {out} ({seen['write_error']}); make it writable there"
+    if not (folder / f"{node['NodeID']}.probe").is_file():
+        return f"writes to --out {out} where this driver cannot read it back; {SHARED_ADVICE}"
+    data = seen["data"]
+    if data.get("error"):
+        return f"cannot read the data files ({data['error']}); {SHARED_ADVICE}"
+    if data != expected:
+        differ = [p for p in sorted(set(expected["sample"]) | set(data["sample"]))
+                  if expected["sample"].get(p) != data["sample"].get(p)]
+        detail = (f"{differ[0]} {'is missing' if differ[0] not in data['sample'] else 'differs'} there" if differ
+                  else f"{data['count']} data files there, {expected['count']} here, or their sizes differ")
+        return f"sees other data files than this driver ({detail}); {SHARED_ADVICE}"
+    return ""
 
 
 def run_all(executor, jobs: list, fn=None, on_done=None, on_tick=None, limit: int | None = None) -> None:
@@ -308,7 +421,8 @@ def run_all(executor, jobs: list, fn=None, on_done=None, on_tick=None, limit: in
 
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
-    """Fail in seconds on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
+    """Fail in seconds where Ray itself would retry for a minute or more: a HOST:PORT nobody listens on, or one
+    that answers but is no Ray head (its GCS does not answer GetClusterId within `timeout`)."""
     if not address or address == "auto":
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -317,6 +431,49 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     except OSError as e:
         raise ServiceUnavailable(f"cannot reach a Ray cluster at {address} ({e.strerror or type(e).__name__})") \
             from None
+    if not address.startswith("ray://"):  # ray:// is Ray Client's own server, which ray.init bounds itself
+        _check_gcs(address, timeout)
+
+
+def _check_gcs(address: str, timeout: float) -> None:
+    """Ask the Ray head's GCS at `address` for its cluster id, as `ray.init` does first, with a deadline, and with
+    the authentication token `ray.init` would send (Ray's token authentication, RAY_AUTH_MODE=token)."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    token = _ray_token() if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else None
+    channel = grpc.insecure_channel(address)
+    try:
+        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+            gcs_service_pb2.GetClusterIdRequest(), timeout=timeout,
+            metadata=[("authorization", f"Bearer {token}")] if token else None)
+    except grpc.RpcError as e:
+        code = e.code()
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            why = ("its head asks for Ray's authentication token: set RAY_AUTH_MODE=token here and on every node, "
+                   "with the head's token in ~/.ray/auth_token or RAY_AUTH_TOKEN" if token is None else
+                   "it refuses this machine's authentication token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                   "~/.ray/auth_token): give the head's")
+            raise ServiceUnavailable(f"cannot join the Ray cluster at {address} ({why})") from None
+        why = {grpc.StatusCode.DEADLINE_EXCEEDED: f"no answer from a Ray head within {timeout:g} s",
+               grpc.StatusCode.UNIMPLEMENTED: "it answers, but is not a Ray head"}.get(
+            code, f"{code.name.lower()}: {(e.details() or '').splitlines()[0][:120] if e.details() else ''}")
+        raise ServiceUnavailable(f"cannot reach a Ray cluster at {address} ({why}); give the head's GCS address, "
+                                 "HOST:PORT as `ray start --head` printed it, or auto on a node of the cluster") \
+            from None
+    finally:
+        channel.close()
+
+
+def _ray_token() -> str | None:
+    """The token Ray's token authentication would send from here: $RAY_AUTH_TOKEN, else the file
+    $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    try:
+        return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").read_text().strip() \
+            or None
+    except OSError:
+        return None
 
 
 def make_executor(name: str = "local", jobs: int | None = None, address: str | None = None,

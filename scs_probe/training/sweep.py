@@ -159,6 +159,7 @@ def _sweep_parallel(plan, runs: RunsDir, base: TrainOptions, executor, log, prog
     if todo:
         started = time.time()
         with executor:
+            executor.check_storage(runs.path, base.dataset, data_dir)  # every node sees OUT and the data
             log(f"{len(todo)} run{'s' if len(todo) > 1 else ''} on {executor.describe()}")
             display = SweepProgress([j.name for j in todo], runs, {j.name: j.options.resolved().epochs for j in todo},
                                     started, log, progress)
@@ -205,7 +206,8 @@ class SweepProgress:
             if name not in self.seen:
                 self.seen.add(name)
                 if not interactive():
-                    self.log(f"{name}: started on {config.get('host', '?')} ({config.get('device', '?')})")
+                    node = f"Ray node {config['node'][:8]}, " if config.get("node") else ""
+                    self.log(f"{name}: started on {config.get('host', '?')} ({node}{config.get('device', '?')})")
             running.append(f"{name} {config.get('epochs_done', 0)}/{self.epochs[name]}")
         self.bar.set_postfix_str(f"failed {self.failed}; running " + (", ".join(running) or "-"), refresh=True)
 

@@ -36,6 +36,13 @@ from .tensorboard_log import TensorBoardLog, final_metrics, run_hparams
 from .tensorboard_log import require as require_tensorboard
 
 
+def _ray_node_id() -> str | None:
+    """The Ray node this process runs on (in a Ray task), else None; never imports Ray."""
+    import sys
+    ray = sys.modules.get("ray")
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
+
+
 def versions() -> dict:
     import torchvision
     return {"scs_probe": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
@@ -153,7 +160,7 @@ class Trainer:
         return {"variant": self.variant.to_dict(), "variant_name": self.variant.name, "options": self.options.to_dict(),
                 "params": count_params(self.model), "data": self.data_info, "versions": versions(),
                 **describe_device(self.device),
-                "host": socket.gethostname(), "pid": os.getpid(),  # which node and process
+                "host": socket.gethostname(), "pid": os.getpid(), "node": _ray_node_id(),  # which node and process
                 "amp": str(self.amp) if self.amp else None, "status": status,
                 "epochs_done": len(self.history), "updated": datetime.now(UTC).isoformat(), **extra}
 

@@ -187,7 +187,8 @@ def tune_worker(job: TuneJob) -> dict:
 
 
 def _tune_parallel(study, base: TrainOptions, out, config: TuneConfig, executor, log, progress: bool) -> None:
-    base = replace(base, data_dir=str(checked_data_dir(base)))
+    data_dir = checked_data_dir(base)
+    base = replace(base, data_dir=str(data_dir))
     out = str(Path(out).resolve())
 
     def counts():
@@ -195,6 +196,7 @@ def _tune_parallel(study, base: TrainOptions, out, config: TuneConfig, executor,
         return {s: states.count(s) for s in ("COMPLETE", "PRUNED", "RUNNING", "FAIL")}
 
     with executor:
+        executor.check_storage(out, base.dataset, data_dir)  # every node sees OUT (and study.db) and the data
         n = counts()
         left = config.n_trials - n["COMPLETE"] - n["PRUNED"]
         if left <= 0:
