@@ -230,7 +230,9 @@ class RayExecutor:
         if self.started:
             _check_reachable(self.address)
             try:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                # "local": a new instance even where `ray start` left a cluster running on this machine (ray.init
+                # would join that one, whose workers lack this process' environment)
+                ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False,
                          logging_level=logging.ERROR, configure_logging=True)
             except (ConnectionError, TimeoutError, RuntimeError, ValueError, ray.exceptions.RayError) as e:
                 raise ServiceUnavailable(f"cannot reach a Ray cluster at {self.address} "
