@@ -74,11 +74,17 @@ def _attack(kind: str, model, eps: float, alpha: float, steps: int, seed: int, n
         return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=n_queries, n_restarts=1, seed=seed)
     # torchattacks' AutoAttack(version="standard") runs APGD, APGD-T and FAB-T with 10 iterations; the original
     # standard version (Croce & Hein 2020) runs 100 (and Square with 5,000 queries): built here as the original.
-    # torchattacks' n_classes is the targets + 1 (it targets n_classes - 1 classes).
+    # torchattacks' n_classes is the targets + 1 (it targets n_classes - 1 classes). APGD-T's targeted DLR loss
+    # divides by the gap to the 3rd and 4th largest logits: with 3 classes APGD with the (untargeted) DLR loss
+    # stands in for it, with 2 neither is defined and FAB-T and Square carry on.
     targets = autoattack_targets(n_classes) + 1
+    second = ([torchattacks.APGDT(model, norm="Linf", eps=eps, steps=aa_steps, n_restarts=1, n_classes=targets,
+                                  seed=seed)] if n_classes >= 4 else
+              [torchattacks.APGD(model, norm="Linf", eps=eps, steps=aa_steps, n_restarts=1, loss="dlr", seed=seed)]
+              if n_classes == 3 else [])
     return torchattacks.MultiAttack([
         torchattacks.APGD(model, norm="Linf", eps=eps, steps=aa_steps, n_restarts=1, loss="ce", seed=seed),
-        torchattacks.APGDT(model, norm="Linf", eps=eps, steps=aa_steps, n_restarts=1, n_classes=targets, seed=seed),
+        *second,
         torchattacks.FAB(model, norm="Linf", eps=eps, steps=aa_steps, n_restarts=1, multi_targeted=True,
                          n_classes=targets, seed=seed),
         torchattacks.Square(model, norm="Linf", eps=eps, n_queries=aa_queries, n_restarts=1, seed=seed)])
