@@ -283,6 +283,13 @@ def test_report_is_self_contained_and_escaped(report_html):
     assert "Randomisation" in html and "masking" in html
     assert "Fixed-p search (Optuna)" in html and "2 complete, 0 pruned, 0 failed trials" in html
     assert re.search(r"Best: trial [01], p = [0-9.]+", html)
+    # chosen on validation (tune's default split: 10 % of the fake's 1,500 training images), test reported apart
+    assert re.search(r"validation accuracy [0-9.]+ on 150 held-out training images;\s+its test accuracy [0-9.]+ "
+                     r"\(not used to choose\)", html)
+    # every table says which images its numbers come from
+    assert "Images: test accuracy: the test split (128 images per run); no validation split" in html
+    assert "Images: the first 16 images of the test split." in html
+    assert html.count("Images: ") == 5
     assert (report_html.parent / "analysis" / "pgd" / "pgd.csv").is_file()
 
 

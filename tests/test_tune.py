@@ -71,6 +71,9 @@ def test_tune_command_and_bad_options(fake_cifar, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "best: trial" in out and (tmp_path / "study.db").is_file()
+    best = next(line for line in out.splitlines() if line.startswith("best: trial"))
+    assert "validation accuracy" in best and "on 150 held-out training images (chosen on it)" in best
+    assert "test accuracy" in best and "(reported, not used to choose)" in best
     rows = read_csv(tmp_path / "trials.csv")
     assert len(rows) == 2 and all(0.001 <= float(r["max_lr"]) <= 0.1 for r in rows)
     for bad in (["--p-range", "3:1"], ["--p-range", "x"], ["--search", "q"], ["--layer", "conv"],
