@@ -351,6 +351,56 @@ def normalization(name: str) -> tuple[tuple, tuple]:
     return MEAN_STD[dataset_family(check_dataset(name))]
 
 
+# ---------------------------------------------------------------------------------------------------- validation split
+
+VAL_SPLIT_SEED = 0           # the split's own seed: the same held-out images for every variant and run seed
+AUTO_VAL_FRACTION, AUTO_VAL_MAX = 0.1, 5_000
+
+
+def auto_val_split(n_train: int) -> int:
+    """`tune`'s default validation split: 10 % of the training images, at most 5,000 (5,000 for CIFAR-10/100,
+    SVHN, MNIST and Fashion-MNIST)."""
+    return min(AUTO_VAL_MAX, int(n_train * AUTO_VAL_FRACTION))
+
+
+def validation_split(split: Split, n: int, seed: int = VAL_SPLIT_SEED) -> tuple[Split, Split, dict]:
+    """Hold `n` images of a training split out for validation, stratified by class (each class gives its share
+    of n, rounded by largest remainder) and drawn with `seed` alone, so every variant and run seed of a sweep
+    holds out the same images. Returns (the remaining training images in their original order, the held-out
+    images, a record: n, seed, the number of classes and a SHA-256 of the held-out indices).
+
+    n must be at least the number of classes, and each class keeps at least one training image; otherwise a
+    DataError says what would fit."""
+    import hashlib
+    labels = split.labels.numpy()
+    k = len(split.classes)
+    counts = np.bincount(labels, minlength=k)
+    present = int((counts > 0).sum())
+    if not present <= n <= len(split) - present:
+        raise DataError(f"a validation split of {n:,} images does not fit {split.dataset}'s {len(split):,} "
+                        f"training images of {present} classes: give {present} to {len(split) - present:,} (at least "
+                        "one image per class, and at least one per class left to train on)")
+    share = counts * n / len(split)
+    take = np.floor(share).astype(int)
+    order = np.argsort(-(share - take), kind="stable")
+    take[order[: n - take.sum()]] += 1
+    take = np.minimum(take, np.maximum(counts - 1, 0))       # leave each class one training image
+    for c in order:                                          # the rounding's leftovers where there is room
+        if take.sum() == n:
+            break
+        room = min(counts[c] - 1 - take[c], n - take.sum())
+        take[c] += max(room, 0)
+    rng = np.random.default_rng(seed)
+    held = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: take[c]] for c in range(k)]))
+    keep = np.ones(len(split), dtype=bool)
+    keep[held] = False
+    held_t, keep_t = torch.from_numpy(held), torch.from_numpy(np.flatnonzero(keep))
+    record = {"n": int(n), "seed": int(seed), "classes": present,
+              "indices_sha256": hashlib.sha256(held.astype("<i8").tobytes()).hexdigest()}
+    return (replace(split, images=split.images[keep_t], labels=split.labels[keep_t]),
+            replace(split, images=split.images[held_t], labels=split.labels[held_t]), record)
+
+
 class UnverifiedDataWarning(UserWarning):
     """A local CIFAR-10 copy that is not bit-identical to the official files."""
 

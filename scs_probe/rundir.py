@@ -19,7 +19,9 @@ from .errors import NoRunsError
 from .storage import csv_text, read_csv, read_json, write_csv, write_json
 
 RECORDS = {
-    "history": ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "train_seconds", "eval_seconds", "lr"),
+    # val_loss and val_acc: on the validation split (empty without one); eval_seconds: the test pass only
+    "history": ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "train_seconds",
+                "eval_seconds", "lr"),
     "norms": ("epoch", "batch", "layer", "kind", "l2"),
     "exponents": ("epoch", "layer", "channel", "p"),
 }
@@ -144,7 +146,10 @@ class RunDir:
         return self.read_config().get("options", {}).get("seed")
 
     def summary(self) -> dict:
-        """One summary row from config.json and history.csv (no checkpoint needs loading)."""
+        """One summary row from config.json and history.csv (no checkpoint needs loading). The best epoch is the
+        one of highest validation accuracy (the first of equals), and `test_acc_at_best` that epoch's test
+        accuracy; without a validation split both are empty (a best chosen on the test split would overstate
+        it)."""
         from .zoo import AXES
         config = self.read_config()
         history = self.read("history")
@@ -155,20 +160,35 @@ class RunDir:
             return round(sum(vals) / len(vals), 4) if vals else ""
 
         options = config.get("options", {})
+        data = config.get("data", {})
+        best = best_epoch(history)
         return {"variant": config.get("variant_name", self.path.name), "arch": variant.get("arch", ""),
                 **{axis: variant.get(axis, "") for axis in AXES}, "seed": options.get("seed", ""),
                 "epochs": len(history), "test_acc": float(history[-1]["test_acc"]) if history else "",
-                "best_test_acc": max(float(r["test_acc"]) for r in history) if history else "",
+                "val_acc": float(history[-1]["val_acc"]) if history and history[-1].get("val_acc") else "",
+                "best_epoch": int(best["epoch"]) if best else "",
+                "best_val_acc": float(best["val_acc"]) if best else "",
+                "test_acc_at_best": float(best["test_acc"]) if best else "",
                 "train_seconds_mean": mean("train_seconds"), "eval_seconds_mean": mean("eval_seconds"),
                 "params": config.get("params", ""), "max_lr": options.get("max_lr", ""),
-                "batch_size": options.get("batch_size", ""), "n_train": config.get("data", {}).get("n_train", ""),
+                "batch_size": options.get("batch_size", ""), "n_train": data.get("n_train", ""),
+                "n_val": (data.get("val_split") or {}).get("n", ""), "n_test": data.get("n_test", ""),
+                "num_classes": data.get("num_classes", ""),
+                "backend": (config.get("environment") or {}).get("backend", ""),
                 "dataset": options.get("dataset", "cifar10"), "status": config.get("status", "unknown")}
+
+
+def best_epoch(history: list[dict]) -> dict | None:
+    """The history row of highest validation accuracy (the first of equals); None without validation rows."""
+    rows = [r for r in history if r.get("val_acc") not in (None, "")]
+    return max(rows, key=lambda r: float(r["val_acc"])) if rows else None
 
 
 def summary_fields() -> tuple[str, ...]:
     from .zoo import AXES
-    return ("variant", "arch", *AXES, "seed", "epochs", "test_acc", "best_test_acc", "train_seconds_mean",
-            "eval_seconds_mean", "params", "max_lr", "batch_size", "n_train", "dataset", "status")
+    return ("variant", "arch", *AXES, "seed", "epochs", "test_acc", "val_acc", "best_epoch", "best_val_acc",
+            "test_acc_at_best", "train_seconds_mean", "eval_seconds_mean", "params", "max_lr", "batch_size", "n_train",
+            "n_val", "n_test", "num_classes", "backend", "dataset", "status")
 
 
 class RunsDir:

@@ -111,14 +111,34 @@ def test_area_under_curve_is_mean_accuracy():
     assert area_under_curve([0.1], [0.7]) == 0.7
 
 
-def test_pgd_lowers_accuracy_and_eps0_is_clean(sweep_dir):
-    from scs_probe.analysis.sources import load_models
-    m = load_models([RunDir(sweep_dir / "conv")], "cpu")[0]
-    data = torch.rand(64, 3, 32, 32)
-    with torch.no_grad():
-        y = m.model(data).argmax(1)  # all correct by construction
-    assert robust_accuracy(m.model, data, y, 0.0) == 1.0
-    assert robust_accuracy(m.model, data, y, 16 / 255, steps=5) < 1.0
+def test_clean_accuracy_is_the_runs_own_and_attacks_only_lower_it(sweep_dir, fake_cifar):
+    """eps 0 gives the accuracy the run recorded on the same test images (another code path: the trainer's
+    evaluation), image by image; an attack only turns correct images wrong."""
+    from scs_probe.analysis.robustness import robust_mask
+    from scs_probe.analysis.sources import load_models, select_test_images
+    run = RunDir(sweep_dir / "conv")
+    m = load_models([run], "cpu")[0]
+    images, labels, _, _ = select_test_images(fake_cifar, 128, random_pick=False)  # the run's limit_test
+    preds = run.read_predictions()
+    clean = robust_mask(m.model, images, labels, 0.0)
+    assert clean.tolist() == (preds["pred"] == preds["label"]).tolist()
+    assert robust_accuracy(m.model, images, labels, 0.0) == pytest.approx(float(run.read("history")[-1]["test_acc"]),
+                                                                          abs=1e-6)
+    adv = robust_mask(m.model, images, labels, 16 / 255, steps=5)
+    assert not (adv & ~clean).any() and adv.sum() < clean.sum()
+
+
+def test_attacks_cannot_move_a_model_that_ignores_its_input():
+    """A model whose answer does not depend on the image is robust exactly where it is right: robust accuracy is
+    the share of labels equal to its one answer, at every eps and under every attack."""
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            return x.sum(dim=(1, 2, 3))[:, None] * 0 + torch.tensor([0.0, 2.0, 1.0])
+    labels = torch.tensor([1, 1, 0, 2, 1, 1, 2, 0])
+    images = torch.rand(8, 3, 32, 32)
+    for eps in (0.0, 8 / 255):
+        for kind in ("pgd", "square"):
+            assert robust_accuracy(Constant(), images, labels, eps, kind, steps=3, n_queries=10) == 0.5
 
 
 def test_saliency_command(sweep_dir, fake_cifar, tmp_path, capsys):
@@ -263,6 +283,13 @@ def test_report_is_self_contained_and_escaped(report_html):
     assert "Randomisation" in html and "masking" in html
     assert "Fixed-p search (Optuna)" in html and "2 complete, 0 pruned, 0 failed trials" in html
     assert re.search(r"Best: trial [01], p = [0-9.]+", html)
+    # chosen on validation (tune's default split: 10 % of the fake's 1,500 training images), test reported apart
+    assert re.search(r"validation accuracy [0-9.]+ on 150 held-out training images;\s+its test accuracy [0-9.]+ "
+                     r"\(not used to choose\)", html)
+    # every table says which images its numbers come from
+    assert "Images: test accuracy: the test split (128 images per run); no validation split" in html
+    assert "Images: the first 16 images of the test split." in html
+    assert html.count("Images: ") == 5
     assert (report_html.parent / "analysis" / "pgd" / "pgd.csv").is_file()
 
 

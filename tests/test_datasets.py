@@ -76,9 +76,12 @@ def test_converted_torchvision_model_trains_on_mnist_and_is_analysed(fake_datase
     config = run.read_config()
     assert config["variant"]["arch"] == "torchvision:resnet18" and config["options"]["dataset"] == "mnist"
     assert config["data"]["num_classes"] == 10 and config["data"]["channels"] == 1
-    # the analyses rebuild the model from its spec and take MNIST test images, as the run recorded
+    # the analyses rebuild the model from its spec and take MNIST test images, as the run recorded: eps 0 is the
+    # accuracy the run itself recorded on those images, and PGD only lowers it
     assert main(["pgd", "--sweep", str(tmp_path / "runs"), "--eps", "0,2/255", "--n-images", "16", "--no-checks",
                  "--data-dir", str(fake_datasets), "--device", "cpu"]) == 0
+    _check_against_predictions(tmp_path / "runs" / "analysis" / "pgd", {"-conv-": tmp_path / "runs" / "conv",
+                                                                       "-scs-": tmp_path / "runs" / "scs"}, 16)
     assert main(["saliency", "--sweep", str(tmp_path / "runs"), "--n-images", "8", "--no-sanity", "--data-dir",
                  str(fake_datasets), "--device", "cpu"]) == 0
     assert main(["saliency", "--sweep", str(tmp_path / "runs"), "--classes", "12", "--no-sanity", "--data-dir",
@@ -96,10 +99,67 @@ def test_zoo_model_trains_on_cifar100_and_analyses_say_which_set(fake_datasets, 
     from scs_probe.checkpoint import model_from_checkpoint
     model = model_from_checkpoint(RunDir(tmp_path / "c100").load_checkpoint())
     assert model.fc.out_features == 100
-    assert main(["pgd", "--ckpt", str(tmp_path / "c100"), "--eps", "0", "--n-images", "8", "--no-checks",
-                 "--data-dir", str(fake_datasets), "--device", "cpu", "--out", str(tmp_path / "a")]) == 0
+    # AutoAttack targets the 9 most likely other classes of 100 (not torchattacks' default of 10 classes)
+    assert main(["pgd", "--ckpt", str(tmp_path / "c100"), "--eps", "0,8/255", "--n-images", "8", "--no-checks",
+                 "--attack", "autoattack", "--aa-steps", "2", "--aa-queries", "10", "--data-dir",
+                 str(fake_datasets), "--device", "cpu", "--out", str(tmp_path / "a")]) == 0
+    _check_against_predictions(tmp_path / "a", {"": tmp_path / "c100"}, 8)
     assert main(["train", "--dataset", "imagenet", "--out", str(tmp_path / "x")]) == 2
     assert "--dataset" in capsys.readouterr().err
+
+
+def _check_against_predictions(pgd_dir, runs: dict, n: int):
+    """Per model (the one whose name contains the key): at eps 0, the images it gets right are exactly those its
+    run predicted right on the first n test images (predictions.csv, written by training), and pgd.csv's clean
+    accuracy is their share; at every eps > 0 an image is robust only where it was right clean."""
+    import numpy as np
+    rows = read_csv(pgd_dir / "pgd.csv")
+    per = np.load(pgd_dir / "pgd_per_image.npz")
+    assert float(per["eps"][0]) == 0
+    for key, run_dir in runs.items():
+        preds = RunDir(run_dir).read_predictions()
+        right = preds["pred"][:n] == preds["label"][:n]
+        (model,) = {r["model"] for r in rows if key in r["model"]}
+        found = 0
+        for k, name in enumerate(per["models"]):
+            if name == model:
+                robust = per["robust"][k]  # [eps, image]
+                assert robust[0].tolist() == right.tolist()
+                assert not (robust[1:] & ~robust[:1]).any()
+                found += 1
+        assert found == len({r["attack"] for r in rows if r["model"] == model}) >= 1
+        clean = [float(r["robust_acc"]) for r in rows if r["model"] == model and float(r["eps"]) == 0]
+        assert clean == pytest.approx([right.mean()] * len(clean), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_three_class_image_folder_trains_attacks_and_judges_chance(fake_datasets, tmp_path):
+    """A 3-class set: the head has 3 outputs, AutoAttack's FAB-T targets its 2 other classes and APGD with the
+    DLR loss stands in for APGD-T (whose loss needs 4 classes; torchattacks' default of 10 classes fails here),
+    eps 0 is the run's own accuracy, and near chance is 1.5 / 3 = 0.5."""
+    from scs_probe.analysis.provenance import near_chance
+    from scs_probe.analysis.robustness import _attack, autoattack_targets
+    folder = f"imagefolder:{fake_datasets / 'folder'}"
+    assert main(["train", "--arch", "rohrer100k", "--dataset", folder, "--epochs", "1", "--batch-size", "16",
+                 "--val-split", "6", "--limit-test", "30", "--data-dir", str(fake_datasets), "--device", "cpu",
+                 "--quiet", "--out", str(tmp_path / "run")]) == 0
+    run = RunDir(tmp_path / "run")
+    config = run.read_config()
+    assert config["data"]["num_classes"] == 3 and config["data"]["val_split"]["n"] == 6
+    assert config["data"]["n_train"] == 54  # 60 training images less the 6 held out, 2 of each class
+    summary = run.summary()
+    assert summary["num_classes"] == 3 and near_chance(summary) == (summary["test_acc"] < 0.5)
+    assert autoattack_targets(3) == 2 and autoattack_targets(100) == 9 and autoattack_targets(10) == 9
+    model = torch.nn.Linear(1, 3)
+    apgd, dlr, fab, _ = _attack("autoattack", model, 0.03, 0.01, 1, 0, 10, n_classes=3).attacks
+    assert (type(dlr).__name__, dlr.loss, fab.n_target_classes) == ("APGD", "dlr", 2)
+    apgdt, fab = _attack("autoattack", model, 0.03, 0.01, 1, 0, 10, n_classes=100).attacks[1:3]
+    assert apgdt.n_target_classes == 9 and fab.n_target_classes == 9
+    assert len(_attack("autoattack", model, 0.03, 0.01, 1, 0, 10, n_classes=2).attacks) == 3
+    assert main(["pgd", "--ckpt", str(tmp_path / "run"), "--eps", "0,8/255", "--n-images", "30", "--no-checks",
+                 "--attack", "autoattack", "--aa-steps", "2", "--aa-queries", "10", "--data-dir",
+                 str(fake_datasets), "--device", "cpu", "--out", str(tmp_path / "a")]) == 0
+    _check_against_predictions(tmp_path / "a", {"": tmp_path / "run"}, 30)
 
 
 def test_plain_state_dicts_are_analysed_with_model_spec(fake_datasets, tmp_path, capsys):

@@ -41,8 +41,9 @@ def test_train_writes_records_and_learns(fake_cifar, tmp_path):
     train(opts(fake_cifar, out, epochs=4, norms_every_batch=True), progress=False, log=lambda *a: None)
     hist = rows(out / "history.csv")
     assert [int(r["epoch"]) for r in hist] == [1, 2, 3, 4]
-    assert list(hist[0]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "train_seconds",
-                             "eval_seconds", "lr"]
+    assert list(hist[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                             "train_seconds", "eval_seconds", "lr"]
+    assert hist[0]["val_acc"] == ""  # no validation split asked
     assert float(hist[-1]["test_acc"]) > 0.5  # chance is 0.1 on the fake classes
     assert float(hist[-1]["train_loss"]) < float(hist[0]["train_loss"])
     norms = rows(out / "norms.csv")

@@ -39,7 +39,9 @@ def test_study_prunes_continues_and_requeues(fake_cifar, tmp_path, monkeypatch):
     assert pruned.read_config()["status"] == "pruned" and len(pruned.read("history")) == 1
     done = RunDir(tmp_path / "trials" / "0")
     assert done.read_config()["variant"]["fixed_p"] == pytest.approx(float(rows[0]["p"]))
-    assert float(rows[0]["final_test_acc"]) == float(done.read("history")[-1]["test_acc"])
+    last = done.read("history")[-1]
+    assert float(rows[0]["val_acc"]) == float(last["val_acc"]) and float(rows[0]["test_acc"]) == float(last["test_acc"])
+    assert done.read_config()["data"]["val_split"]["n"] == 150  # tune's default: 10 % of the 1,500 images
     assert (tmp_path / "tune.png").stat().st_size > 1000
 
     # a process dies mid-trial: its trial stays RUNNING with a stale heartbeat
@@ -69,6 +71,9 @@ def test_tune_command_and_bad_options(fake_cifar, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "best: trial" in out and (tmp_path / "study.db").is_file()
+    best = next(line for line in out.splitlines() if line.startswith("best: trial"))
+    assert "validation accuracy" in best and "on 150 held-out training images (chosen on it)" in best
+    assert "test accuracy" in best and "(reported, not used to choose)" in best
     rows = read_csv(tmp_path / "trials.csv")
     assert len(rows) == 2 and all(0.001 <= float(r["max_lr"]) <= 0.1 for r in rows)
     for bad in (["--p-range", "3:1"], ["--p-range", "x"], ["--search", "q"], ["--layer", "conv"],
@@ -105,7 +110,7 @@ def test_two_tune_processes_share_one_postgresql_study(fake_cifar, tmp_path, pos
         run = RunDir(tmp_path / "trials" / str(t.number))
         assert run.read_config()["variant"]["fixed_p"] == pytest.approx(t.params["p"])
         assert [int(r["epoch"]) for r in run.read("history")] == [1, 2]
-        assert float(run.read("history")[-1]["test_acc"]) == pytest.approx(t.value)
+        assert float(run.read("history")[-1]["val_acc"]) == pytest.approx(t.value)
     assert {p.name for p in (tmp_path / "trials").iterdir()} == {str(n) for n in numbers}
 
 

@@ -13,6 +13,7 @@ from ..rundir import RunDir
 from ..stats import Interval, items_to_decide, t_interval, two_level_bootstrap
 from ..storage import read_csv
 from .compare import compare, study_pairs, variant_axes
+from .provenance import near_chance, near_chance_threshold, speed_comparability
 from .robustness import load_per_image
 from .sources import run_labels
 
@@ -24,7 +25,6 @@ CLAIMS = (
     "SCS is more robust to adversarial attacks in some settings",
 )
 MATCHED = ("epochs", "max_lr", "batch_size", "n_train")  # settings two runs must share to be compared
-NEAR_CHANCE = 0.15           # final test accuracy below this: the variant did not train
 EQUIVALENCE_MARGIN = 0.01    # "no activation needed": adding one gains less than this, with 95% confidence
 
 
@@ -63,9 +63,10 @@ def _problems(runs, a: str, b: str) -> str:
         sa, sb = sorted(_settings(ra))[0], sorted(_settings(rb))[0]
         diff = ", ".join(f"{k} {x} vs {y}" for k, x, y in zip(MATCHED, sa, sb) if x != y) or "seeds differ"
         return f"settings differ ({diff})"
-    low = [r["variant"] for r in ra + rb if float(r["test_acc"]) < NEAR_CHANCE]
+    low = [r for r in ra + rb if near_chance(r)]  # below 1.5 / classes
     if low:
-        return f"{low[0]} stayed near chance (test accuracy < {NEAR_CHANCE})"
+        return (f"{low[0]['variant']} stayed near chance (test accuracy {float(low[0]['test_acc']):.3f} < "
+                f"{near_chance_threshold(low[0]['num_classes']):.3f}, 1.5 / classes)")
     return ""
 
 
@@ -113,6 +114,10 @@ def claim_accuracy(runs, conv: str, scs: str) -> Verdict:
 def claim_speed(runs, conv: str, scs: str) -> Verdict:
     ra, rb = {r["seed"]: r for r in _finished(runs, conv)}, {r["seed"]: r for r in _finished(runs, scs)}
     seeds = sorted(set(ra) & set(rb), key=str)
+    differ, measures = speed_comparability(runs, conv, scs)
+    if differ:
+        return Verdict(CLAIMS[1], f"{scs} vs {conv}", f"not compared: the runs did not run alike ({differ})",
+                       "not tested")
 
     def ratio(key) -> Interval:  # t interval of the log ratio, back-transformed: ratios stay positive
         t = t_interval([np.log(float(rb[s][key]) / float(ra[s][key])) for s in seeds])
@@ -128,7 +133,7 @@ def claim_speed(runs, conv: str, scs: str) -> Verdict:
         verdict = "contradicted"
     else:
         verdict = "inconclusive"
-    return Verdict(CLAIMS[1], f"{scs} vs {conv}", text + " (on this machine)", verdict)
+    return Verdict(CLAIMS[1], f"{scs} vs {conv}", f"{text} ({measures})", verdict)
 
 
 def claim_no_activation(runs, conv: str, scs: str) -> Verdict:

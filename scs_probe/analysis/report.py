@@ -19,10 +19,11 @@ from ..storage import atomic_write, read_csv
 from ..training.sweep import summarize_variants
 from ..zoo import get_arch
 from .base import Analysis, AnalysisResult, Context
-from .claims import NEAR_CHANCE, evaluate_claims
+from .claims import evaluate_claims
 from .compare import ComparisonAnalysis
 from .figures import data_uri, integer_epochs, plt, save, variant_palette
 from .norms import NormsAnalysis
+from .provenance import near_chance, near_chance_threshold
 from .robustness import RobustnessAnalysis
 from .saliency import SaliencyAnalysis
 from .sources import run_labels
@@ -86,23 +87,55 @@ def gather(analysis: type[Analysis], runs: list[RunDir], out: Path, asked: dict,
 
 
 def warnings_for(rows: list[dict]) -> list[str]:
-    """What a reader must know before trusting a row: unfinished, diverged or untrained variants."""
+    """What a reader must know before trusting a row: unfinished, diverged or untrained variants, and runs whose
+    compiled SCS backend fell back to eager."""
     out = []
     for r in rows:
+        if "fallback" in str(r.get("backend", "")):
+            out.append(f"{r['variant']} (seed {r['seed']}) ran its SCS layers on the {r['backend']}: its seconds "
+                       "time that, not the compiled kernels")
         if r["status"] != "finished":
             out.append(f"{r['variant']} (seed {r['seed']}) is {r['status']}: shown, left out of every verdict")
-        elif r["test_acc"] != "" and float(r["test_acc"]) < NEAR_CHANCE:
-            out.append(f"{r['variant']} (seed {r['seed']}) stayed near chance ({float(r['test_acc']):.1%}): "
-                       f"its training settings (max LR {r['max_lr']}) may not suit it")
+        elif near_chance(r):
+            out.append(f"{r['variant']} (seed {r['seed']}) stayed near chance ({float(r['test_acc']):.1%}, below "
+                       f"{near_chance_threshold(r['num_classes']):.1%}: 1.5 / classes): its training settings (max "
+                       f"LR {r['max_lr']}) may not suit it")
     return out
+
+
+def _count(values) -> str:
+    values = sorted({int(v) for v in values if v not in ("", None)})
+    return " / ".join(f"{v:,}" for v in values) if values else "?"
+
+
+def image_sources(rows: list[dict], configs: dict) -> dict[str, str]:
+    """Per table of the report, the images its numbers come from (the split and how many)."""
+    val = [r for r in rows if r.get("n_val", "") != ""]
+    test = f"the test split ({_count(r.get('n_test') for r in rows)} images per run)"
+    runs = (f"test accuracy: {test}; validation accuracy and the best epoch: the validation split "
+            f"({_count(r['n_val'] for r in val)} training images held out, stratified, the same for every run); best: "
+            "the test accuracy at the epoch of best validation accuracy" if val else
+            f"test accuracy: {test}; no validation split (--val-split), so no best epoch is chosen")
+    if val and len(val) < len(rows):
+        runs += f" ({len(rows) - len(val)} runs without a validation split have none)"
+    sal, pgd = configs.get("saliency"), configs.get("pgd")
+    return {
+        "runs": runs,
+        "comparisons": f"{test}: every run's predictions on the same test images",
+        "saliency": ("the test split" if not sal else f"test-split images {', '.join(map(str, sal.indices))}"
+                     if sal.indices else f"{sal.n_images} images of the test split, drawn with seed {sal.seed}"),
+        "pgd": f"the first {pgd.n_images} images of the test split" if pgd else "the test split",
+        "tune": "objective and pruning: validation accuracy on training images held out (n_val per trial); test "
+                "accuracy: the test split, reported beside it and never used to choose",
+    }
 
 
 def study_summary(study: StudyDir, root: Path) -> dict:
     """What the report shows of one fixed-p search: trial counts by state, the best complete trial, the range of
     p tried, the settings the trials shared, and its figure."""
     rows = study.read_trials()
-    done = [r for r in rows if r["state"] == "complete" and r["final_test_acc"] != ""]
-    best = max(done, key=lambda r: float(r["final_test_acc"]), default=None)
+    done = [r for r in rows if r["state"] == "complete" and r.get("val_acc", "") != ""]
+    best = max(done, key=lambda r: float(r["val_acc"]), default=None)  # chosen on validation, as tune chose
     config = study.trial(int(best["number"])).read_config() if best else {}
     options = config.get("options", {})
     ps = [float(r["p"]) for r in rows if r["p"] != ""]
@@ -160,7 +193,7 @@ def build_report(directory, out_html=None, asked: dict[str, dict] | None = None,
         randomisation=[r for r in (read_csv(rand_path) if rand_path.is_file() else []) if r["stage"] == "all"],
         pgd=results["pgd"].summary, checks=read_csv(checks_path) if checks_path.is_file() else [],
         norms=results["norms"].summary, studies=[study_summary(st, runs_dir.path) for st in runs_dir.studies()],
-        configs=configs, figures=figures, version=__version__,
+        configs=configs, sources=image_sources(rows, configs), figures=figures, version=__version__,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
     atomic_write(out_html, html)
     return out_html

@@ -59,8 +59,14 @@ def default_alpha(eps: float, steps: int) -> float:
     return 2.5 * eps / steps
 
 
+def autoattack_targets(n_classes: int) -> int:
+    """Target classes of AutoAttack's APGD-T and FAB-T: the 9 most likely other classes (Croce & Hein 2020), or
+    every other class where there are fewer than 10."""
+    return max(1, min(9, int(n_classes) - 1))
+
+
 def _attack(kind: str, model, eps: float, alpha: float, steps: int, seed: int, n_queries: int,
-            aa_steps: int = 100, aa_queries: int = 5000):
+            aa_steps: int = 100, aa_queries: int = 5000, n_classes: int = 10):
     import torchattacks
     if kind == "pgd":
         return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
@@ -68,11 +74,19 @@ def _attack(kind: str, model, eps: float, alpha: float, steps: int, seed: int, n
         return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=n_queries, n_restarts=1, seed=seed)
     # torchattacks' AutoAttack(version="standard") runs APGD, APGD-T and FAB-T with 10 iterations; the original
     # standard version (Croce & Hein 2020) runs 100 (and Square with 5,000 queries): built here as the original.
+    # torchattacks' n_classes is the targets + 1 (it targets n_classes - 1 classes). APGD-T's targeted DLR loss
+    # divides by the gap to the 3rd and 4th largest logits: with 3 classes APGD with the (untargeted) DLR loss
+    # stands in for it, with 2 neither is defined and FAB-T and Square carry on.
+    targets = autoattack_targets(n_classes) + 1
+    second = ([torchattacks.APGDT(model, norm="Linf", eps=eps, steps=aa_steps, n_restarts=1, n_classes=targets,
+                                  seed=seed)] if n_classes >= 4 else
+              [torchattacks.APGD(model, norm="Linf", eps=eps, steps=aa_steps, n_restarts=1, loss="dlr", seed=seed)]
+              if n_classes == 3 else [])
     return torchattacks.MultiAttack([
         torchattacks.APGD(model, norm="Linf", eps=eps, steps=aa_steps, n_restarts=1, loss="ce", seed=seed),
-        torchattacks.APGDT(model, norm="Linf", eps=eps, steps=aa_steps, n_restarts=1, n_classes=10, seed=seed),
+        *second,
         torchattacks.FAB(model, norm="Linf", eps=eps, steps=aa_steps, n_restarts=1, multi_targeted=True,
-                         n_classes=10, seed=seed),
+                         n_classes=targets, seed=seed),
         torchattacks.Square(model, norm="Linf", eps=eps, n_queries=aa_queries, n_restarts=1, seed=seed)])
 
 
@@ -86,12 +100,13 @@ def robust_mask(model, images, labels, eps: float, kind: str = "pgd", steps: int
     out = []
     for x, y in zip(images.split(batch_size), labels.split(batch_size)):
         with torch.no_grad():
-            ok = model(x).argmax(1) == y
+            logits = model(x)
+            ok = logits.argmax(1) == y
         if eps > 0:
             for r in range(restarts):
                 torch.manual_seed(seed + r)
                 adv = _attack(kind, source or model, eps, alpha, steps, seed + r, n_queries, aa_steps,
-                              aa_queries)(x, y)
+                              aa_queries, n_classes=logits.shape[1])(x, y)
                 with torch.no_grad():
                     ok &= model(adv).argmax(1) == y
         out.append(ok.cpu())

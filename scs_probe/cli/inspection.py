@@ -39,7 +39,7 @@ def zoo(arch, model):
 def inspect(ckpt):
     """Print a checkpoint's variant, epochs, accuracy and options (nothing in it is executed)."""
     from ..checkpoint import checkpoint_variant
-    from ..rundir import RunDir
+    from ..rundir import RunDir, best_epoch
     run = RunDir.of(ckpt)
     c = run.load_checkpoint()
     v = checkpoint_variant(c, run.checkpoint_path)
@@ -51,9 +51,13 @@ def inspect(ckpt):
     if c.get("diverged"):
         click.echo(f"diverged:  {c['diverged'].get('reason')}")
     if hist:
-        best = max(float(r["test_acc"]) for r in hist)
-        click.echo(f"accuracy:  test {float(hist[-1]['test_acc']):.2%} (best {best:.2%}), "
-                   f"train {float(hist[-1]['train_acc']):.2%}")
+        best = best_epoch(hist)  # on validation: a best chosen on the test split would overstate it
+        last = hist[-1]
+        val = f"validation {float(last['val_acc']):.2%}, " if last.get("val_acc") not in (None, "") else ""
+        click.echo(f"accuracy:  {val}test {float(last['test_acc']):.2%}, train {float(last['train_acc']):.2%}")
+        click.echo(f"best:      epoch {best['epoch']} on validation ({float(best['val_acc']):.2%}; test "
+                   f"{float(best['test_acc']):.2%} then)" if best else
+                   "best:      - (no validation split: a best epoch chosen on the test split is not shown)")
         secs = [float(r["train_seconds"]) for r in hist]
         click.echo(f"seconds:   {sum(secs) / len(secs):.1f} train per epoch, "
                    f"{sum(float(r['eval_seconds']) for r in hist) / len(hist):.1f} eval")
@@ -62,5 +66,7 @@ def inspect(ckpt):
     click.echo("options:   " + " ".join(f"{k}={val}" for k, val in shown.items()))
     if c.get("data"):
         click.echo("data:      " + " ".join(f"{k}={val}" for k, val in c["data"].items()))
+    if c.get("environment"):
+        click.echo("ran on:    " + " ".join(f"{k}={val}" for k, val in c["environment"].items()))
     if c.get("versions"):
         click.echo("versions:  " + " ".join(f"{k}={val}" for k, val in c["versions"].items()))

@@ -152,7 +152,13 @@ training_options = stack(
                  help="cifar10, cifar100, svhn, mnist, fashion-mnist or imagefolder:DIR (DIR/train, DIR/val); "
                       "grayscale sets are repeated to three channels, images resized to the variant's size."),
     data_dir_option(),
-    click.option("--limit-train", type=click.IntRange(min=1), default=None, help="Use the first N images."),
+    click.option("--val-split", type=click.IntRange(min=1), default=None, metavar="N",
+                 help="Hold N training images out for validation: stratified by class, drawn with a split seed of "
+                      "its own (the same images for every variant and seed); history gains val_loss and val_acc, "
+                      "and the best epoch is the best on it [train, sweep: none; tune: 10% of the training images, "
+                      "at most 5,000]."),
+    click.option("--limit-train", type=click.IntRange(min=1), default=None,
+                 help="Use the first N training images (of those left after --val-split)."),
     click.option("--limit-test", type=click.IntRange(min=1), default=None, help="Use the first N images."),
     click.option("--norms-every-batch", is_flag=True, help="Also record weight/grad norms per mini-batch."),
     click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,

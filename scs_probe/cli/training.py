@@ -88,7 +88,7 @@ def sweep(arch, model, grid, only, seeds, quiet, out, executor, **kw):
               help="p, or p,max_lr to search the learning rate too (--lr-range).")
 @click.option("--lr-range", type=PositiveRange(max=10), default="0.001:0.1", show_default=True)
 @click.option("--pruner", type=click.Choice(["median", "halving", "none"]), default="median", show_default=True,
-              help="Stops unpromising trials from their per-epoch test accuracy.")
+              help="Stops unpromising trials from their per-epoch validation accuracy.")
 @click.option("--storage", default=None, help="Optuna storage URL [sqlite:///OUT/study.db]; a PostgreSQL URL "
                                                 "lets several tune processes share one study.")
 @click.option("--study-name", default="scs-fixed-p", show_default=True)
@@ -99,8 +99,9 @@ def sweep(arch, model, grid, only, seeds, quiet, out, executor, **kw):
 @trust_option
 def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_name, tune_seed, quiet, out, executor,
          **kw):
-    """Search a fixed p for SCS (the study's Optuna search): trials under OUT/trials/<n>/, OUT/trials.csv,
-    OUT/tune.png, the best trial on stdout."""
+    """Search a fixed p for SCS (the study's Optuna search), choosing and pruning on validation accuracy (a split
+    of the training images, --val-split): trials under OUT/trials/<n>/, OUT/trials.csv, OUT/tune.png, the best
+    trial and its test accuracy on stdout."""
     from ..rundir import StudyDir
     from ..training import TrainOptions
     from ..training.tune import TuneConfig, trial_rows
@@ -110,11 +111,15 @@ def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_na
     base = TrainOptions(variant=variant, **kw)
     out_dir = Path(out or Path("tune") / arch_dir(variant.arch))
     study = run_tune(base, out_dir, config, progress=not quiet, executor=executor)
-    print_table(trial_rows(study), ("number", "p", "max_lr", "state", "final_test_acc", "epochs"))
+    print_table(trial_rows(study), ("number", "p", "max_lr", "state", "val_acc", "test_acc", "epochs"))
     try:
         best = study.best_trial
+        test = best.user_attrs.get("test_acc")
         click.echo(f"best: trial {best.number}, " + ", ".join(f"{k}={v:.4g}" for k, v in best.params.items())
-                   + f", test accuracy {best.value:.4f} ({StudyDir(out_dir).trial(best.number)})")
+                   + f", validation accuracy {best.value:.4f} on {best.user_attrs.get('n_val', '?')} held-out "
+                     "training images (chosen on it); test accuracy "
+                   + (f"{test:.4f}" if test is not None else "?") + " (reported, not used to choose) "
+                   + f"({StudyDir(out_dir).trial(best.number)})")
     except ValueError:
         click.echo("best: no trial completed")
     click.echo(f"trials: {StudyDir(out_dir).trials_path}")

@@ -53,6 +53,14 @@ def get_backend() -> str:
     return _state["backend"]
 
 
+def backend_used() -> str:
+    """What actually runs: the backend in use, or "eager (fallback: reason)" once compilation has failed in this
+    process (runs record this, not the backend that was asked for)."""
+    if _state["failed"] and get_backend() != "eager":
+        return f"eager (fallback: {_state['failed'][:200]})"
+    return get_backend()
+
+
 def _use_compiled(t: torch.Tensor) -> bool:
     backend = get_backend()
     if backend == "eager" or _state["failed"] or t.dtype not in _COMPILED_DTYPES:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..choices import DEFAULT_ARCH, DEVICES
-from ..data import check_dataset
+from ..data import VAL_SPLIT_SEED, check_dataset
 from ..errors import OptionError
 from ..zoo import Variant, get_arch
 
@@ -26,7 +26,9 @@ class TrainOptions:
     dataset: str = "cifar10"           # cifar10, cifar100, svhn, mnist, fashion-mnist, imagefolder:DIR
     data_dir: str | None = None        # None: $SCS_PROBE_DATA, else ./data (see data.resolve_data_dir)
     out: str | None = None             # None: ./runs/<variant>
-    limit_train: int | None = None
+    limit_train: int | None = None     # the first N training images left after the validation split
+    val_split: int | str | None = None  # N training images held out for validation; "auto": data.auto_val_split
+    val_seed: int = VAL_SPLIT_SEED     # the split's own seed, independent of `seed`
     limit_test: int | None = None
     init_from: str | None = None
     norms_every_batch: bool = False
@@ -45,6 +47,9 @@ class TrainOptions:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise OptionError(key, f"must be an integer >= 1, got {value!r}")
+        if self.val_split is not None and self.val_split != "auto" and (
+                isinstance(self.val_split, bool) or not isinstance(self.val_split, int) or self.val_split < 1):
+            raise OptionError("val_split", f"must be an integer >= 1 (or 'auto'), got {self.val_split!r}")
         if self.max_lr is not None and not self.max_lr > 0:
             raise OptionError("max_lr", f"must be > 0, got {self.max_lr!r}")
         if not isinstance(self.workers, int) or self.workers < 0:

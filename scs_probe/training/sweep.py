@@ -37,12 +37,13 @@ def run_name(variant: Variant, seed: int | None) -> str:
     return variant.name if seed is None else f"{variant.name}-seed{seed}"
 
 
-SUMMARIZED = ("test_acc", "best_test_acc", "train_seconds_mean", "eval_seconds_mean")
+SUMMARIZED = ("test_acc", "val_acc", "test_acc_at_best", "train_seconds_mean", "eval_seconds_mean")
 
 
 def summarize_variants(rows: list[dict]) -> list[dict]:
     """Per variant, over its finished runs (one per seed): mean, standard deviation and a 95 % Student-t
-    interval of final and best test accuracy and of seconds per epoch. Runs still training or diverged are
+    interval of final test and validation accuracy, of the test accuracy at the best validation epoch (empty
+    without a validation split) and of seconds per epoch. Runs still training or diverged are
     counted apart and left out of the statistics."""
     out = []
     for variant in dict.fromkeys(r["variant"] for r in rows):
@@ -52,12 +53,13 @@ def summarize_variants(rows: list[dict]) -> list[dict]:
                                                              "image_size", "dataset")},
                "runs": len(mine), "finished": len(done), "seeds": " ".join(str(r["seed"]) for r in done)}
         for key in SUMMARIZED:
-            ci = t_interval([float(r[key]) for r in done])
+            values = [float(r[key]) for r in done if r.get(key, "") != ""]
+            ci = t_interval(values)
             if ci.defined:  # accuracies live in [0, 1], seconds above 0
                 ci = type(ci)(ci.estimate, max(ci.lo, 0.0), min(ci.hi, 1.0) if "acc" in key else ci.hi, ci.method,
                               ci.n)
-            sd = float(np.std([float(r[key]) for r in done], ddof=1)) if len(done) > 1 else ""
-            row |= {f"{key}_mean": round(ci.estimate, 6) if done else "",
+            sd = float(np.std(values, ddof=1)) if len(values) > 1 else ""
+            row |= {f"{key}_mean": round(ci.estimate, 6) if values else "",
                     f"{key}_sd": round(sd, 6) if sd != "" else "",
                     f"{key}_ci_lo": round(ci.lo, 6) if ci.defined else "",
                     f"{key}_ci_hi": round(ci.hi, 6) if ci.defined else ""}
@@ -93,7 +95,7 @@ def _skip_note(run, options: TrainOptions) -> str:
     asked = options.resolved()
     stored.setdefault("dataset", "cifar10")  # runs from before data sets were recorded
     differ = [f"{k} {stored.get(k)} (asked {getattr(asked, k)})"
-              for k in ("dataset", "epochs", "max_lr", "batch_size", "limit_train")
+              for k in ("dataset", "epochs", "max_lr", "batch_size", "val_split", "limit_train")
               if k in stored and stored.get(k) != getattr(asked, k)]
     return f"; trained with {', '.join(differ)}: train it again into another directory" if differ else ""
 

@@ -16,7 +16,15 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..checkpoint import load_checkpoint
-from ..data import BatchLoader, describe, load_dataset, normalization, resolve_data_dir
+from ..data import (
+    BatchLoader,
+    auto_val_split,
+    describe,
+    load_dataset,
+    normalization,
+    resolve_data_dir,
+    validation_split,
+)
 from ..errors import (
     CheckpointError,
     OptionError,
@@ -25,7 +33,7 @@ from ..errors import (
     TrainingDiverged,
     TrainingError,
 )
-from ..layers import SHARPENED_LAYERS, get_backend
+from ..layers import backend_used
 from ..progress import progress_bar, write_line
 from ..rundir import RunDir
 from ..zoo import build_model, count_params, get_arch
@@ -46,7 +54,16 @@ def _ray_node_id() -> str | None:
 def versions() -> dict:
     import torchvision
     return {"scs_probe": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "python": platform.python_version(), "scs_backend": get_backend()}
+            "python": platform.python_version(), "scs_backend": backend_used()}
+
+
+def environment(device: torch.device) -> dict:
+    """What a run ran on, as the speed claim compares it: the SCS backend actually used (a fallback to eager
+    with its reason), torch threads, host, device (with the GPU's name and the CUDA version on CUDA) and the
+    torch version."""
+    env = {"backend": backend_used(), "threads": torch.get_num_threads(), "host": socket.gethostname(),
+           "device": device.type, "torch": str(torch.__version__)}
+    return env | {k: v for k, v in describe_device(device).items() if k != "device"}  # GPU, CUDA, cuDNN, TF32
 
 
 def _sync(device: torch.device) -> None:
@@ -117,15 +134,26 @@ class Trainer:
             self.log(f"warning: bfloat16 autocast is not supported on {self.device}; training in float32")
         torch.manual_seed(o.seed)
         root = resolve_data_dir(o.data_dir)
-        train = load_dataset(o.dataset, root, train=True, image_size=o.variant.image_size).limit(o.limit_train)
+        train = load_dataset(o.dataset, root, train=True, image_size=o.variant.image_size)
+        val, split_info = None, None
+        if o.val_split is not None:  # held out of the whole training split; --limit-train takes from the rest
+            n = auto_val_split(len(train)) if o.val_split == "auto" else o.val_split
+            train, val, split_info = validation_split(train, n, o.val_seed)
+            self.options = o = dataclasses.replace(o, val_split=n)
+        train = train.limit(o.limit_train)
         test = load_dataset(o.dataset, root, train=False, image_size=o.variant.image_size).limit(o.limit_test)
-        self.data_info = describe(train, test, root)
+        self.data_info = {**describe(train, test, root), "val_split": split_info}
+        if self.ckpt is not None and (self.ckpt.get("data") or {}).get("val_split") not in (None, split_info):
+            raise CheckpointError(f"{self.run_dir.checkpoint_path} was trained with another validation split "
+                                  f"({self.ckpt['data']['val_split']}) than this data gives ({split_info})")
         self.train_loader = BatchLoader(train, o.batch_size, self.device, True, spec.augment, o.variant.image_size,
                                         o.seed,
                                         o.workers)
         self.test_loader = BatchLoader(test, max(o.batch_size, 256), self.device, False,
                                        image_size=o.variant.image_size,
                                        workers=o.workers)
+        self.val_loader = None if val is None else BatchLoader(val, max(o.batch_size, 256), self.device, False,
+                                                               image_size=o.variant.image_size, workers=o.workers)
         self.variant = o.variant
         self.model = build_model(self.variant, seed=o.seed, num_classes=len(train.classes),
                                  normalization=normalization(o.dataset)).to(self.device)
@@ -159,7 +187,7 @@ class Trainer:
     def _config(self, status: str, **extra) -> dict:
         return {"variant": self.variant.to_dict(), "variant_name": self.variant.name, "options": self.options.to_dict(),
                 "params": count_params(self.model), "data": self.data_info, "versions": versions(),
-                **describe_device(self.device),
+                "environment": environment(self.device), "device": str(self.device),
                 "host": socket.gethostname(), "pid": os.getpid(), "node": _ray_node_id(),  # which node and process
                 "amp": str(self.amp) if self.amp else None, "status": status,
                 "epochs_done": len(self.history), "updated": datetime.now(UTC).isoformat(), **extra}
@@ -169,7 +197,8 @@ class Trainer:
             "variant": self.variant.to_dict(), "options": self.options.to_dict(), "epoch": epoch,
             "status": status, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "history": self.history, "data": self.data_info,
-            "params": count_params(self.model), "versions": versions(), **extra})
+            "params": count_params(self.model), "versions": versions(), "environment": environment(self.device),
+            **extra})
         self.run_dir.write_config(self._config(status, **extra))
 
     # ------------------------------------------------------------------------------------------------ loops
@@ -229,26 +258,43 @@ class Trainer:
                 "norm_rows": norm_rows}
 
     @torch.no_grad()
-    def _evaluate(self) -> dict:
-        return evaluate(self.model, self.test_loader, self.device, self._autocast)
+    def _evaluate(self, loader=None) -> dict:
+        return evaluate(self.model, loader or self.test_loader, self.device, self._autocast)
 
     def _warm_up_backend(self) -> None:
-        """Compile the fused SCS backend before the first epoch's clock starts, so that train seconds compare
-        layers, not compilers: one step on a throwaway copy of the model and a random batch (the run's weights,
-        data order and RNG stay untouched). A one-off of about 10 s per direction; TorchInductor caches it."""
-        if get_backend() == "eager" or not any(isinstance(m, SHARPENED_LAYERS) for m in self.model.modules()):
-            return
+        """Run every path the clock will time once before the first epoch's clock starts, so that train and eval
+        seconds compare layers, not compilers or first-call set-up: a training step and eval-mode forwards at
+        every batch size the loaders will give (the compiled SCS kernels, cuDNN's algorithm choice and the
+        allocator's first blocks alike, for conv and SCS models). On a throwaway copy of the model, random
+        batches and a forked RNG: the run's weights, data order and random draws stay untouched. TorchInductor's
+        compilation takes about 10 s per direction once, then comes from its disk cache."""
         o = self.options
         size = o.variant.image_size
-        x = torch.rand((o.batch_size, 3, size, size), generator=torch.Generator().manual_seed(0)).to(self.device)
-        model = copy.deepcopy(self.model).train()
+
+        def sizes(loader):
+            n, b = len(loader.split), loader.batch_size
+            return sorted({min(n, b), n % b} - {0})
+
+        gen = torch.Generator().manual_seed(0)
+        batches = lambda n: torch.rand((n, 3, size, size), generator=gen).to(self.device)  # noqa: E731
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
         t0 = time.perf_counter()
-        with self._autocast():
-            loss = model(x).float().sum()
-        loss.backward()
-        _sync(self.device)
+        with torch.random.fork_rng(devices=devices):
+            model = copy.deepcopy(self.model).train()
+            for n in sizes(self.train_loader):
+                with self._autocast():
+                    loss = model(batches(n)).float().sum()
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+            model.eval()
+            with torch.no_grad():
+                for n in sorted(set(sizes(self.test_loader) + (sizes(self.val_loader) if self.val_loader else []))):
+                    with self._autocast():
+                        model(batches(n))
+            _sync(self.device)
         if time.perf_counter() - t0 > 1.0:
-            self.log(f"compiled the SCS backend in {time.perf_counter() - t0:.1f} s (not counted in train seconds)")
+            self.log(f"warmed up train and eval paths in {time.perf_counter() - t0:.1f} s (compilation; not counted "
+                     "in train or eval seconds)")
 
     def run(self) -> dict:
         """Train the remaining epochs. Returns the config dict of the finished run."""
@@ -260,6 +306,8 @@ class Trainer:
             return self._config("finished")
         self.log(f"{self.variant.name}: {count_params(self.model):,} parameters, {o.epochs} "
                  f"epoch{'' if o.epochs == 1 else 's'} of {len(self.train_loader)} batches on {self.device}"
+                 + (f", {len(self.val_loader.split):,} training images held out for validation"
+                    if self.val_loader is not None else "")
                  + (" (bf16 autocast)" if self.amp else "") + (f", resuming after epoch {self.start_epoch}"
                                                                 if self.start_epoch else ""))
         self._warm_up_backend()
@@ -272,7 +320,9 @@ class Trainer:
                 raise TrainingDiverged(f"{self.variant.name} diverged: {e}; records in {self.run_dir} marked "
                                        f"diverged (last good checkpoint: epoch {epoch - 1})") from None
             ev = self._evaluate()
+            va = self._evaluate(self.val_loader) if self.val_loader is not None else None
             row = {"epoch": epoch, "train_loss": round(tr["train_loss"], 6), "train_acc": round(tr["train_acc"], 6),
+                   "val_loss": round(va["loss"], 6) if va else "", "val_acc": round(va["acc"], 6) if va else "",
                    "test_loss": round(ev["loss"], 6), "test_acc": round(ev["acc"], 6),
                    "train_seconds": round(tr["train_seconds"], 4), "eval_seconds": round(ev["seconds"], 4),
                    "lr": f"{self.scheduler.get_last_lr()[0]:.6g}"}
@@ -286,6 +336,7 @@ class Trainer:
             if self.board is not None:
                 self.board.epoch(row, tr["norm_rows"], p_rows)
             msg = (f"epoch {epoch}/{o.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
+                   + (f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  " if va else "") +
                    f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2%}  "
                    f"train {row['train_seconds']:.1f}s eval {row['eval_seconds']:.1f}s")
             write_line(msg, self.log)

@@ -1,8 +1,9 @@
 """The study's fixed-p search (its Appendix C.2) on Optuna: SCS with one p shared by every sharpened layer,
-p (and optionally max LR) drawn by TPE, each trial a normal run under OUT/trials/<number>/, pruned on its
-per-epoch test accuracy. Storage is any Optuna URL (SQLite at OUT/study.db by default), so a study survives the
-process and several processes can share one; trials whose process died are failed by Optuna's heartbeat and
-re-queued with the same parameters (RetryFailedTrialCallback), never counted as results."""
+p (and optionally max LR) drawn by TPE, each trial a normal run under OUT/trials/<number>/, optimised and pruned
+on its per-epoch validation accuracy (training images held out: the test split never chooses; each trial's test
+accuracy is reported beside it). Storage is any Optuna URL (SQLite at OUT/study.db by default), so a study
+survives the process and several processes can share one; trials whose process died are failed by Optuna's
+heartbeat and re-queued with the same parameters (RetryFailedTrialCallback), never counted as results."""
 
 from __future__ import annotations
 
@@ -122,6 +123,7 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
         raise OptionError("layer", "the fixed-p search trains sharpened layers (scs or sdp), not conv")
     if base.tensorboard:  # before any run starts, not as each run's failure
         require_tensorboard()
+    base = with_validation(base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(out, config, worker)
     if is_parallel(executor):
@@ -137,10 +139,11 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
         trial.set_user_attr("max_lr", max_lr)  # searched or not: trials.csv says what each trial used
         run = trials.trial(trial.number)
         options = replace(base, variant=replace(base.variant, fixed_p=p), max_lr=max_lr, out=str(run.path))
-        def report(epoch, row):
-            trial.report(float(row["test_acc"]), epoch)
+        def report(epoch, row):  # validation accuracy only: the test split never chooses
+            trial.report(float(row["val_acc"]), epoch)
+            trial.set_user_attr("test_acc", float(row["test_acc"]))  # reported beside it, read by no decision
             if trial.should_prune():
-                raise optuna.TrialPruned(f"test accuracy {row['test_acc']} at epoch {epoch}")
+                raise optuna.TrialPruned(f"validation accuracy {row['val_acc']} at epoch {epoch}")
 
         trainer = Trainer(options, progress=progress, log=log, on_epoch=report)
         try:
@@ -152,9 +155,8 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
         except TrainingDiverged as e:
             log(f"trial {trial.number} (p={p:.3g}): {e}")
             raise
-        history = trainer.history
-        trial.set_user_attr("best_test_acc", max(float(r["test_acc"]) for r in history))
-        return float(history[-1]["test_acc"])
+        trial.set_user_attr("n_val", trainer.options.val_split)
+        return float(trainer.history[-1]["val_acc"])
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     if len(study.get_trials(deepcopy=False, states=finished)) < config.n_trials:
@@ -162,6 +164,12 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
             optuna.study.MaxTrialsCallback(config.n_trials, states=finished)])
     write_trials(study, out, config.p_range)
     return study
+
+
+def with_validation(base: TrainOptions) -> TrainOptions:
+    """The search chooses on a validation split: `base`'s, else "auto" (10 % of the training images, at most
+    5,000; see data.auto_val_split)."""
+    return base if base.val_split is not None else replace(base, val_split="auto")
 
 
 @dataclass(frozen=True)
@@ -223,16 +231,24 @@ def _tune_parallel(study, base: TrainOptions, out, config: TuneConfig, executor,
             bar.close()
 
 
+TRIAL_FIELDS = ("number", "p", "max_lr", "state", "val_acc", "best_val_acc", "last_val_acc", "test_acc", "n_val",
+                "epochs", "seconds", "retry_of")
+
+
 def trial_rows(study) -> list[dict]:
+    """One row per trial. val_acc: the objective (final validation accuracy; complete trials), best_val_acc and
+    last_val_acc: over the epochs it ran (pruned: when stopped); test_acc: its last epoch's test accuracy,
+    reported and never used to choose; n_val: the validation images."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         steps = sorted(t.intermediate_values)
         rows.append({"number": t.number, "p": t.params.get("p", ""),
                      "max_lr": t.params.get("max_lr", t.user_attrs.get("max_lr", "")),
                      "state": t.state.name.lower(),
-                     "final_test_acc": t.value if t.value is not None else "",
-                     "best_test_acc": max(t.intermediate_values.values()) if steps else "",
-                     "last_test_acc": t.intermediate_values[steps[-1]] if steps else "",
+                     "val_acc": t.value if t.value is not None else "",
+                     "best_val_acc": max(t.intermediate_values.values()) if steps else "",
+                     "last_val_acc": t.intermediate_values[steps[-1]] if steps else "",
+                     "test_acc": t.user_attrs.get("test_acc", ""), "n_val": t.user_attrs.get("n_val", ""),
                      "epochs": len(steps),
                      "seconds": round(t.duration.total_seconds(), 2) if t.duration else "",
                      "retry_of": _retried(t)})
@@ -249,23 +265,22 @@ def _retried(trial):
 
 
 def write_trials(study, out, p_range: tuple | None = None) -> Path:
-    """trials.csv and tune.png (test accuracy against p over the searched range, pruned trials hollow)."""
+    """trials.csv and tune.png (validation accuracy against p over the searched range, pruned trials hollow)."""
     folder = StudyDir(out)
     rows = trial_rows(study)
-    folder.write_trials(rows, ("number", "p", "max_lr", "state", "final_test_acc", "best_test_acc", "last_test_acc",
-                               "epochs", "seconds", "retry_of"))
+    folder.write_trials(rows, TRIAL_FIELDS)
     fig, ax = plt.subplots(figsize=(6, 4))
     for state, style in (("complete", dict(color="tab:blue")), ("pruned", dict(facecolors="none",
                                                                                edgecolors="tab:gray"))):
-        sel = [r for r in rows if r["state"] == state and r["last_test_acc"] != ""]
-        ax.scatter([r["p"] for r in sel], [r["last_test_acc"] for r in sel], label=f"{state} ({len(sel)})", **style)
+        sel = [r for r in rows if r["state"] == state and r["last_val_acc"] != ""]
+        ax.scatter([r["p"] for r in sel], [r["last_val_acc"] for r in sel], label=f"{state} ({len(sel)})", **style)
     if p_range:
         ax.set_xlim(p_range[0] / 1.05, p_range[1] * 1.05)
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0)))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.set(xlabel="fixed p (log scale; the searched range)", ylabel="test accuracy (final; pruned: when stopped)",
+    ax.set(xlabel="fixed p (log scale; the searched range)", ylabel="validation accuracy (final; pruned: when stopped)",
            title="Fixed-p search")
     ax.legend(fontsize=8)
     return save(fig, folder.path, folder.FIGURE, svg=False)

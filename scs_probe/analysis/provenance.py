@@ -1,0 +1,70 @@
+"""What a number comes from and what it may be compared with: chance level relative to the number of classes, and
+whether two runs ran alike (the SCS backend actually used, threads, host, device, GPU, CUDA, torch)."""
+
+from __future__ import annotations
+
+NEAR_CHANCE_FACTOR = 1.5  # final test accuracy below 1.5 x chance (1 / classes): the run did not train
+ENVIRONMENT_KEYS = ("backend", "threads", "host", "device", "gpu", "cuda", "torch")
+
+
+def near_chance_threshold(num_classes) -> float:
+    """1.5 / classes: 0.15 for 10 classes, 0.015 for 100, 0.5 for 3 (unknown: CIFAR-10's 10)."""
+    try:
+        k = int(num_classes)
+    except (TypeError, ValueError):
+        k = 10
+    return NEAR_CHANCE_FACTOR / max(k, 2)
+
+
+def near_chance(row: dict) -> bool:
+    """A summary row (RunDir.summary) whose final test accuracy stayed below `near_chance_threshold`."""
+    return row.get("test_acc", "") != "" and float(row["test_acc"]) < near_chance_threshold(row.get("num_classes"))
+
+
+def environment(run) -> dict | None:
+    """What the run recorded it ran on (config.json's `environment`); None for runs from before it was recorded."""
+    return run.read_config().get("environment")
+
+
+def environment_difference(runs_a: list, runs_b: list) -> str:
+    """'' where every run of both lists ran alike (all keys of ENVIRONMENT_KEYS equal), else what differs, e.g.
+    "backend auto vs eager (fallback: ...); threads 2 vs 4". Runs that recorded nothing (an older scs-probe) are
+    only comparable with each other, and the caller is told (`unrecorded`)."""
+    envs_a, envs_b = [environment(r) for r in runs_a], [environment(r) for r in runs_b]
+    recorded = [e is not None for e in envs_a + envs_b]
+    if not any(recorded):
+        return ""
+    if not all(recorded):
+        return "some runs do not record what they ran on (trained by an older scs-probe)"
+    diffs = []
+    for key in ENVIRONMENT_KEYS:
+        a = sorted({str(e.get(key, "-")) for e in envs_a})
+        b = sorted({str(e.get(key, "-")) for e in envs_b})
+        if len(set(a) | set(b)) > 1:
+            diffs.append(f"{key} {' / '.join(a)} vs {' / '.join(b)}")
+    return "; ".join(diffs)
+
+
+def hardware_label(runs: list) -> str:
+    """The hardware and implementation runs share, for a verdict's text: 'cuda (NVIDIA H200, CUDA 12.4), 16
+    threads, backend auto, torch 2.5'; '' where not recorded."""
+    env = next((e for e in map(environment, runs) if e), None)
+    if not env:
+        return ""
+    device = env.get("device", "?")
+    if env.get("gpu"):
+        device += f" ({env['gpu']}, CUDA {env.get('cuda', '?')})"
+    return (f"{device}, {env.get('threads', '?')} threads on {env.get('host', '?')}, "
+            f"backend {env.get('backend', '?')}, torch {env.get('torch', '?')}")
+
+
+def speed_comparability(runs: list, a: str, b: str) -> tuple[str, str]:
+    """For the speed claim on variants a and b (their finished runs): (what differs in what they ran on, '' where
+    nothing does; the phrase its verdict measures: these two implementations on this hardware)."""
+    def finished(name):
+        return [r for r in runs if r.name == name and r.read_config().get("status") == "finished"]
+    ra, rb = finished(a), finished(b)
+    label = hardware_label(ra + rb)
+    return (environment_difference(ra, rb),
+            "measures these two implementations on this hardware" + (f": {label}" if label else
+                                                                     " (not recorded: an older scs-probe)"))
