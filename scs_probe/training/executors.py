@@ -337,7 +337,7 @@ class RayExecutor:
 
 STORAGE_CHECK = ".storage-check"  # OUT/.storage-check/<token>/: the driver's mark and one probe per node
 HASHED_FILES, HASHED_BYTES = 64, 1 << 16
-SHARED_ADVICE = ("put --out and the data folder on a file system every node mounts at the same path (NFS or "
+SHARED_ADVICE = ("put the output folder and the data folder on a file system every node mounts at the same path (NFS or "
                  "similar), or copy the data to the same path on every node")
 
 
@@ -381,12 +381,12 @@ def _storage_problem(ray, ref, ready, node: dict, folder: Path, expected: dict, 
     except Exception as e:  # the probe could not run there at all (scs-probe missing, say)
         return f"could not run the shared-storage check ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
     if not seen["sees_out"]:
-        return (f"does not see --out {out} as this driver does (the probe this driver wrote there is not there); "
+        return (f"does not see the output folder {out} as this driver does (the probe this driver wrote there is not there); "
                 f"{SHARED_ADVICE}")
     if seen["write_error"]:
-        return f"cannot write to --out {out} ({seen['write_error']}); make it writable there"
+        return f"cannot write to the output folder {out} ({seen['write_error']}); make it writable there"
     if not (folder / f"{node['NodeID']}.probe").is_file():
-        return f"writes to --out {out} where this driver cannot read it back; {SHARED_ADVICE}"
+        return f"writes to the output folder {out} where this driver cannot read it back; {SHARED_ADVICE}"
     data = seen["data"]
     if data.get("error"):
         return f"cannot read the data files ({data['error']}); {SHARED_ADVICE}"
@@ -460,7 +460,7 @@ def _check_gcs(address: str, timeout: float) -> None:
                grpc.StatusCode.UNIMPLEMENTED: "it answers, but is not a Ray head"}.get(
             code, f"{code.name.lower()}: {(e.details() or '').splitlines()[0][:120] if e.details() else ''}")
         raise ServiceUnavailable(f"cannot reach a Ray cluster at {address} ({why}); give the head's GCS address, "
-                                 "HOST:PORT as `ray start --head` printed it, or auto on a node of the cluster") \
+                                 "HOST:PORT as ray start printed it on the head, or auto on a node of the cluster") \
             from None
     finally:
         channel.close()
