@@ -63,10 +63,18 @@ def test_deletion_curve_removes_salient_pixels_first():
     assert curve[0, 0] == 1.0 and curve[1, 0] == 0.0  # the top-left pixel goes in the first step
     # p(class 0) = sigmoid(20 - 10) at the start, sigmoid(-10) once the pixel is gone
     p0, p1 = torch.sigmoid(torch.tensor(10.0)).item(), torch.sigmoid(torch.tensor(-10.0)).item()
-    area, area_norm = deletion_areas(fr, p_target)
+    area, start = deletion_areas(fr, p_target)
     want = 0.25 * (p0 + p1) / 2 + 0.75 * p1  # trapezoids over [0, .25] and [.25, 1]
     assert area.tolist() == pytest.approx([want, want], rel=1e-4)
-    assert area_norm.tolist() == pytest.approx([want / p0] * 2, rel=1e-4)
+    assert start.tolist() == pytest.approx([p0, p0], rel=1e-6)
+
+
+def test_normalised_deletion_is_a_ratio_of_sums():
+    """Areas 0.5 and 0.01 from starting probabilities 0.9 and 0.01: sum / sum = 0.51 / 0.91; the mean of the
+    per-image ratios would be (0.556 + 1.0) / 2 = 0.78, led by the image the model was unsure of."""
+    from scs_probe.analysis.saliency import normalised_deletion
+    ci = normalised_deletion(torch.tensor([0.5, 0.01]), torch.tensor([0.9, 0.01]))
+    assert ci.estimate == pytest.approx(0.51 / 0.91, rel=1e-6) and ci.method.startswith("ratio of means")
 
 
 def test_eps_parsing():
