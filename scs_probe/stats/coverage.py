@@ -104,12 +104,18 @@ class Cell:
     coverage: float            # share of studies whose interval holds the true difference
     half_width: float          # mean half-width
     oracle_half_width: float   # the interval that knows the variances: 1.96 x the estimate's true spread
-    old_coverage: float = math.nan
+    adhoc_coverage: float = math.nan   # the textbook max(1, q) correction with the t quantile
+    adhoc_half_width: float = math.nan
+    old_coverage: float = math.nan     # the replaced bootstrap over seeds and images
     old_half_width: float = math.nan
 
     @property
     def width_ratio(self) -> float:
         return self.half_width / self.oracle_half_width
+
+    @property
+    def adhoc_width_ratio(self) -> float:
+        return self.adhoc_half_width / self.oracle_half_width
 
 
 def coverage_cell(k: int, tau: float, n_images: int, n_studies: int = 4000, old_studies: int = 0,
@@ -118,15 +124,20 @@ def coverage_cell(k: int, tau: float, n_images: int, n_studies: int = 4000, old_
     rng = np.random.default_rng([seed, k, int(tau * 1000), n_images])
     studies = simulate(n_studies, k, n_images, tau, rng=rng)
     mean, lo, hi, _ = pool_arrays(studies.effects, studies.variances)
+    _, alo, ahi, _ = pool_arrays(studies.effects, studies.variances, rule="adhoc")
     oracle = float(sps.norm.ppf(0.5 + LEVEL / 2) * mean.std())
     old = (math.nan, math.nan)
     if old_studies:
         sub = Studies(*(a[:old_studies] for a in (studies.effects, studies.variances, studies.level_means,
                                                    studies.level_counts)))
         _, olo, ohi = two_level_bootstrap_arrays(sub, rng=rng)
-        old = (float(np.mean((olo <= TRUE_DELTA) & (TRUE_DELTA <= ohi))), float(np.mean((ohi - olo) / 2)))
-    return Cell(k, tau, n_images, float(np.mean((lo <= TRUE_DELTA) & (TRUE_DELTA <= hi))),
-                float(np.mean((hi - lo) / 2)), oracle, *old)
+        old = (_covers(olo, ohi), float(np.mean((ohi - olo) / 2)))
+    return Cell(k, tau, n_images, _covers(lo, hi), float(np.mean((hi - lo) / 2)), oracle, _covers(alo, ahi),
+                float(np.mean((ahi - alo) / 2)), *old)
+
+
+def _covers(lo, hi) -> float:
+    return float(np.mean((lo <= TRUE_DELTA) & (TRUE_DELTA <= hi)))
 
 
 def coverage_table(n_studies: int = 4000, old_studies: int = 0) -> list[Cell]:

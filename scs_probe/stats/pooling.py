@@ -80,9 +80,10 @@ def paule_mandel(effects, variances, atol: float = 1e-5, maxiter: int = 50) -> n
     return tau2
 
 
-def pool_arrays(effects, variances, level: float = LEVEL):
+def pool_arrays(effects, variances, level: float = LEVEL, rule: str = "wider"):
     """The pooled estimate, lower and upper bound and tau^2 for every row of [..., k] arrays at once (the
-    coverage simulation's path; `pool_seeds` computes the same through statsmodels, a test checks they agree)."""
+    coverage simulation's path; `pool_seeds` computes the same through statsmodels, a test checks they agree).
+    rule "adhoc": the textbook max(1, q) correction instead (t quantile on the larger variance), for comparison."""
     y, v = np.asarray(effects, dtype=float), _floor(np.asarray(variances, dtype=float))
     k = y.shape[-1]
     tau2 = paule_mandel(y, v)
@@ -90,8 +91,11 @@ def pool_arrays(effects, variances, level: float = LEVEL):
     mean = (w * y).sum(-1) / w.sum(-1)
     var_re = 1 / w.sum(-1)
     var_hksj = (w * (y - mean[..., None]) ** 2).sum(-1) / ((k - 1) * w.sum(-1))
-    half = np.maximum(sps.t.ppf(0.5 + level / 2, k - 1) * np.sqrt(var_hksj),
-                      sps.norm.ppf(0.5 + level / 2) * np.sqrt(var_re))
+    t = sps.t.ppf(0.5 + level / 2, k - 1)
+    if rule == "adhoc":
+        half = t * np.sqrt(np.maximum(var_hksj, var_re))
+    else:
+        half = np.maximum(t * np.sqrt(var_hksj), sps.norm.ppf(0.5 + level / 2) * np.sqrt(var_re))
     return mean, mean - half, mean + half, tau2
 
 
