@@ -132,6 +132,7 @@ class ComparisonAnalysis(Analysis):
     Config = CompareConfig
     summary_file = "comparisons.csv"
     figure_stems = ("comparisons",)
+    stored_columns = {"comparisons.csv": ("tau",)}  # seeds pooled by random effects
 
     def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
         pairs = self.config.pairs if self.config.pairs is not None else study_pairs(runs)
