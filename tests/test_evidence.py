@@ -76,7 +76,7 @@ def test_claims_compare_only_matched_and_trained_runs(tmp_path):
     ok = np.ones(100, dtype=bool)
     runs = [fake_run(tmp_path / "a", CONV, 0, ok, max_lr=0.05), fake_run(tmp_path / "a", SCS, 0, ok, max_lr=0.01)]
     verdicts = evaluate_claims(runs, tmp_path, tmp_path)
-    assert {v.verdict for v in verdicts} == {"not tested"}
+    assert {v.verdict for v in verdicts} == {"not tested"} and all(v.hypothesis for v in verdicts)
     assert "settings differ (max_lr 0.05 vs 0.01)" in verdicts[0].evidence
     chance = np.arange(100) % 10 == 0
     runs = [fake_run(tmp_path / "b", CONV, 0, chance), fake_run(tmp_path / "b", SCS, 0, ok)]

@@ -48,6 +48,10 @@ HYPOTHESES = {
     "sparseness": Hypothesis("Gini sparseness SCS - conv", "above", 0.01),
     "robustness": Hypothesis("robust/clean accuracy SCS - conv at some eps", "above", 0.01, "points"),
 }
+STATED = (HYPOTHESES["accuracy"].describe(),  # each claim's test, in the order of CLAIMS
+          f"{HYPOTHESES['train'].describe()} and {HYPOTHESES['eval'].describe()}",
+          HYPOTHESES["activation"].describe(), HYPOTHESES["sparseness"].describe(),
+          HYPOTHESES["robustness"].describe())
 MATCHED = ("epochs", "max_lr", "batch_size", "n_train")  # settings two runs must share to be compared
 NEAR_CHANCE = 0.15           # final test accuracy below this: the variant did not train
 
@@ -157,8 +161,7 @@ def claim_speed(runs, conv: str, scs: str) -> Verdict:
     verdict = CONTRADICTED if CONTRADICTED in found else SUPPORTED if set(found) == {SUPPORTED} else INCONCLUSIVE
     decide = next((v.to_decide for v in verdicts.values() if v.verdict == INCONCLUSIVE), "") \
         if verdict == INCONCLUSIVE else ""
-    hypothesis = " and ".join(HYPOTHESES[k].describe() for k in parts)
-    return Verdict(CLAIMS[1], pair, text, verdict, decide, hypothesis)
+    return Verdict(CLAIMS[1], pair, text, verdict, decide, STATED[1])
 
 
 def claim_no_activation(runs, conv: str, scs: str) -> Verdict:
@@ -275,11 +278,11 @@ def evaluate_claims(runs: list[RunDir], saliency_dir, pgd_dir) -> list[Verdict]:
     pairs = study_pairs(runs)
     if not pairs:
         return [Verdict(c, "", "needs a conv (ReLU, max pool) and an SCS (no activation, max-abs pool) variant",
-                        NOT_TESTED) for c in CLAIMS]
+                        NOT_TESTED, hypothesis=h) for c, h in zip(CLAIMS, STATED)]
     for conv, scs in pairs:
         problem = _problems(runs, conv, scs)
         if problem:
-            out += [Verdict(c, f"{scs} vs {conv}", problem, NOT_TESTED) for c in CLAIMS]
+            out += [Verdict(c, f"{scs} vs {conv}", problem, NOT_TESTED, hypothesis=h) for c, h in zip(CLAIMS, STATED)]
             continue
         out += [claim_accuracy(runs, conv, scs), claim_speed(runs, conv, scs), claim_no_activation(runs, conv, scs),
                 claim_saliency(runs, conv, scs, saliency_dir), claim_robustness(runs, conv, scs, pgd_dir)]
