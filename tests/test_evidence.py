@@ -26,7 +26,7 @@ def fake_run(root, variant, seed, correct, train_s=10.0, eval_s=2.0, max_lr=0.01
     run.checkpoint_path.write_bytes(b"not loaded by these analyses")
     run.write_config({"variant": variant.to_dict(), "variant_name": variant.name, "status": status,
                       "options": {"seed": seed, "max_lr": max_lr, "batch_size": 64, "epochs": 3},
-                      "data": {"n_train": 1000}, "epochs_done": 3})
+                      "data": {"n_train": 1000, "n_test": 10000}, "epochs_done": 3})
     run.start_records()
     acc = float(np.mean(correct))
     run.append("history", [dict.fromkeys(RECORDS["history"], 1.0) | {
@@ -62,11 +62,12 @@ def test_between_seed_interval_and_claims(tmp_path):
                  fake_run(tmp_path, SCS_RELU, seed, better, train_s=20.0, eval_s=1.0)]
     rows = compare(runs, CONV.name, SCS.name, n_boot=300)
     assert [r["seed"] for r in rows] == [0, 1, 2, "all"]
-    assert rows[-1]["interval"] == "95% bootstrap over 3 seeds and 400 images" and rows[-1]["lo"] > 0
+    assert rows[-1]["interval"].startswith("95% random effects over 3 seeds") and rows[-1]["lo"] > 0.05
     verdicts = {v.claim[:20]: v for v in evaluate_claims(runs, tmp_path / "none", tmp_path / "none")}
     assert verdicts["SCS is not more accu"].verdict == "contradicted"   # SCS is clearly more accurate here
     assert verdicts["SCS is slower to tra"].verdict == "supported"      # 2x train seconds, 0.5x eval
     assert verdicts["SCS needs no activat"].verdict == "supported"      # identical predictions with a ReLU
+    assert all(v.hypothesis for v in verdicts.values())                  # every claim states its test
     assert verdicts["SCS saliency maps ar"].verdict == "not tested"     # no saliency analysis here
     assert verdicts["SCS is more robust t"].verdict == "not tested"
 
@@ -75,14 +76,14 @@ def test_claims_compare_only_matched_and_trained_runs(tmp_path):
     ok = np.ones(100, dtype=bool)
     runs = [fake_run(tmp_path / "a", CONV, 0, ok, max_lr=0.05), fake_run(tmp_path / "a", SCS, 0, ok, max_lr=0.01)]
     verdicts = evaluate_claims(runs, tmp_path, tmp_path)
-    assert {v.verdict for v in verdicts} == {"not tested"}
+    assert {v.verdict for v in verdicts} == {"not tested"} and all(v.hypothesis for v in verdicts)
     assert "settings differ (max_lr 0.05 vs 0.01)" in verdicts[0].evidence
     chance = np.arange(100) % 10 == 0
     runs = [fake_run(tmp_path / "b", CONV, 0, chance), fake_run(tmp_path / "b", SCS, 0, ok)]
     assert "stayed near chance" in evaluate_claims(runs, tmp_path, tmp_path)[0].evidence
     one = [fake_run(tmp_path / "c", CONV, 0, ok), fake_run(tmp_path / "c", SCS, 0, ok)]
     speed = evaluate_claims(one, tmp_path, tmp_path)[1]
-    assert speed.verdict == "inconclusive" and "2 seeds" in speed.to_decide  # one seed: no interval
+    assert speed.verdict == "inconclusive" and speed.to_decide.startswith("1 seed cannot separate")
 
 
 class Quantized(torch.nn.Module):
@@ -220,18 +221,207 @@ def test_over_seeds_interval_keeps_the_image_noise(tmp_path):
 
 def test_masking_flags_count_whatever_attacks_ran(tmp_path):
     from scs_probe.analysis.claims import claim_robustness
+    from scs_probe.analysis.sources import run_labels
     from scs_probe.storage import atomic_write, write_csv
     ok = np.ones(50, dtype=bool)
-    runs = [fake_run(tmp_path, CONV, 0, ok), fake_run(tmp_path, SCS, 0, ok)]
+    runs = [fake_run(tmp_path, v, s, ok) for s in (0, 1) for v in (CONV, SCS)]
+    conv_labels, scs_labels = run_labels(runs)[0::2], run_labels(runs)[1::2]
     pgd = tmp_path / "pgd"
     robust_conv = np.stack([ok, np.zeros(50, bool)])
     robust_scs = np.stack([ok, ok])           # SCS survives everything: a masking suspect
-    keys = [(CONV.name, "pgd"), (CONV.name, "square"), (SCS.name, "pgd"), (SCS.name, "square")]
+    keys = [(m, a) for m in conv_labels + scs_labels for a in ("pgd", "square")]
     atomic_write(pgd / "pgd_per_image.npz", lambda f: np.savez(
         f, models=np.array([k[0] for k in keys]), attacks=np.array([k[1] for k in keys]), eps=np.array([0, 0.03]),
-        robust=np.stack([robust_conv, robust_conv, robust_scs, robust_scs])))
-    write_csv(pgd / "pgd_summary.csv", [
-        {"model": SCS.name, "attack": "pgd", "masking_flags": "large-eps accuracy not ~0"},
-        {"model": SCS.name, "attack": "square", "masking_flags": ""}])
+        robust=np.stack([robust_scs if k[0] in scs_labels else robust_conv for k in keys])))
+    write_csv(pgd / "pgd_summary.csv", [{"model": m, "attack": a, "masking_flags": "large-eps accuracy not ~0"
+                                         if a == "pgd" and m == scs_labels[1] else ""} for m, a in keys])
     v = claim_robustness(runs, CONV.name, SCS.name, pgd)
     assert v.verdict == "inconclusive" and "gradient masking" in v.evidence, v
+    write_csv(pgd / "pgd_summary.csv", [{"model": m, "attack": a, "masking_flags": ""} for m, a in keys])
+    assert claim_robustness(runs, CONV.name, SCS.name, pgd).verdict == "supported"  # the flag alone held it back
+
+
+# ---------------------------------------------------------------------------------------------- verdict paths
+
+def shifted(rng, base, diff, discordant=0.1):
+    """Correctness of a model that differs from `base` on about `discordant` of the images and is right on
+    exactly diff * n more of them: paired, as two networks sharing their test images are."""
+    n = len(base)
+    lose = int(discordant * n / 2)
+    gain = lose + round(diff * n)
+    out = base.copy()
+    out[rng.choice(np.flatnonzero(base), lose, replace=False)] = False
+    out[rng.choice(np.flatnonzero(~base), gain, replace=False)] = True
+    return out
+
+
+def sweep(root, diffs, n=2000, relu_gains=None, train=None, evals=None, seed=0):
+    """conv and SCS runs (and SCS+ReLU where relu_gains is given), one per entry of `diffs` (SCS - conv
+    accuracy of that seed); train/eval: per-seed SCS/conv seconds ratios (conv: 10 s and 2 s)."""
+    rng = np.random.default_rng(seed)
+    runs = []
+    for s, d in enumerate(diffs):
+        conv = rng.random(n) < 0.6
+        scs = shifted(rng, conv, d)
+        t = train[s] if train else 2.0
+        e = evals[s] if evals else 0.5
+        runs += [fake_run(root, CONV, s, conv), fake_run(root, SCS, s, scs, train_s=10 * t, eval_s=2 * e)]
+        if relu_gains is not None:
+            runs.append(fake_run(root, SCS_RELU, s, shifted(rng, scs, relu_gains[s])))
+    return runs
+
+
+def claim(runs, index, saliency=None, pgd=None):
+    from scs_probe.analysis.claims import CLAIMS
+    root = runs[0].path.parent
+    v = [v for v in evaluate_claims(runs, saliency or root / "none", pgd or root / "none") if v.claim == CLAIMS[index]]
+    assert len(v) == 1
+    return v[0]
+
+
+def test_two_seeds_that_disagree_are_inconclusive(tmp_path):
+    """The issue's case: +0.02 and +0.06 on 2,000 images read +0.040 [+0.007, +0.073] and 'contradicted'
+    through the old bootstrap; the seeds disagree by 4 points, so nothing is decided."""
+    runs = sweep(tmp_path, [0.02, 0.06])
+    rows = compare(runs, CONV.name, SCS.name)
+    assert [r["diff"] for r in rows] == pytest.approx([0.02, 0.06, 0.04], abs=1e-3)
+    assert rows[-1]["within_noise"] and rows[-1]["lo"] < -0.15 and rows[-1]["hi"] > 0.2
+    assert rows[-1]["interval"].startswith("95% random effects over 2 seeds")
+    v = claim(runs, 0)
+    assert v.verdict == "inconclusive" and v.hypothesis == "accuracy SCS - conv < +1.0 points"
+    assert "add seeds" in v.to_decide and "cannot be decided with this test set" in v.to_decide
+
+
+def test_five_seeds_that_agree_decide(tmp_path):
+    runs = sweep(tmp_path, [0.035, 0.045, 0.04, 0.03, 0.05])
+    rows = compare(runs, CONV.name, SCS.name)
+    assert rows[-1]["diff"] == pytest.approx(0.04, abs=1e-3) and 0.01 < rows[-1]["lo"] < rows[-1]["hi"] < 0.07
+    v = claim(runs, 0)
+    assert v.verdict == "contradicted" and v.to_decide == ""
+
+
+@pytest.mark.parametrize("diffs,n,verdict", [
+    ([-0.03, -0.02, -0.025], 2000, "supported"),
+    ([0.004, 0.004, 0.004], 10000, "supported"),    # above 0 but wholly under the +1 point margin
+    ([0.05, 0.06, 0.055], 2000, "contradicted"),
+    ([0.01, 0.012, 0.008], 2000, "inconclusive"),   # on the margin
+])
+def test_accuracy_claim_verdicts(tmp_path, diffs, n, verdict):
+    v = claim(sweep(tmp_path, diffs, n), 0)
+    assert v.verdict == verdict, v
+    assert (v.to_decide != "") == (verdict == "inconclusive")
+
+
+def test_one_seed_decides_no_architecture_claim(tmp_path):
+    runs = sweep(tmp_path, [0.1], relu_gains=[0.2])     # far beyond every margin on its images
+    rows = compare(runs, CONV.name, SCS.name)
+    assert len(rows) == 1 and "1 seed cannot separate the architecture from the seed" in rows[0]["interval"]
+    for index in (0, 1, 2):
+        v = claim(runs, index)
+        assert v.verdict == "inconclusive" and v.to_decide.startswith(
+            "1 seed cannot separate the architecture from the seed"), v
+    assert "image-level only" in claim(runs, 0).evidence
+
+
+def test_not_tested_without_predictions_or_relu_variant(tmp_path):
+    runs = sweep(tmp_path, [0.0, 0.0])
+    for run in runs:
+        (run.path / "predictions.csv").unlink()
+    assert claim(runs, 0).verdict == "not tested" and "no per-image predictions" in claim(runs, 0).evidence
+    v = claim(runs, 2)
+    assert v.verdict == "not tested" and "needs the same variant with a ReLU" in v.evidence
+    assert v.hypothesis == "accuracy gain of a ReLU < +1.0 points"
+
+
+@pytest.mark.parametrize("gains,n,verdict", [
+    ([0.004, 0.004, 0.004], 10000, "supported"),    # the issue's case: [+0.002, +0.008] read contradicted
+    ([0.05, 0.04, 0.045], 2000, "contradicted"),
+    ([0.01, 0.012, 0.008], 2000, "inconclusive"),
+])
+def test_no_activation_claim_verdicts(tmp_path, gains, n, verdict):
+    v = claim(sweep(tmp_path, [0.0, 0.0, 0.0], n, relu_gains=gains), 2)
+    assert v.verdict == verdict, v
+    assert v.pair == f"{SCS_RELU.name} vs {SCS.name}"
+
+
+@pytest.mark.parametrize("train,evals,verdict", [
+    ([2.0, 2.1, 1.9], [0.5, 0.52, 0.48], "supported"),
+    ([2.0, 2.1, 1.9], [1.3, 1.35, 1.25], "contradicted"),   # eval slower
+    ([0.8, 0.82, 0.78], [0.5, 0.52, 0.48], "contradicted"),  # train faster
+    ([0.9, 1.6, 1.2], [0.5, 0.52, 0.48], "inconclusive"),    # seeds disagree on training
+])
+def test_speed_claim_verdicts(tmp_path, train, evals, verdict):
+    v = claim(sweep(tmp_path, [0.0] * 3, 500, train=train, evals=evals), 1)
+    assert v.verdict == verdict, v
+    assert v.hypothesis == "train seconds SCS/conv > 1.05x and eval seconds SCS/conv < 0.95x"
+    assert (v.to_decide.startswith("add seeds")) == (verdict == "inconclusive")
+
+
+def _saliency_files(root, runs, gain, flag=""):
+    from scs_probe.analysis.sources import run_labels
+    from scs_probe.storage import write_csv
+    rng = np.random.default_rng(5)
+    rows, summary = [], []
+    for run, label in zip(runs, run_labels(runs)):
+        if run.name not in (CONV.name, SCS.name):
+            continue
+        extra = gain + 0.01 * run.seed if run.name == SCS.name else 0.0
+        rows += [{"model": label, "image_index": i, "sparseness": 0.4 + 0.001 * i + extra + rng.normal(0, 0.03)}
+                 for i in range(100)]
+        summary.append({"model": label, "rand_flag": flag if run.name == SCS.name else ""})
+    write_csv(root / "sal" / "saliency.csv", rows)
+    write_csv(root / "sal" / "saliency_summary.csv", summary)
+    return root / "sal"
+
+
+@pytest.mark.parametrize("gain,flag,verdict", [
+    (0.1, "", "supported"),
+    (-0.1, "", "contradicted"),
+    (0.1, "maps barely change with random weights", "inconclusive"),
+    (0.0, "", "inconclusive"),
+])
+def test_saliency_claim_verdicts(tmp_path, gain, flag, verdict):
+    runs = sweep(tmp_path / "runs", [0.0] * 3, 300)
+    v = claim(runs, 3, saliency=_saliency_files(tmp_path, runs, gain, flag))
+    assert v.verdict == verdict, v
+    assert v.hypothesis == "Gini sparseness SCS - conv > +0.010"
+    assert claim(runs, 3, saliency=tmp_path / "nothing").verdict == "not tested"
+
+
+def _pgd_files(root, runs, conv_keep, scs_keep, flags="", eps=(0.0, 2 / 255, 8 / 255)):
+    """Per seed, robust masks [eps, image]: clean correct, then robust on about `keep` of those (less at the larger
+    eps), drawn at random."""
+    from scs_probe.analysis.sources import run_labels
+    from scs_probe.storage import atomic_write, write_csv
+    keys, masks = [], []
+    rng = np.random.default_rng(6)
+    for run, label in zip(runs, run_labels(runs)):
+        if run.name not in (CONV.name, SCS.name):
+            continue
+        keep = scs_keep if run.name == SCS.name else conv_keep
+        clean = np.arange(500) % 10 < 8
+        robust = [clean] + [clean & (rng.random(500) < keep / (j + 1)) for j in range(len(eps) - 1)]
+        keys.append(label)
+        masks.append(np.stack(robust))
+    atomic_write(root / "pgd" / "pgd_per_image.npz", lambda f: np.savez(
+        f, models=np.array(keys), attacks=np.array(["pgd"] * len(keys)), eps=np.array(eps), robust=np.stack(masks)))
+    write_csv(root / "pgd" / "pgd_summary.csv", [{"model": k, "attack": "pgd", "masking_flags": flags if SCS.name
+                                                   in k else ""} for k in keys])
+    return root / "pgd"
+
+
+@pytest.mark.parametrize("conv_keep,scs_keep,flags,verdict", [
+    (0.3, 0.6, "", "supported"),
+    (0.6, 0.3, "", "contradicted"),
+    (0.3, 0.6, "large-eps accuracy not ~0", "inconclusive"),
+    (0.3, 0.31, "", "inconclusive"),
+])
+def test_robustness_claim_verdicts(tmp_path, conv_keep, scs_keep, flags, verdict):
+    runs = sweep(tmp_path / "runs", [0.0] * 3, 500)
+    v = claim(runs, 4, pgd=_pgd_files(tmp_path, runs, conv_keep, scs_keep, flags))
+    assert v.verdict == verdict, v
+    assert v.hypothesis == "robust/clean accuracy SCS - conv at some eps > +1.0 points"
+    assert ("gradient masking" in v.evidence) == bool(flags)
+    assert claim(runs, 4, pgd=tmp_path / "nothing").verdict == "not tested"
+    no_clean = _pgd_files(tmp_path / "b", runs, conv_keep, scs_keep, eps=(2 / 255, 8 / 255))
+    assert "needs eps 0" in claim(runs, 4, pgd=no_clean).evidence

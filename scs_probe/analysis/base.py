@@ -87,6 +87,8 @@ class Analysis(ABC):
     Config: ClassVar[type[AnalysisConfig]]
     summary_file: ClassVar[str]          # CSV with one row per model (and attack, layer, ...)
     figure_stems: ClassVar[tuple[str, ...]]
+    # columns the current outputs hold and older ones lack (file -> columns): stored outputs without them are stale
+    stored_columns: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, config: AnalysisConfig | None = None, **options):
         if config is not None and options:
@@ -136,6 +138,14 @@ class Analysis(ABC):
             return "stored options unreadable"
         if not (Path(out) / cls.summary_file).is_file():
             return "stored outputs incomplete"
+        for name, columns in cls.stored_columns.items():
+            if not (Path(out) / name).is_file():
+                return "stored outputs incomplete"
+            with open(Path(out) / name, newline="") as f:
+                header = f.readline().strip().split(",")
+            missing = [c for c in columns if c not in header]
+            if missing:
+                return f"stored by an older scs-probe ({name} has no {missing[0]})"
         config, stored_runs = stored
         if not _same_runs(stored_runs, run_fingerprint(runs)):
             return "the runs or their checkpoints changed"

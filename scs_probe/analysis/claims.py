@@ -1,18 +1,35 @@
-"""The study's five claims, each with the evidence of a directory of runs and a verdict computed from it:
-supported, contradicted, or inconclusive at this sample size. Nothing in a verdict is written by hand; only
-finished runs trained with matched settings are compared."""
+"""The study's five claims, each a stated hypothesis with a margin (`HYPOTHESES`), tested on a directory of runs:
+supported when the whole 95 % interval lies on the claim's side of the margin, contradicted when it lies beyond,
+inconclusive otherwise (with what would decide it at 80 % power). Intervals pool per-seed paired estimates over
+seeds (`stats.pooling`); one seed cannot separate the architecture from the seed, so one seed never decides a
+claim. Nothing in a verdict is written by hand; only finished runs trained with matched settings are compared."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..rundir import RunDir
-from ..stats import Interval, items_to_decide, t_interval, two_level_bootstrap
+from ..stats import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    LEVEL,
+    NOT_TESTED,
+    SUPPORTED,
+    Hypothesis,
+    Interval,
+    Pooled,
+    paired_mean,
+    pool_paired,
+    pool_seeds,
+    ratio_difference,
+    to_decide,
+)
 from ..storage import read_csv
-from .compare import compare, study_pairs, variant_axes
+from .compare import accuracy_pool, study_pairs, variant_axes
 from .provenance import near_chance, near_chance_threshold, speed_comparability
 from .robustness import load_per_image
 from .sources import run_labels
@@ -24,8 +41,19 @@ CLAIMS = (
     "SCS saliency maps are more interpretable (sparser)",
     "SCS is more robust to adversarial attacks in some settings",
 )
+HYPOTHESES = {
+    "accuracy": Hypothesis("accuracy SCS - conv", "below", 0.01, "points"),
+    "train": Hypothesis("train seconds SCS/conv", "above", math.log(1.05), "log ratio"),
+    "eval": Hypothesis("eval seconds SCS/conv", "below", math.log(0.95), "log ratio"),
+    "activation": Hypothesis("accuracy gain of a ReLU", "below", 0.01, "points"),
+    "sparseness": Hypothesis("Gini sparseness SCS - conv", "above", 0.01),
+    "robustness": Hypothesis("robust/clean accuracy SCS - conv at some eps", "above", 0.01, "points"),
+}
+STATED = (HYPOTHESES["accuracy"].describe(),  # each claim's test, in the order of CLAIMS
+          f"{HYPOTHESES['train'].describe()} and {HYPOTHESES['eval'].describe()}",
+          HYPOTHESES["activation"].describe(), HYPOTHESES["sparseness"].describe(),
+          HYPOTHESES["robustness"].describe())
 MATCHED = ("epochs", "max_lr", "batch_size", "n_train")  # settings two runs must share to be compared
-EQUIVALENCE_MARGIN = 0.01    # "no activation needed": adding one gains less than this, with 95% confidence
 
 
 @dataclass
@@ -34,7 +62,8 @@ class Verdict:
     pair: str
     evidence: str
     verdict: str             # supported, contradicted, inconclusive, not tested
-    to_decide: str = ""      # the sample size that would decide an inconclusive verdict, where simple
+    to_decide: str = ""      # what would decide an inconclusive verdict (80 % power)
+    hypothesis: str = ""     # the test, with its margin
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -46,8 +75,8 @@ def _labels(runs: list[RunDir], name: str) -> dict:
             if r.name == name and r.read_config().get("status") == "finished"}
 
 
-def _finished(runs: list[RunDir], name: str) -> list[dict]:
-    return [r.summary() for r in runs if r.name == name and r.read_config().get("status") == "finished"]
+def _finished(runs: list[RunDir], name: str) -> list[RunDir]:
+    return [r for r in runs if r.name == name and r.read_config().get("status") == "finished"]
 
 
 def _settings(rows: list[dict]) -> set[tuple]:
@@ -56,7 +85,7 @@ def _settings(rows: list[dict]) -> set[tuple]:
 
 def _problems(runs, a: str, b: str) -> str:
     """Why a and b cannot be compared ('' where they can)."""
-    ra, rb = _finished(runs, a), _finished(runs, b)
+    ra, rb = [r.summary() for r in _finished(runs, a)], [r.summary() for r in _finished(runs, b)]
     if not ra or not rb:
         return f"no finished run of {a if not ra else b}"
     if len(_settings(ra) | _settings(rb)) > 1:
@@ -70,168 +99,182 @@ def _problems(runs, a: str, b: str) -> str:
     return ""
 
 
-def _sign_verdict(ci: Interval, positive: str, negative: str, unit: str = "test images") -> tuple[str, str]:
-    """`positive` when the interval lies above 0, `negative` when below, else inconclusive with about how many
-    `unit` would decide it."""
-    if not ci.defined:
-        return "inconclusive", "needs at least 2 seeds or images for an interval"
-    if ci.lo > 0:
-        return positive, ""
-    if ci.hi < 0:
-        return negative, ""
-    n = items_to_decide(ci)
-    return "inconclusive", f"about {n:,} {unit} would decide it" if n else ""
+def _test_split(runs: list[RunDir], used: int) -> int:
+    """Test images the data set holds (as the runs recorded it; else the images used: promise no more)."""
+    return max([int(r.read_config().get("data", {}).get("n_test", 0) or 0) for r in runs] + [used])
 
 
-def _accuracy_interval(runs, a: str, b: str) -> tuple[Interval | None, str]:
-    """b - a on the same test images: over seeds and images where several seeds exist, else the one seed's
-    paired bootstrap; None where the runs recorded no per-image predictions."""
-    rows = compare(runs, a, b)
-    if not rows:
-        return None, "no per-image predictions (runs from an older scs-probe: retrain them)"
-    row = rows[-1]  # 'all' over seeds where there are several, else the one seed
-    ci = Interval(row["diff"], row["lo"], row["hi"], row["interval"], row["n"])
-    seeds = [str(r["seed"]) for r in rows if r["seed"] != "all"]
-    text = f"accuracy {b} - {a}: {ci.describe()}, seeds {' '.join(seeds)}"
-    if row["seed"] != "all":
-        text += f"; exact McNemar p = {row['mcnemar_p']:.3g}"
-        if row["mcnemar_p"] >= 0.05 and not ci.covers(0):
-            # the percentile bootstrap can be narrower than the exact test on few images: trust neither alone
-            ci = Interval(ci.estimate, min(ci.lo, 0.0), max(ci.hi, 0.0), ci.method, ci.n)
-            text += " (not significant: verdict held back)"
-    return ci, text
+def _seeds_text(pooled: Pooled, fmt: str = "+.3f") -> str:
+    per_seed = ", ".join(f"{e:{fmt}}" for e in pooled.effects)
+    spread = "" if pooled.one_seed else f"; spread between seeds tau {math.sqrt(max(pooled.tau2, 0)):.3f}"
+    return f"per seed {per_seed}{spread}"
+
+
+def _decide(claim: str, pair: str, hypothesis: Hypothesis, pooled: Pooled, evidence: str,
+            images_available: int | None, level: float = LEVEL) -> Verdict:
+    """The hypothesis's verdict on a pooled interval; one seed is inconclusive whatever its interval says."""
+    verdict = INCONCLUSIVE if pooled.one_seed else hypothesis.verdict(pooled.interval)
+    decide = to_decide(pooled, hypothesis, images_available, level) if verdict == INCONCLUSIVE else ""
+    return Verdict(claim, pair, evidence, verdict, decide, hypothesis.describe())
 
 
 def claim_accuracy(runs, conv: str, scs: str) -> Verdict:
-    ci, text = _accuracy_interval(runs, conv, scs)
-    if ci is None:
-        return Verdict(CLAIMS[0], f"{scs} vs {conv}", text, "not tested")
-    unit = "seeds" if "seeds" in ci.method else "test images"  # what the interval's n counts
-    verdict, decide = _sign_verdict(ci, "contradicted", "supported", unit)
-    return Verdict(CLAIMS[0], f"{scs} vs {conv}", text, verdict, decide)
+    h = HYPOTHESES["accuracy"]
+    pooled = accuracy_pool(runs, conv, scs)
+    if pooled is None:
+        return Verdict(CLAIMS[0], f"{scs} vs {conv}", "no per-image predictions (runs from an older scs-probe: "
+                       "retrain them)", NOT_TESTED, hypothesis=h.describe())
+    text = f"accuracy {scs} - {conv}: {pooled.interval.describe()}; {_seeds_text(pooled)}"
+    return _decide(CLAIMS[0], f"{scs} vs {conv}", h, pooled, text, _test_split(runs, pooled.n_images))
+
+
+def _log_seconds(run: RunDir, key: str) -> tuple[float, float]:
+    """log of the mean seconds per epoch and its variance from the epochs' spread (0 for one epoch)."""
+    seconds = np.array([float(r[key]) for r in run.read("history")])
+    mean, var = paired_mean(seconds)
+    return math.log(mean), (var / mean ** 2 if math.isfinite(var) else 0.0)
+
+
+def _speed_pool(runs, conv: str, scs: str, key: str) -> Pooled:
+    """log(SCS / conv seconds per epoch), pooled over seeds; within a seed, the epochs' spread (delta method)."""
+    ra, rb = {r.seed: r for r in _finished(runs, conv)}, {r.seed: r for r in _finished(runs, scs)}
+    effects, variances = [], []
+    for s in sorted(set(ra) & set(rb), key=str):
+        (la, va), (lb, vb) = _log_seconds(ra[s], key), _log_seconds(rb[s], key)
+        effects.append(lb - la)
+        variances.append(va + vb)
+    return pool_seeds(effects, variances, min((len(r.read("history")) for r in ra.values()), default=0), unit="epochs")
+
+
+def _ratio(p: Pooled) -> str:
+    i = p.interval
+    return f"{math.exp(i.estimate):.2f}x [{math.exp(i.lo):.2f}, {math.exp(i.hi):.2f}]" if i.defined else \
+        f"{math.exp(i.estimate):.2f}x (no interval)"
 
 
 def claim_speed(runs, conv: str, scs: str) -> Verdict:
-    ra, rb = {r["seed"]: r for r in _finished(runs, conv)}, {r["seed"]: r for r in _finished(runs, scs)}
-    seeds = sorted(set(ra) & set(rb), key=str)
+    pair = f"{scs} vs {conv}"
     differ, measures = speed_comparability(runs, conv, scs)
     if differ:
-        return Verdict(CLAIMS[1], f"{scs} vs {conv}", f"not compared: the runs did not run alike ({differ})",
-                       "not tested")
-
-    def ratio(key) -> Interval:  # t interval of the log ratio, back-transformed: ratios stay positive
-        t = t_interval([np.log(float(rb[s][key]) / float(ra[s][key])) for s in seeds])
-        return Interval(float(np.exp(t.estimate)), float(np.exp(t.lo)), float(np.exp(t.hi)), "t on log ratio", t.n)
-    ratios = {k: ratio(k) for k in ("train_seconds_mean", "eval_seconds_mean")}
-    train, ev = ratios["train_seconds_mean"], ratios["eval_seconds_mean"]
-    text = f"SCS/conv seconds per epoch: train {train.describe('.2f')}, eval {ev.describe('.2f')}"
-    if not train.defined or not ev.defined:
-        return Verdict(CLAIMS[1], f"{scs} vs {conv}", text, "inconclusive", "needs at least 2 seeds")
-    if train.lo > 1 and ev.hi < 1:
-        verdict = "supported"
-    elif train.hi < 1 or ev.lo > 1:
-        verdict = "contradicted"
-    else:
-        verdict = "inconclusive"
-    return Verdict(CLAIMS[1], f"{scs} vs {conv}", f"{text} ({measures})", verdict)
+        return Verdict(CLAIMS[1], pair, f"not compared: the runs did not run alike ({differ})", NOT_TESTED,
+                       hypothesis=STATED[1])
+    parts = {k: _speed_pool(runs, conv, scs, f"{k}_seconds") for k in ("train", "eval")}
+    text = (f"SCS/conv seconds per epoch: train {_ratio(parts['train'])}, eval {_ratio(parts['eval'])} "
+            f"({parts['train'].interval.method}; {measures})")
+    verdicts = {k: _decide(CLAIMS[1], pair, HYPOTHESES[k], p, text, None) for k, p in parts.items()}
+    found = [v.verdict for v in verdicts.values()]
+    verdict = CONTRADICTED if CONTRADICTED in found else SUPPORTED if set(found) == {SUPPORTED} else INCONCLUSIVE
+    decide = next((v.to_decide for v in verdicts.values() if v.verdict == INCONCLUSIVE), "") \
+        if verdict == INCONCLUSIVE else ""
+    return Verdict(CLAIMS[1], pair, text, verdict, decide, STATED[1])
 
 
 def claim_no_activation(runs, conv: str, scs: str) -> Verdict:
+    h = HYPOTHESES["activation"]
     axes = {r.name: variant_axes(r) for r in runs}
     v = axes[scs]
     relu = [n for n, w in axes.items() if w.get("layer") == "scs" and w.get("activation") == "relu"
-            and all(w.get(k) == v.get(k) for k in ("arch", "pool", "norm", "image_size", "fixed_p"))]
+            and all(w.get(k) == v.get(k) for k in ("arch", "pool", "norm", "image_size", "fixed_p", "dataset"))]
     if not relu:
         return Verdict(CLAIMS[2], scs, f"needs the same variant with a ReLU ({scs.replace('-none', '-relu', 1)})",
-                       "not tested")
+                       NOT_TESTED, hypothesis=h.describe())
+    pair = f"{relu[0]} vs {scs}"
     problem = _problems(runs, scs, relu[0])
-    if problem:
-        return Verdict(CLAIMS[2], f"{relu[0]} vs {scs}", problem, "not tested")
-    ci, text = _accuracy_interval(runs, scs, relu[0])
-    if ci is None:
-        return Verdict(CLAIMS[2], f"{relu[0]} vs {scs}", text, "not tested")
-    if not ci.defined:
-        return Verdict(CLAIMS[2], f"{relu[0]} vs {scs}", text, "inconclusive", "needs an interval")
-    if ci.lo > 0:
-        verdict, decide = "contradicted", ""
-    elif ci.hi < EQUIVALENCE_MARGIN:
-        verdict, decide = "supported", ""
-    else:
-        verdict, decide = "inconclusive", ""
-    return Verdict(CLAIMS[2], f"{relu[0]} vs {scs}",
-                   f"{text} (supported when a ReLU gains less than {EQUIVALENCE_MARGIN:.0%})", verdict, decide)
+    pooled = None if problem else accuracy_pool(runs, scs, relu[0])
+    if problem or pooled is None:
+        return Verdict(CLAIMS[2], pair, problem or "no per-image predictions", NOT_TESTED, hypothesis=h.describe())
+    text = f"accuracy {relu[0]} - {scs}: {pooled.interval.describe()}; {_seeds_text(pooled)}"
+    return _decide(CLAIMS[2], pair, h, pooled, text, _test_split(runs, pooled.n_images))
 
 
 def claim_saliency(runs, conv: str, scs: str, saliency_dir: Path) -> Verdict:
+    h = HYPOTHESES["sparseness"]
     path = Path(saliency_dir) / "saliency.csv"
+    pair = f"{scs} vs {conv}"
     if not path.is_file():
-        return Verdict(CLAIMS[3], f"{scs} vs {conv}", "no saliency analysis", "not tested")
+        return Verdict(CLAIMS[3], pair, "no saliency analysis", NOT_TESTED, hypothesis=h.describe())
     rows = read_csv(path)
     la, lb = _labels(runs, conv), _labels(runs, scs)
-    values = {}
-    for label in (*la.values(), *lb.values()):
-        values[label] = {r["image_index"]: float(r["sparseness"]) for r in rows if r["model"] == label}
-    seeds = sorted(set(la) & set(lb), key=str)
-    common = sorted(set.intersection(*(set(values[la[s]]) & set(values[lb[s]]) for s in seeds))) if seeds else []
-    if not common:
-        return Verdict(CLAIMS[3], f"{scs} vs {conv}", "the saliency analysis does not cover both", "not tested")
-    a = np.array([[values[la[s]][i] for i in common] for s in seeds])  # [seed, image]: the same images
-    b = np.array([[values[lb[s]][i] for i in common] for s in seeds])
-    ci = two_level_bootstrap(lambda x, y: (y - x).mean(), a, b)
-    text = (f"Gini sparseness {scs} - {conv}: {ci.describe()} ({len(seeds)} seeds x {len(common)} images, "
-            f"resampled together)")
-    verdict, decide = _sign_verdict(ci, "supported", "contradicted", "images")
+    values: dict[str, dict] = {}
+    for r in rows:
+        values.setdefault(r["model"], {})[r["image_index"]] = float(r["sparseness"])
+    diffs = []
+    for s in sorted(set(la) & set(lb), key=str):
+        a, b = values.get(la[s], {}), values.get(lb[s], {})
+        common = sorted(set(a) & set(b))
+        if common:
+            diffs.append(np.array([b[i] - a[i] for i in common]))
+    if not diffs:
+        return Verdict(CLAIMS[3], pair, "the saliency analysis does not cover both", NOT_TESTED,
+                       hypothesis=h.describe())
+    pooled = pool_paired(diffs)
+    text = f"Gini sparseness {scs} - {conv}: {pooled.interval.describe()}; {_seeds_text(pooled)}"
+    verdict = _decide(CLAIMS[3], pair, h, pooled, text, _test_split(runs, pooled.n_images))
     flags = {r["model"]: r.get("rand_flag", "") for r in read_csv(Path(saliency_dir) / "saliency_summary.csv")}
     failed = [label for label in lb.values() if flags.get(label)]
     if failed:
-        text += f"; {failed[0]} fails the randomisation check ({flags[failed[0]]})"
-        verdict = "inconclusive" if verdict == "supported" else verdict
-    return Verdict(CLAIMS[3], f"{scs} vs {conv}", text, verdict, decide)
+        verdict.evidence += f"; {failed[0]} fails the randomisation check ({flags[failed[0]]})"
+        if verdict.verdict == SUPPORTED:
+            verdict.verdict, verdict.to_decide = INCONCLUSIVE, "maps that pass the randomisation check"
+    return verdict
 
 
-def _relative_gain(clean_a, robust_a, clean_b, robust_b) -> float:
-    return robust_b.mean() / max(clean_b.mean(), 1e-9) - robust_a.mean() / max(clean_a.mean(), 1e-9)
-
-
-def claim_robustness(runs, conv: str, scs: str, pgd_dir: Path) -> Verdict:
+def _robust_by_seed(runs, conv, scs, pgd_dir):
+    """(eps, attacks, {seed: (conv robust [eps, image], SCS robust [eps, image])}): robust under every attack
+    run on both (the strongest evidence there is)."""
     per = load_per_image(pgd_dir)
     la, lb = _labels(runs, conv), _labels(runs, scs)
     seeds = [s for s in sorted(set(la) & set(lb), key=str)
              if any((la[s], a) in per and (lb[s], a) in per for a in ("pgd", "square", "autoattack"))]
     if not seeds:
-        return Verdict(CLAIMS[4], f"{scs} vs {conv}", "no robustness analysis of both", "not tested")
+        return None, [], {}, lb
     attacks = [a for a in ("autoattack", "square", "pgd") if all((la[s], a) in per and (lb[s], a) in per
                                                                  for s in seeds)]
     eps = per[(la[seeds[0]], attacks[0])][0]
-    # robust under every attack run on both (the strongest evidence there is): [seed, eps, image]
-    ra = np.stack([np.min([per[(la[s], a)][1] for a in attacks], axis=0) for s in seeds]).astype(float)
-    rb = np.stack([np.min([per[(lb[s], a)][1] for a in attacks], axis=0) for s in seeds]).astype(float)
+    robust = {s: tuple(np.min([per[(label[s], a)][1] for a in attacks], axis=0).astype(float) for label in (la, lb))
+              for s in seeds}
+    return eps, attacks, robust, {s: lb[s] for s in seeds}
+
+
+def claim_robustness(runs, conv: str, scs: str, pgd_dir: Path) -> Verdict:
+    h = HYPOTHESES["robustness"]
+    pair = f"{scs} vs {conv}"
+    eps, attacks, robust, scs_labels = _robust_by_seed(runs, conv, scs, pgd_dir)
+    if not robust:
+        return Verdict(CLAIMS[4], pair, "no robustness analysis of both", NOT_TESTED, hypothesis=h.describe())
     if eps[0] != 0:
-        return Verdict(CLAIMS[4], f"{scs} vs {conv}", "needs eps 0 (clean accuracy) in the range", "not tested")
-    results = []
-    level = 1 - (1 - 0.95) / max(1, len(eps) - 1)  # Bonferroni: one claim tested at every eps
+        return Verdict(CLAIMS[4], pair, "needs eps 0 (clean accuracy) in the range", NOT_TESTED,
+                       hypothesis=h.describe())
+    level = 1 - (1 - LEVEL) / max(1, len(eps) - 1)  # Bonferroni: one claim tested at every eps
+    results, n_images = [], min(ra.shape[1] for ra, _ in robust.values())
     for k in range(1, len(eps)):
-        ci = two_level_bootstrap(_relative_gain, ra[:, 0], ra[:, k], rb[:, 0], rb[:, k], level=level)
-        if not (ra[:, k] != rb[:, k]).any():
-            ci = Interval(ci.estimate, float("nan"), float("nan"), "identical on every image", ci.n)
-        results.append((eps[k], ci))
-    text = "; ".join(f"eps {e * 255:.3g}/255: {ci.describe()}" for e, ci in results)
-    text = (f"robust/clean accuracy {scs} - {conv} under {'+'.join(attacks)} ({len(seeds)} seeds, "
+        stats = [ratio_difference(rb[k], rb[0], ra[k], ra[0]) for ra, rb in robust.values()]
+        pooled = pool_seeds([m for m, _ in stats], [v for _, v in stats], n_images, level=level)
+        if not any((ra[k] != rb[k]).any() for ra, rb in robust.values()):  # nothing to tell them apart
+            pooled = replace(pooled, interval=Interval(pooled.interval.estimate, math.nan, math.nan,
+                                                       "identical on every image", pooled.interval.n))
+        results.append((eps[k], pooled))
+    text = "; ".join(f"eps {e * 255:.3g}/255: {p.interval.describe()}" for e, p in results)
+    text = (f"robust/clean accuracy {scs} - {conv} under {'+'.join(attacks)} ({len(robust)} seeds, "
             f"{level:.1%} intervals: Bonferroni over {len(results)} eps): {text}")
+    decided = [(e, p, h.verdict(p.interval)) for e, p in results if p.interval.defined]
+    one_seed = len(robust) < 2
     masking = {r["model"]: r.get("masking_flags", "") for r in read_csv(Path(pgd_dir) / "pgd_summary.csv")
                if r["attack"] == "pgd"}
-    masked = [lb[s] for s in seeds if masking.get(lb[s])]
-    if any(ci.defined and ci.lo > 0 for _, ci in results):
-        verdict = "inconclusive" if masked else "supported"
-        if masked:
-            text += f"; but {masked[0]} shows gradient masking ({masking[masked[0]]})"
-    elif any(ci.defined for _, ci in results) and all(ci.hi < 0 for _, ci in results if ci.defined):
-        verdict = "contradicted"  # less robust wherever the two differ at all
+    masked = [label for label in scs_labels.values() if masking.get(label)]
+    if not one_seed and any(v == SUPPORTED for _, _, v in decided):
+        verdict = INCONCLUSIVE if masked else SUPPORTED
+    elif not one_seed and decided and all(v == CONTRADICTED for _, _, v in decided):
+        verdict = CONTRADICTED  # no eps where SCS gains the margin
     else:
-        verdict = "inconclusive"
-    n = min((items_to_decide(ci) for _, ci in results if items_to_decide(ci)), default=0)  # the nearest eps
-    return Verdict(CLAIMS[4], f"{scs} vs {conv}", text, verdict,
-                   f"about {n:,} images would decide it" if verdict == "inconclusive" and n else "")
+        verdict = INCONCLUSIVE
+    if masked and any(v == SUPPORTED for _, _, v in decided):
+        text += f"; but {masked[0]} shows gradient masking ({masking[masked[0]]})"
+    decide = ""
+    if verdict == INCONCLUSIVE and decided:
+        _, nearest = max(((e, p) for e, p, _ in decided), key=lambda ep: ep[1].interval.estimate)
+        decide = to_decide(nearest, h, _test_split(runs, nearest.n_images), level)
+    return Verdict(CLAIMS[4], pair, text, verdict, decide, h.describe())
 
 
 def evaluate_claims(runs: list[RunDir], saliency_dir, pgd_dir) -> list[Verdict]:
@@ -240,13 +283,12 @@ def evaluate_claims(runs: list[RunDir], saliency_dir, pgd_dir) -> list[Verdict]:
     pairs = study_pairs(runs)
     if not pairs:
         return [Verdict(c, "", "needs a conv (ReLU, max pool) and an SCS (no activation, max-abs pool) variant",
-                        "not tested") for c in CLAIMS]
+                        NOT_TESTED, hypothesis=h) for c, h in zip(CLAIMS, STATED)]
     for conv, scs in pairs:
         problem = _problems(runs, conv, scs)
         if problem:
-            out += [Verdict(c, f"{scs} vs {conv}", problem, "not tested") for c in CLAIMS]
+            out += [Verdict(c, f"{scs} vs {conv}", problem, NOT_TESTED, hypothesis=h) for c, h in zip(CLAIMS, STATED)]
             continue
         out += [claim_accuracy(runs, conv, scs), claim_speed(runs, conv, scs), claim_no_activation(runs, conv, scs),
                 claim_saliency(runs, conv, scs, saliency_dir), claim_robustness(runs, conv, scs, pgd_dir)]
     return out
-

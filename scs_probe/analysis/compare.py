@@ -1,5 +1,6 @@
 """Paired comparisons of two variants on the same test images: the accuracy difference with a paired bootstrap
-interval and an exact McNemar test per seed, and a bootstrap over seeds and images where several seeds exist."""
+interval and an exact McNemar test per seed, and over seeds a random-effects pool of the per-seed paired
+differences (`stats.pooling`) where several seeds exist."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from ..errors import OptionError
 from ..rundir import RunDir
-from ..stats import mcnemar_exact, paired_difference, two_level_bootstrap
+from ..stats import ONE_SEED, Pooled, mcnemar_exact, paired_difference, pool_paired
 from ..storage import write_csv
 from .base import Analysis, AnalysisConfig, AnalysisResult, Context
 
@@ -65,32 +66,45 @@ def _correct_by_seed(runs: list[RunDir], name: str) -> dict[int, tuple[np.ndarra
     return out
 
 
-def compare(runs: list[RunDir], a: str, b: str, n_boot: int = 2000, seed: int = 0) -> list[dict]:
-    """Rows for b minus a: one per seed both have, and one over seeds ('all') where there are several."""
+def paired_correct(runs: list[RunDir], a: str, b: str) -> dict:
+    """seed -> (test indices, a correct, b correct) on the images both finished runs of that seed saw."""
     ca, cb = _correct_by_seed(runs, a), _correct_by_seed(runs, b)
-    seeds = sorted(set(ca) & set(cb), key=str)
-    rows, pairs = [], []
-    for s in seeds:
+    out = {}
+    for s in sorted(set(ca) & set(cb), key=str):
         (ia, ra), (ib, rb) = ca[s], cb[s]
         common, pa, pb = np.intersect1d(ia, ib, return_indices=True)
-        ra, rb = ra[pa], rb[pb]
-        pairs.append((common, ra, rb))
+        out[s] = (common, ra[pa], rb[pb])
+    return out
+
+
+def accuracy_pool(runs: list[RunDir], a: str, b: str) -> Pooled | None:
+    """Accuracy of b minus a pooled over seeds (each seed: its paired difference and image-level variance);
+    None where no seed has predictions of both."""
+    pairs = paired_correct(runs, a, b)
+    if not pairs:
+        return None
+    return pool_paired([rb.astype(float) - ra.astype(float) for _, ra, rb in pairs.values()])
+
+
+def compare(runs: list[RunDir], a: str, b: str, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """Rows for b minus a: one per seed both have, and one pooled over seeds ('all') where there are several."""
+    pairs = paired_correct(runs, a, b)
+    rows = []
+    label = "95% paired bootstrap over this seed's test images" + (f" ({ONE_SEED})" if len(pairs) == 1 else "")
+    for s, (common, ra, rb) in pairs.items():
         d, m = paired_difference(ra, rb, n_boot=n_boot, seed=seed), mcnemar_exact(ra, rb)
         rows.append({"a": a, "b": b, "seed": s, "n": len(common), "acc_a": ra.mean(), "acc_b": rb.mean(),
-                     "diff": d.estimate, "lo": d.lo, "hi": d.hi, "interval": "95% paired bootstrap over images",
+                     "diff": d.estimate, "lo": d.lo, "hi": d.hi, "tau": "", "interval": label,
                      "only_a": m.only_a, "only_b": m.only_b, "mcnemar_p": m.p_value,
                      "within_noise": d.covers(0) or m.p_value >= 0.05})  # the exact test must agree
-    if len(pairs) > 1:  # seeds evaluated on the same test images: resample seeds and images together
-        shared = pairs[0][0]
-        for idx, _, _ in pairs[1:]:
-            shared = np.intersect1d(shared, idx)
-        A = np.stack([ra[np.isin(idx, shared)] for idx, ra, _ in pairs])
-        B = np.stack([rb[np.isin(idx, shared)] for idx, _, rb in pairs])
-        d = two_level_bootstrap(lambda x, y: y.mean() - x.mean(), A, B, n_boot=n_boot, seed=seed)
-        rows.append({"a": a, "b": b, "seed": "all", "n": len(pairs), "acc_a": float(A.mean()),
-                     "acc_b": float(B.mean()), "diff": d.estimate, "lo": d.lo, "hi": d.hi,
-                     "interval": f"95% bootstrap over {len(pairs)} seeds and {len(shared)} images",
-                     "only_a": "", "only_b": "", "mcnemar_p": "", "within_noise": d.covers(0)})
+    if len(pairs) > 1:
+        p = accuracy_pool(runs, a, b)
+        rows.append({"a": a, "b": b, "seed": "all", "n": p.k,
+                     "acc_a": float(np.mean([ra.mean() for _, ra, _ in pairs.values()])),
+                     "acc_b": float(np.mean([rb.mean() for _, _, rb in pairs.values()])),
+                     "diff": p.interval.estimate, "lo": p.interval.lo, "hi": p.interval.hi,
+                     "tau": float(np.sqrt(p.tau2)), "interval": f"95% {p.interval.method}",
+                     "only_a": "", "only_b": "", "mcnemar_p": "", "within_noise": p.interval.covers(0)})
     return rows
 
 
@@ -106,7 +120,7 @@ def plot_comparisons(rows: list[dict], out: Path):
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("test accuracy difference (b - a), 95% interval")
-    ax.set_title("Paired comparisons (grey: within noise)", fontsize=10)
+    ax.set_title("Paired comparisons (grey: within noise; seed all: pooled over seeds)", fontsize=10)
     return save(fig, out, "comparisons")
 
 
@@ -118,6 +132,7 @@ class ComparisonAnalysis(Analysis):
     Config = CompareConfig
     summary_file = "comparisons.csv"
     figure_stems = ("comparisons",)
+    stored_columns = {"comparisons.csv": ("tau",)}  # seeds pooled by random effects
 
     def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
         pairs = self.config.pairs if self.config.pairs is not None else study_pairs(runs)

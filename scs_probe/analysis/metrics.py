@@ -18,6 +18,17 @@ SPARSENESS = Metric("sparseness", True, "Gini index of |map|: 0 for a uniform ma
 COMPLEXITY = Metric("complexity", False, "entropy of |map| / sum |map| (nats): lower is more focused")
 DELETION_AUC = Metric("deletion_auc", False, "area under target probability as the most salient pixels are "
                                              "removed: lower means the map found what the model uses")
+RAND_SPEARMAN = Metric("rand_spearman", False, "rank correlation of the maps with those of the model with random "
+                                               "weights: lower means the maps depend on what the model learned")
+RAND_SSIM = Metric("rand_ssim", False, "SSIM of the same pairs of maps: lower is better for the same reason")
+ROBUST_AREA = Metric("auc", True, "mean robust accuracy over the eps range")
+ROBUST_AREA_REL = Metric("auc_rel", True, "mean robust / clean accuracy over the eps range")
+SHOWN = (SPARSENESS, COMPLEXITY, DELETION_AUC, RAND_SPEARMAN, RAND_SSIM, ROBUST_AREA, ROBUST_AREA_REL)
+
+
+def arrow(metric: Metric) -> str:
+    """The report's arrow for a metric: which way is better, from the metric itself."""
+    return "\u2191" if metric.higher_is_better else "\u2193"
 
 
 def gini(maps: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ def load_records(runs: list[RunDir]) -> tuple[pd.DataFrame, pd.DataFrame]:
             raise NoRunsError(f"{run.path} is not a run directory (no norms record)")
         n = pd.DataFrame(run.read("norms"), columns=RECORDS["norms"]).astype({"epoch": int, "l2": float})
         n["batch"] = n["batch"].replace("", pd.NA).astype("string")
-        norms.append(n.assign(run=name))
+        norms.append(n.assign(run=name, variant=run.name))
         e = run.read("exponents")
         if e:
             exps.append(pd.DataFrame(e).astype({"epoch": int, "channel": int, "p": float}).assign(run=name))
@@ -49,11 +49,12 @@ def _shown_layers(layers: list[str]) -> list[str]:
 def plot_norms(norms: pd.DataFrame, out: Path):
     """Per-epoch weight (top row) and gradient (bottom row) norms as small multiples: a panel per layer, a line
     per run, the legend below the panels."""
-    from .figures import integer_epochs, plt, save, variant_palette
+    from .figures import integer_epochs, plain_log_axis, plt, run_styles, save
     per_epoch = norms[norms["batch"].isna() | (norms["batch"] == "")]
     layers = _shown_layers(list(dict.fromkeys(per_epoch["layer"])))
     runs = list(dict.fromkeys(per_epoch["run"]))
-    pal = variant_palette(runs)
+    variant_of = dict(zip(per_epoch["run"], per_epoch["variant"]))
+    styles = run_styles(runs, [variant_of[r] for r in runs])
     fig, axes = plt.subplots(2, len(layers), figsize=(2.9 * len(layers) + 0.8, 5.6), squeeze=False)
     for row, kind in enumerate(("weight", "grad")):
         for col, layer in enumerate(layers):
@@ -61,16 +62,16 @@ def plot_norms(norms: pd.DataFrame, out: Path):
             d = per_epoch[(per_epoch["kind"] == kind) & (per_epoch["layer"] == layer)]
             for run in runs:
                 r = d[d["run"] == run].sort_values("epoch")
-                ax.plot(r["epoch"], r["l2"], marker="o", ms=2.5, lw=1.2, color=pal[run], label=run)
-            ax.set_yscale("log")
+                ax.plot(r["epoch"], r["l2"], marker="o", ms=2.5, **styles[run])
+            plain_log_axis(ax)
             ax.set_title(f"{layer}: {kind}" + (" (mean over batches)" if kind == "grad" else ""), fontsize=8)
             ax.tick_params(labelsize=7)
             ax.set_xlabel("epoch" if row == 1 else "", fontsize=8)
             integer_epochs(ax)
         axes[row, 0].set_ylabel(f"{kind} L2 norm", fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(runs)), fontsize=7,
-               bbox_to_anchor=(0.5, -0.03 - 0.03 * ((len(runs) - 1) // 4)))
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7,
+               bbox_to_anchor=(0.5, -0.03 - 0.03 * ((len(labels) - 1) // 4)))
     fig.tight_layout()
     return save(fig, out, "norms")
 
@@ -79,7 +80,7 @@ def plot_batch_norms(norms: pd.DataFrame, out: Path):
     """Per-mini-batch norms where recorded (TrainOptions.norms_every_batch), against the global step."""
     import seaborn as sns
 
-    from .figures import plt, save
+    from .figures import plain_log_axis, plt, save
     d = norms[norms["batch"].notna() & (norms["batch"] != "")].copy()
     if d.empty:
         return None
@@ -91,7 +92,7 @@ def plot_batch_norms(norms: pd.DataFrame, out: Path):
     for ax, kind in zip(axes, ("weight", "grad")):
         sns.lineplot(data=d[d["kind"] == kind], x="step", y="l2", hue="layer",
                      style="run" if d["run"].nunique() > 1 else None, ax=ax, linewidth=0.8)
-        ax.set_yscale("log")
+        plain_log_axis(ax)
         ax.set_title(f"{kind} L2 norm per mini-batch")
         ax.legend(fontsize=6)
     return save(fig, out, "norms_per_batch")

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import jinja2
+import numpy as np
 
 from .. import __version__
 from ..errors import OptionError
@@ -21,7 +22,9 @@ from ..zoo import get_arch
 from .base import Analysis, AnalysisResult, Context
 from .claims import evaluate_claims
 from .compare import ComparisonAnalysis
-from .figures import data_uri, integer_epochs, plt, save, variant_palette
+from .figures import data_uri, integer_epochs, plain_log_axis, plt, run_styles, save
+from .formatting import FILTERS
+from .metrics import SHOWN, arrow
 from .norms import NormsAnalysis
 from .provenance import near_chance, near_chance_threshold
 from .robustness import RobustnessAnalysis
@@ -53,20 +56,33 @@ def paper_experiment(rows: list[dict], asked: str | None = None) -> str:
 
 
 def training_curves(runs: list[RunDir], names, out: Path) -> Path:
-    pal = variant_palette(names)
+    """Test accuracy and training loss per epoch: one colour per variant, its seeds as thin lines and their mean
+    as a thick one."""
+    styles = run_styles(names, [r.name for r in runs])
+    color_of = {r.name: styles[n]["color"] for r, n in zip(runs, names)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    curves: dict[str, list] = {}
     for run, name in zip(runs, names):
         h = run.read("history")
         if not h:
             continue
         ep = [int(r["epoch"]) for r in h]
-        axes[0].plot(ep, [float(r["test_acc"]) for r in h], marker="o", ms=3, color=pal[name], label=name)
-        axes[1].plot(ep, [float(r["train_loss"]) for r in h], marker="o", ms=3, color=pal[name], label=name)
+        acc, loss = [float(r["test_acc"]) for r in h], [float(r["train_loss"]) for r in h]
+        axes[0].plot(ep, acc, marker="o", ms=3, **styles[name])
+        axes[1].plot(ep, loss, marker="o", ms=3, **styles[name])
+        curves.setdefault(run.name, []).append((ep, acc, loss))
+    for variant, seeds in curves.items():
+        common = sorted(set.intersection(*(set(ep) for ep, _, _ in seeds)))
+        if len(seeds) < 2 or not common:
+            continue
+        for ax, k in ((axes[0], 1), (axes[1], 2)):
+            ax.plot(common, [np.mean([s[k][s[0].index(e)] for s in seeds]) for e in common], color=color_of[variant],
+                    lw=2.4)
     axes[0].set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy")
     axes[1].set(xlabel="epoch", ylabel="train loss", title="Training loss")
     losses = [float(r["train_loss"]) for run in runs for r in run.read("history")]
     if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
-        axes[1].set_yscale("log")  # a first epoch many times the rest would flatten every later one
+        plain_log_axis(axes[1])  # a first epoch many times the rest would flatten every later one
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=7,
                bbox_to_anchor=(0.5, -0.04 - 0.035 * ((len(labels) - 1) // 3)))  # below the axes, off the data
@@ -149,6 +165,16 @@ def study_summary(study: StudyDir, root: Path) -> dict:
             "figure": data_uri(study.figure_path) if study.figure_path.is_file() else None}
 
 
+def render_report(**context) -> str:
+    """The HTML of report.html.j2 (autoescaped; numbers through `formatting`'s filters; each metric's arrow
+    from its own direction)."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("scs_probe", "templates"),
+                             autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+                             undefined=jinja2.StrictUndefined)
+    env.filters.update(FILTERS)
+    return env.get_template("report.html.j2").render(arrows={m.name: arrow(m) for m in SHOWN}, **context)
+
+
 def build_report(directory, out_html=None, asked: dict[str, dict] | None = None,
                  context: Context | None = None, experiment: str | None = None) -> Path:
     """Gather (or compute) every analysis of the runs in `directory` and render one HTML file. `asked`: per
@@ -182,10 +208,7 @@ def build_report(directory, out_html=None, asked: dict[str, dict] | None = None,
     configs = {a.name: (a.stored_config(runs_dir.analysis_dir(a.name)) or (None,))[0] for a in ANALYSES}
     data = runs[0].read_config().get("data", {})
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("scs_probe", "templates"),
-                             autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
-                             undefined=jinja2.StrictUndefined)
-    html = env.get_template("report.html.j2").render(
+    html = render_report(
         title=f"scs-probe report: {runs_dir.path.name}", directory=str(runs_dir.path), rows=rows, variants=variants,
         several_seeds=any(v["finished"] > 1 for v in variants), experiment=experiment,
         warnings=warnings_for(rows), claims=[c.to_dict() for c in claims], data=data,

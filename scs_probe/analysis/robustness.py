@@ -12,7 +12,7 @@ from ..progress import progress_bar
 from ..stats import binomial_interval, bootstrap_interval
 from ..storage import atomic_write, write_csv
 from .base import Analysis, AnalysisConfig, AnalysisResult, Context
-from .sources import LoadedModel, check_classes, load_models, runs_dataset, select_test_images
+from .sources import LoadedModel, check_classes, load_models, run_labels, runs_dataset, select_test_images
 
 ATTACKS = ("pgd", "square", "autoattack")
 DEFAULT_EPS = (0.0, 2 / 255, 4 / 255, 6 / 255, 8 / 255)
@@ -238,24 +238,31 @@ def masking_checks(models: list[LoadedModel], images, labels, rows: list[dict], 
     return out
 
 
-def plot_curves(rows, summary, out: Path):
-    """Raw robust accuracy (with its interval) and robust accuracy relative to clean, eps in x/255."""
-    from .figures import plt, save, variant_palette
+def plot_curves(rows, summary, out: Path, variants: dict | None = None):
+    """Raw robust accuracy (with its interval) and robust accuracy relative to clean, eps in x/255; one colour
+    per variant (`variants`: model label -> variant name; seeds as thin lines)."""
+    from .figures import plt, run_styles, save
     models = list(dict.fromkeys(r["model"] for r in rows))
-    pal = variant_palette(models)
-    styles = {"pgd": "-", "square": "--", "autoattack": ":"}
+    variants = variants or {}
+    styles = run_styles(models, [variants.get(m, m) for m in models])
+    pal = {m: styles[m]["color"] for m in models}
+    line = {"pgd": "-", "square": "--", "autoattack": ":"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     for s in summary:
         sel = sorted((r for r in rows if r["model"] == s["model"] and r["attack"] == s["attack"]),
                      key=lambda r: r["eps"])
         x = [r["eps"] * 255 for r in sel]
-        kw = dict(marker="o", ms=3, color=pal[s["model"]], linestyle=styles[s["attack"]])
-        axes[0].plot(x, [r["robust_acc"] for r in sel], label=f"{s['model']} {s['attack']} (area {s['auc']:.3f})",
-                     **kw)
+        kw = dict(marker="o", ms=3, color=pal[s["model"]], linestyle=line[s["attack"]],
+                  lw=styles[s["model"]]["lw"], alpha=styles[s["model"]]["alpha"])
+        legend = styles[s["model"]]["label"]
+        shown = legend != "_nolegend_"
+        axes[0].plot(x, [r["robust_acc"] for r in sel], **kw,
+                     label=f"{legend} {s['attack']}" + ("" if " seeds)" in legend else f" (area {s['auc']:.3f})")
+                     if shown else legend)
         if len(summary) <= 4:  # more bands only pile up; the intervals are in pgd.csv
             axes[0].fill_between(x, [r["acc_lo"] for r in sel], [r["acc_hi"] for r in sel], color=pal[s["model"]],
                                  alpha=0.12, linewidth=0)
-        axes[1].plot(x, [r["rel_acc"] for r in sel], label=f"{s['model']} {s['attack']}", **kw)
+        axes[1].plot(x, [r["rel_acc"] for r in sel], label=f"{legend} {s['attack']}" if shown else legend, **kw)
     axes[0].set(xlabel="eps (x/255, L-inf)", ylabel="robust accuracy", ylim=(-0.02, 1.02),
                 title="Robust accuracy" + (" (95% exact binomial band)" if len(summary) <= 4 else ""))
     axes[1].set(xlabel="eps (x/255, L-inf)", ylabel="robust / clean accuracy", ylim=(-0.02, 1.05),
@@ -297,7 +304,8 @@ class RobustnessAnalysis(Analysis):
         atomic_write(out / PER_IMAGE, lambda f: np.savez_compressed(
             f, models=np.asarray([k[0] for k in keys]), attacks=np.asarray([k[1] for k in keys]),
             eps=np.asarray(c.eps), robust=np.stack([masks[k] for k in keys])))
-        return AnalysisResult(self.name, out, summary, {"pgd": plot_curves(rows, summary, out)})
+        variants = dict(zip(run_labels(runs), (r.name for r in runs)))
+        return AnalysisResult(self.name, out, summary, {"pgd": plot_curves(rows, summary, out, variants)})
 
 
 def load_per_image(out) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:

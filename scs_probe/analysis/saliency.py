@@ -10,7 +10,7 @@ import torch
 from captum.attr import Saliency
 
 from ..data import CLASSES
-from ..stats import t_interval
+from ..stats import ratio_interval, t_interval
 from ..storage import atomic_write, write_csv
 from .base import Analysis, AnalysisConfig, AnalysisResult, Context
 from .metrics import COMPLEXITY, DELETION_AUC, SPARSENESS, entropy, gini
@@ -57,8 +57,8 @@ class SaliencyResult:
     complexity: torch.Tensor    # [N]
     deletion: torch.Tensor      # [steps + 1, 2]: accuracy, mean target probability per removed fraction
     fractions: torch.Tensor
-    deletion_auc: torch.Tensor       # [N]: area under each image's target-probability curve
-    deletion_auc_norm: torch.Tensor  # [N]: the same divided by the image's starting probability
+    deletion_auc: torch.Tensor  # [N]: area under each image's target-probability curve
+    start_prob: torch.Tensor    # [N]: the target probability before any pixel is removed
 
 
 def saliency_maps(model: torch.nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -89,10 +89,16 @@ def deletion_curve(model, images, target, maps, steps: int = 10, baseline: float
 
 
 def deletion_areas(fractions, p_target) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image: area under the target-probability curve, and that area over the starting probability, so
-    that a model that starts unsure does not look like one whose map found what it uses."""
+    """Per image: area under the target-probability curve, and the starting probability. A model is summarised
+    by sum(area) / sum(start) (`normalised_deletion`): the area relative to where the curves start, so that a
+    model that starts unsure does not win, without per-image ratios that explode where the start is near 0."""
     area = torch.from_numpy(np.trapezoid(p_target.double().numpy(), fractions.double().numpy(), axis=0))
-    return area.float(), (area / p_target[0].double().clamp_min(1e-12)).float()
+    return area.float(), p_target[0].float()
+
+
+def normalised_deletion(area: torch.Tensor, start: torch.Tensor):
+    """Deletion area over starting probability, aggregated as sum / sum over images (an Interval)."""
+    return ratio_interval(area.double().numpy(), start.double().numpy())
 
 
 def run_saliency(models: list[LoadedModel], images, labels, target: str = "label", steps: int = 10,
@@ -105,14 +111,14 @@ def run_saliency(models: list[LoadedModel], images, labels, target: str = "label
         tgt = labels if target == "label" else preds
         maps = saliency_maps(m.model, images, tgt)
         fractions, curve, p_target = deletion_curve(m.model, images, tgt, maps, steps)
-        area, area_norm = deletion_areas(fractions, p_target)
+        area, start = deletion_areas(fractions, p_target)
         results.append(SaliencyResult(m.name, maps.cpu(), preds.cpu(), tgt.cpu(), gini(maps).cpu(),
-                                      entropy(maps).cpu(), curve, fractions, area, area_norm))
+                                      entropy(maps).cpu(), curve, fractions, area, start))
     return results
 
 
-def _mean_ci(name: str, values: torch.Tensor) -> dict:
-    ci = t_interval(values.double().numpy())
+def _mean_ci(name: str, values: torch.Tensor | None = None, ci=None) -> dict:
+    ci = ci or t_interval(values.double().numpy())
     return {f"{name}_mean": round(ci.estimate, 6), f"{name}_lo": round(ci.lo, 6) if ci.defined else "",
             f"{name}_hi": round(ci.hi, 6) if ci.defined else ""}
 
@@ -124,14 +130,15 @@ def write_outputs(results: list[SaliencyResult], images, labels, indices, out: P
     per_image = [{"model": r.model, "image_index": idx, "label": classes[int(labels[i])],
                   "target": classes[int(r.targets[i])], "pred": classes[int(r.preds[i])],
                   SPARSENESS.name: f"{r.sparseness[i]:.6f}", COMPLEXITY.name: f"{r.complexity[i]:.6f}",
-                  DELETION_AUC.name: f"{r.deletion_auc[i]:.6f}", "deletion_auc_norm": f"{r.deletion_auc_norm[i]:.6f}"}
+                  DELETION_AUC.name: f"{r.deletion_auc[i]:.6f}", "start_prob": f"{r.start_prob[i]:.6f}"}
                  for r in results for i, idx in enumerate(indices)]
     write_csv(out / "saliency.csv", per_image)
     summary = [{"model": r.model, "n": len(indices), **_mean_ci(SPARSENESS.name, r.sparseness),
                 **_mean_ci(COMPLEXITY.name, r.complexity), **_mean_ci(DELETION_AUC.name, r.deletion_auc),
-                **_mean_ci("deletion_auc_norm", r.deletion_auc_norm),
+                **_mean_ci("deletion_auc_norm", ci=normalised_deletion(r.deletion_auc, r.start_prob)),
                 "accuracy": round((r.preds == labels.cpu()).float().mean().item(), 6),
-                "interval": "95% Student t over images"} for r in results]
+                "interval": "95% Student t over images; deletion_auc_norm: sum(area) / sum(start probability), "
+                            "delta method"} for r in results]
     deletion = [{"model": r.model, "fraction_removed": f"{fr:.3f}", "accuracy": f"{acc:.6f}", "target_prob": f"{p:.6f}"}
                 for r in results for fr, (acc, p) in zip(r.fractions.tolist(), r.deletion.tolist())]
     write_csv(out / "deletion.csv", deletion)
@@ -180,7 +187,8 @@ def plot_deletion(results: list[SaliencyResult], out: Path):
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         ax.plot(r.fractions.numpy(), r.deletion[:, 1].numpy(), marker="o", ms=3, color=pal[r.model],
-                label=f"{r.model} (AUC {r.deletion_auc.mean():.3f}, / start {r.deletion_auc_norm.mean():.3f})")
+                label=f"{r.model} (AUC {r.deletion_auc.mean():.3f}, "
+                      f"/ start {normalised_deletion(r.deletion_auc, r.start_prob).estimate:.3f})")
     ax.set_xlabel("fraction of most salient pixels removed")
     ax.set_ylabel("mean target probability")
     ax.set_title("Deletion curves (lower area: the map found what the model uses)")
@@ -290,6 +298,7 @@ class SaliencyAnalysis(Analysis):
     Config = SaliencyConfig
     summary_file = "saliency_summary.csv"
     figure_stems = ("saliency", "deletion", "randomisation")
+    stored_columns = {"saliency.csv": ("start_prob",)}  # deletion / start became sum(area) / sum(start)
 
     def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
         c = self.config

@@ -1,6 +1,6 @@
-"""The intervals and tests that verdicts rest on: t intervals over seeds, exact binomial intervals, percentile
-bootstrap intervals (paired where both sides saw the same test images), exact McNemar tests. Every interval is
-95 % unless asked otherwise and says which kind it is."""
+"""Intervals and tests on one sample: t intervals, exact binomial intervals, percentile bootstrap intervals
+(paired where both sides saw the same test images), exact McNemar tests. Every interval is 95 % unless asked
+otherwise and says which kind it is. Pooling over seeds lives in `pooling`."""
 
 from __future__ import annotations
 
@@ -71,26 +71,6 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], *samples, n_boo
     return Interval(estimate, float(lo), float(hi), method, n)
 
 
-def two_level_bootstrap(statistic: Callable[..., float], *matrices, n_boot: int = 2000, seed: int = 0,
-                        level: float = LEVEL, method: str = "bootstrap over seeds and images") -> Interval:
-    """Percentile bootstrap of `statistic(*matrices)` for [seed, image] matrices measured on the same images:
-    each resample draws seeds and images (columns) with replacement, so the interval holds both the spread
-    between seeds and the sampling of test images; every matrix gets the same draw (paired)."""
-    arrays = [np.asarray(m, dtype=float) for m in matrices]
-    n_seeds, n_images = arrays[0].shape
-    estimate = float(statistic(*arrays))
-    if n_images < 2:
-        return Interval(estimate, math.nan, math.nan, method, n_images)
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        s = rng.integers(0, n_seeds, n_seeds)
-        i = rng.integers(0, n_images, n_images)
-        boots[b] = statistic(*(a[s][:, i] for a in arrays))
-    lo, hi = np.nanquantile(boots, [0.5 - level / 2, 0.5 + level / 2])
-    return Interval(estimate, float(lo), float(hi), method, n_images)  # n: images (what more data would add)
-
-
 def paired_difference(correct_a, correct_b, n_boot: int = 2000, seed: int = 0) -> Interval:
     """Accuracy of b minus accuracy of a on the same items, with a paired bootstrap interval."""
     a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
@@ -112,13 +92,16 @@ def mcnemar_exact(correct_a, correct_b) -> McNemar:
     return McNemar(only_a, only_b, p)
 
 
-def items_to_decide(interval: Interval) -> int | None:
-    """About how many items (or seeds) would make an interval of this width exclude 0, for the effect it
-    estimates (width shrinks as 1 / sqrt(n)); None where the effect is 0 or there is no interval."""
-    if not interval.defined or interval.estimate == 0 or not interval.covers(0):
-        return None
-    half = (interval.hi - interval.lo) / 2
-    if interval.method == "t" and interval.n > 1:  # the t quantile shrinks too as n grows: scale to the normal's
-        half *= float(sps.norm.ppf(0.5 + LEVEL / 2) / sps.t.ppf(0.5 + LEVEL / 2, interval.n - 1))
-    n = math.ceil(interval.n * (half / abs(interval.estimate)) ** 2)
-    return n if n > interval.n else None  # a lopsided interval, not a matter of sample size
+def ratio_interval(numerator, denominator, level: float = LEVEL) -> Interval:
+    """sum(numerator) / sum(denominator) over paired items (a ratio of means, which a few items with tiny
+    denominators cannot blow up as a mean of ratios can), with a delta-method normal interval."""
+    num, den = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    n = len(num)
+    if n == 0 or den.sum() <= 0:
+        return Interval(math.nan, math.nan, math.nan, "ratio of means", n)
+    ratio = float(num.sum() / den.sum())
+    if n < 2:
+        return Interval(ratio, math.nan, math.nan, "ratio of means", n)
+    influence = (num - ratio * den) / den.mean()
+    half = float(sps.norm.ppf(0.5 + level / 2) * influence.std(ddof=1) / math.sqrt(n))
+    return Interval(ratio, ratio - half, ratio + half, "ratio of means (delta method)", n)
