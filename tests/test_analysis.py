@@ -389,10 +389,10 @@ def _report_context(**overrides):
              "verdict": "inconclusive", "to_decide": "add seeds", "hypothesis": "accuracy SCS - conv < +1.0 points"}
     row = {"variant": "v", "seed": 0, "layer": "conv", "activation": "relu", "pool": "max", "norm": "none",
            "image_size": 32, "epochs": 3, "max_lr": 0.01, "batch_size": 64, "n_train": 1000, "test_acc": 0.61234567,
-           "best_test_acc": 0.6234567, "train_seconds_mean": 33.412345, "eval_seconds_mean": 2.1234567,
+           "n_val": 500, "best_epoch": 2, "test_acc_at_best": 0.6234567, "train_seconds_mean": 33.412345, "eval_seconds_mean": 2.1234567,
            "params": 113741, "status": "finished", "paper": None}
     variant = {"variant": "v", "runs": 2, "finished": 2, "seeds": "0 1", "test_acc_mean": 0.6123456,
-               "test_acc_ci_lo": 0.5123456, "test_acc_ci_hi": 0.7123456, "best_test_acc_mean": 0.623456,
+               "test_acc_ci_lo": 0.5123456, "test_acc_ci_hi": 0.7123456, "test_acc_at_best_mean": 0.623456,
                "train_seconds_mean_mean": 33.41234, "eval_seconds_mean_mean": 2.123456, "paper": None}
     comparison = {"a": "a", "b": "b", "seed": 0, "n": 2000, "acc_a": 0.6123456, "acc_b": 0.5218456, "diff": -raw,
                   "lo": -0.1123456, "hi": -0.0712345, "tau": "", "only_a": 300, "only_b": 119,
@@ -407,8 +407,8 @@ def _report_context(**overrides):
              "pgd_restarts_acc": raw, "transfer_from": "a", "transfer_acc": raw, "flags": ""}
     norms = {"run": "v", "layer": "conv1", "weight_l2_first": 12.3456789, "weight_l2_last": 23.456789,
              "grad_l2_mean": 0.000123456789, "p_mean_last": 1.23456789}
-    trial = {"number": 0, "p": 1.23456789, "max_lr": 0.0123456789, "final_test_acc": "0.61234567",
-             "best_test_acc": "0.623456789", "epochs": 2, "seconds": "12.3456789"}
+    trial = {"number": 0, "p": 1.23456789, "max_lr": 0.0123456789, "val_acc": "0.61234567", "n_val": 500,
+             "best_val_acc": "0.623456789", "test_acc": "0.5923456", "epochs": 2, "seconds": "12.3456789"}
     study = {"name": "tune", "counts": {"complete": 1, "pruned": 0, "fail": 0}, "best": trial, "p_lo": 1.2345678,
              "p_hi": 1.2345678, "settings": {}, "rows": [trial], "figure": None}
     context = dict(title="t", directory="d", rows=[row], variants=[variant], several_seeds=True, experiment="initial",
@@ -416,6 +416,7 @@ def _report_context(**overrides):
                    randomisation=[], pgd=[pgd], checks=[check], norms=[norms], studies=[study],
                    configs={"saliency": None, "pgd": None}, figures={"training": "", "saliency": "", "deletion": "",
                                                                       "pgd": "", "norms": ""},
+                   sources=dict.fromkeys(("runs", "comparisons", "saliency", "pgd", "tune"), "the test split"),
                    version="0", generated="now")
     return context | overrides
 

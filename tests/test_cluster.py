@@ -177,7 +177,8 @@ def test_a_node_that_sees_other_storage_is_refused_before_training(fake_cifar, t
         assert main(args) == 1
         err = capsys.readouterr().err.strip()
         assert err.splitlines() == [err] and f"node {other} (" in err, err
-        assert ("does not see the output folder" if hidden == "out" else "sees other data files than this driver") in err, err
+        seen = "does not see the output folder" if hidden == "out" else "sees other data files than this driver"
+        assert seen in err, err
         assert "file system every node mounts" in err
         assert sorted(p.name for p in out.iterdir()) == []  # no run started, and the probes are gone
     finally:

@@ -337,8 +337,8 @@ class RayExecutor:
 
 STORAGE_CHECK = ".storage-check"  # OUT/.storage-check/<token>/: the driver's mark and one probe per node
 HASHED_FILES, HASHED_BYTES = 64, 1 << 16
-SHARED_ADVICE = ("put the output folder and the data folder on a file system every node mounts at the same path (NFS or "
-                 "similar), or copy the data to the same path on every node")
+SHARED_ADVICE = ("put the output folder and the data folder on a file system every node mounts at the same path "
+                 "(NFS or similar), or copy the data to the same path on every node")
 
 
 def data_fingerprint(files: list[Path]) -> dict:
@@ -381,8 +381,8 @@ def _storage_problem(ray, ref, ready, node: dict, folder: Path, expected: dict, 
     except Exception as e:  # the probe could not run there at all (scs-probe missing, say)
         return f"could not run the shared-storage check ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
     if not seen["sees_out"]:
-        return (f"does not see the output folder {out} as this driver does (the probe this driver wrote there is not there); "
-                f"{SHARED_ADVICE}")
+        return (f"does not see the output folder {out} as this driver does (the probe this driver wrote there is not "
+                f"there); {SHARED_ADVICE}")
     if seen["write_error"]:
         return f"cannot write to the output folder {out} ({seen['write_error']}); make it writable there"
     if not (folder / f"{node['NodeID']}.probe").is_file():
