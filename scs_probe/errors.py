@@ -64,3 +64,13 @@ class TrainingDiverged(TrainingError):
 
 class ServiceUnavailable(ScsProbeError):
     """A service the work needs (a Ray cluster, a study's database) cannot be reached or is not installed."""
+
+
+class RecordError(ScsProbeError):
+    """A run's record (predictions.csv, history.csv, ...) that is missing, empty, short or malformed: numbers read
+    from it would be wrong without a word."""
+
+
+class StudyConflict(TrainingError):
+    """Continuing a fixed-p search with settings other than the ones its trials were run with, or in a folder
+    that holds another study's trials."""
