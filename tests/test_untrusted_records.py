@@ -119,6 +119,24 @@ def test_compare_says_why_its_table_is_empty(tmp_path, capsys):
     assert f"no finished run of {SCS.name}" in one_line_error(capsys)
 
 
+def test_report_refuses_a_cut_prediction_file_before_its_claims(tmp_path, capsys):
+    runs = [fake_run(tmp_path, CONV, 0), fake_run(tmp_path, SCS, 0)]
+    _cut(runs[1].path / RunDir.PREDICTIONS, mid_line=True)
+    assert main(["report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("scs-probe: error:") and all(line.startswith("report: ") for line in err[:-1]), err
+    assert "cut mid-line" in err[-1] and str(runs[1].path) in err[-1] and "Traceback" not in "".join(err)
+    assert not (tmp_path / "report.html").exists()
+    assert [p.name for p in (tmp_path / "analysis").iterdir()] == ["training_curves.png"]  # no half analysis
+
+
+def test_compare_default_pair_without_a_finished_run(tmp_path, capsys):
+    fake_run(tmp_path, CONV, 0)
+    fake_run(tmp_path, SCS, 0, status="diverged")
+    assert main(["compare", str(tmp_path)]) == 1
+    assert f"no finished run of {SCS.name}" in one_line_error(capsys)
+
+
 def test_compare_of_whole_files_still_works(tmp_path, capsys):
     for s in (0, 1):
         fake_run(tmp_path, CONV, s), fake_run(tmp_path, SCS, s)

@@ -88,6 +88,7 @@ def gather(analysis: type[Analysis], runs: list[RunDir], out: Path, asked: dict,
     context.log(f"report: running {analysis.name} on {len(runs)} runs ({why})")
     fresh = out.parent / f".{out.name}.new-{os.getpid()}"
     shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
     try:
         analysis(config).run(runs, fresh, context)
         swap_in(fresh, out)

@@ -135,10 +135,10 @@ def compare(directory, pairs, n_boot, out):
     """Paired accuracy differences between variants on the same test images: bootstrap interval and exact
     McNemar test per seed, a bootstrap over seeds and images."""
     from ..analysis import ComparisonAnalysis
+    from ..errors import NoRunsError
     from ..rundir import RunsDir
     if any(len(p) != 2 for p in pairs):
         raise click.UsageError("--pair takes two variant names: A,B")
-    from ..errors import NoRunsError
     analysis = ComparisonAnalysis(pairs=tuple(pairs) if pairs else None, n_boot=n_boot)
     runs = RunsDir(directory).runs()
     result, dest = _run_analysis(analysis, runs, out, directory)
@@ -152,9 +152,10 @@ def compare(directory, pairs, n_boot, out):
 def _empty_comparison(runs, pairs) -> str:
     """Why `compare` found nothing to compare: no conv/SCS pair at the study's settings (one variant only, or
     runs of different data sets), or no seed at which both variants of a pair finished."""
-    from ..analysis.compare import variant_axes
+    from ..analysis.compare import study_pairs, variant_axes
     axes = {r.name: variant_axes(r) for r in runs}
     variants = ", ".join(sorted(axes))
+    pairs = pairs or study_pairs(runs)
     if not pairs:
         datasets = sorted({v["dataset"] for v in axes.values()})
         why = (f"its runs are of different data sets ({', '.join(datasets)}), and a pair needs one"
@@ -212,9 +213,9 @@ def report(directory, out, data_dir, dataset, device, saliency_images, pgd_image
     """One self-contained HTML report of a directory of runs. Analyses stored in DIR/analysis/ are reused when
     they cover the same runs and the options given here; the others are (re)run."""
     from ..analysis import Context, build_report
+    from ..rundir import RunsDir
     from ..training import resolve_device
     eps = _eps(eps_range, eps_list, required=False)
-    from ..rundir import RunsDir
     _check_out(RunsDir(directory).analysis_dir())  # where the analyses are (re)run and their figures drawn
     _check_out(out or RunsDir(directory).report_path, "file")
     asked = {"saliency": {"n_images": saliency_images},
