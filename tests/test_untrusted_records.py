@@ -404,3 +404,11 @@ def test_tune_study_guards(fake_cifar, tmp_path, capfd, monkeypatch):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "interrupted" in err
     states = [r["state"] for r in read_csv(out / "trials.csv")]
     assert "running" not in states and states[-1] == "fail"
+
+    # the trials are here but their study is not (study.db deleted): one line, the trials untouched
+    monkeypatch.undo()
+    trials = tree_digest(out / "trials")
+    shutil.move(out / "study.db", tmp_path / "study.db")
+    assert main(args) == 2
+    assert "whose study is not in" in one_line_error(capfd)
+    assert tree_digest(out / "trials") == trials

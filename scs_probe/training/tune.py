@@ -205,6 +205,9 @@ def _check_folder(storage, out: Path, name: str) -> None:
     trials = StudyDir(out).path / StudyDir.RUNS
     if name in studies or not (trials.is_dir() and any(trials.iterdir())):
         return
+    if not studies:  # the trials are here, their study is not (study.db deleted, another --storage)
+        raise StudyConflict(f"{out} holds trials whose study is not in {safe_url(storage.url)}: give the --storage "
+                            "that holds it, or start the study in another --out")
     if len(studies) == 1:
         hint = f"holds the trials of study {studies[0]!r}: continue it with --study-name {studies[0]}"
     else:
