@@ -90,3 +90,13 @@ class ServiceUnavailable(ScsProbeError):
 
 class StorageNotShared(ScsProbeError):
     """A cluster node does not see the run directories or the data folder as the driver does."""
+
+
+class RecordError(ScsProbeError):
+    """A run's record (predictions.csv, history.csv, ...) that is missing, empty, short or malformed: numbers read
+    from it would be wrong without a word."""
+
+
+class StudyConflict(TrainingError):
+    """Continuing a fixed-p search with settings other than the ones its trials were run with, or in a folder
+    that holds another study's trials."""

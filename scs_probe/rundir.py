@@ -9,13 +9,14 @@ runs (a sweep, or runs trained one by one into one folder) holds runs as subdire
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
 import numpy as np
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import NoRunsError
+from .errors import NoRunsError, RecordError
 from .storage import csv_text, read_csv, read_json, write_csv, write_json
 
 RECORDS = {
@@ -133,13 +134,47 @@ class RunDir:
 
     def read_predictions(self) -> dict | None:
         """{'index', 'label', 'pred'} as integer arrays and the 'epoch' they are from; None where the run has
-        none (trained before scs-probe recorded them)."""
+        none (trained before scs-probe recorded them). A file that is empty (header only), cut mid-line,
+        malformed, shorter or longer than the test set the run records, or older than a finished run's last
+        epoch is a RecordError naming it: a comparison on it would be silently wrong."""
         path = self.path / self.PREDICTIONS
         if not path.is_file():
             return None
-        rows = read_csv(path)
-        out = {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in ("index", "label", "pred")}
-        return {**out, "epoch": int(rows[0]["epoch"]) if rows else 0}
+        fields = ("index", "label", "pred", "epoch")
+        try:
+            rows = read_csv(path)
+            with open(path, newline="") as f:
+                header = f.readline().strip().split(",")
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise RecordError(f"{path}: unreadable ({e})") from None
+        if tuple(header) != fields:
+            raise RecordError(f"{path}: not a predictions file (header {','.join(header)[:80]!r}, expected "
+                              f"{','.join(fields)})")
+        if not rows:
+            raise RecordError(f"{path}: holds no predictions (header only)")
+        try:
+            cols = {k: np.array([int(r[k]) for r in rows], dtype=np.int64) for k in fields}
+        except (TypeError, ValueError):
+            bad = next(i for i, r in enumerate(rows, 2) if not all(str(r.get(k) or "").lstrip("-").isdigit()
+                                                                   for k in fields))
+            raise RecordError(f"{path}: malformed at line {bad} (cut mid-line or not integers)") from None
+        if any(None in r for r in rows):  # more fields than the header: not one of ours
+            raise RecordError(f"{path}: malformed (a line with more than {len(fields)} fields)")
+        config = self.read_config()
+        n_test = config.get("data", {}).get("n_test")
+        if n_test is not None and len(rows) != int(n_test):
+            raise RecordError(f"{path}: holds {len(rows)} predictions but the run's test set has {n_test} images "
+                              "(a cut or foreign file)")
+        if not np.array_equal(cols["index"], np.arange(len(rows))):
+            raise RecordError(f"{path}: malformed (indices are not 0..{len(rows) - 1} in order)")
+        epochs = set(cols["epoch"].tolist())
+        done = config.get("epochs_done")
+        if len(epochs) > 1:
+            raise RecordError(f"{path}: malformed (predictions from epochs {','.join(map(str, sorted(epochs)))})")
+        if config.get("status") == "finished" and done is not None and epochs != {int(done)}:
+            raise RecordError(f"{path}: predictions from epoch {','.join(map(str, sorted(epochs)))}, but the run "
+                              f"finished at epoch {done}")
+        return {k: cols[k] for k in ("index", "label", "pred")} | {"epoch": int(cols["epoch"][0])}
 
     @property
     def seed(self) -> int | None:

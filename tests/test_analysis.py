@@ -389,7 +389,8 @@ def _report_context(**overrides):
              "verdict": "inconclusive", "to_decide": "add seeds", "hypothesis": "accuracy SCS - conv < +1.0 points"}
     row = {"variant": "v", "seed": 0, "layer": "conv", "activation": "relu", "pool": "max", "norm": "none",
            "image_size": 32, "epochs": 3, "max_lr": 0.01, "batch_size": 64, "n_train": 1000, "test_acc": 0.61234567,
-           "n_val": 500, "best_epoch": 2, "test_acc_at_best": 0.6234567, "train_seconds_mean": 33.412345, "eval_seconds_mean": 2.1234567,
+           "n_val": 500, "best_epoch": 2, "test_acc_at_best": 0.6234567, "train_seconds_mean": 33.412345,
+           "eval_seconds_mean": 2.1234567,
            "params": 113741, "status": "finished", "paper": None}
     variant = {"variant": "v", "runs": 2, "finished": 2, "seeds": "0 1", "test_acc_mean": 0.6123456,
                "test_acc_ci_lo": 0.5123456, "test_acc_ci_hi": 0.7123456, "test_acc_at_best_mean": 0.623456,

@@ -4,6 +4,7 @@ runs that produced them, so that `report` can tell whether stored outputs answer
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -58,25 +59,42 @@ class AnalysisResult:
 
 
 def run_fingerprint(runs: Sequence[RunDir]) -> list[dict]:
-    """Which runs, at which epoch: an analysis of the same runs at the same epochs gives the same numbers."""
+    """Which runs, at which epoch, with which weights: an analysis of the same runs gives the same numbers. The
+    weights are told by content, never by file times (a copied sweep is the same sweep): the checkpoint's size
+    and the run's own record of when it last saved (config.json's `updated`), or, for a bare checkpoint, a hash
+    of the file."""
     out = []
     for run in runs:
-        epoch = run.read_config().get("epochs_done")
+        try:
+            config = run.read_config()
+        except (OSError, ValueError):
+            config = {}
+        epoch = config.get("epochs_done")
         if epoch is None:
             try:
                 epoch = run.load_checkpoint()["epoch"]
             except CheckpointError:
                 epoch = None
-        stat = run.checkpoint_path.stat() if run.has_checkpoint() else None
-        out.append({"name": run.name, "checkpoint": str(run.checkpoint_path), "epoch": epoch,
-                    "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None})
+        size = run.checkpoint_path.stat().st_size if run.has_checkpoint() else None
+        saved = config.get("updated") or (_file_hash(run.checkpoint_path) if size is not None else None)
+        out.append({"name": run.name, "checkpoint": str(run.checkpoint_path), "epoch": epoch, "size": size,
+                    "saved": saved})
     return out
 
 
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
 def _same_runs(a: list[dict], b: list[dict]) -> bool:
-    """Same runs, epochs and checkpoint files (size and modification time: a run retrained in place differs)."""
+    """Same runs, epochs and checkpoints (size and the run's own save record: a run retrained in place differs,
+    a copied one does not)."""
     def key(rows):
-        return [(r.get("name"), r.get("epoch"), r.get("size"), r.get("mtime_ns")) for r in rows]
+        return [(r.get("name"), r.get("epoch"), r.get("size"), r.get("saved")) for r in rows]
     return key(a) == key(b)
 
 

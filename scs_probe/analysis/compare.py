@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import OptionError
+from ..errors import OptionError, RecordError
 from ..rundir import RunDir
 from ..stats import ONE_SEED, Pooled, mcnemar_exact, paired_difference, pool_paired
 from ..storage import write_csv
@@ -60,9 +60,11 @@ def _correct_by_seed(runs: list[RunDir], name: str) -> dict[int, tuple[np.ndarra
     for run in runs:
         if run.name != name or run.read_config().get("status") != "finished":
             continue
-        p = run.read_predictions()
-        if p is not None:
-            out[run.seed] = (p["index"], p["pred"] == p["label"])
+        p = run.read_predictions()  # a short, empty or malformed file: RecordError
+        if p is None:  # never a seed dropped without a word
+            raise RecordError(f"{run.path}: a finished run without {RunDir.PREDICTIONS} (trained before scs-probe "
+                              "recorded per-image predictions, or the file was lost): retrain it or leave it out")
+        out[run.seed] = (p["index"], p["pred"] == p["label"])
     return out
 
 

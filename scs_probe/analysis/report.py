@@ -5,6 +5,8 @@ asked, and run (again) otherwise."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,13 +95,47 @@ def training_curves(runs: list[RunDir], names, out: Path) -> Path:
 def gather(analysis: type[Analysis], runs: list[RunDir], out: Path, asked: dict, context: Context) -> AnalysisResult:
     """The stored result when it answers `asked` for these runs; else run it, from the stored options (or the
     report's defaults) with `asked` on top."""
+    recover(out)
     why = analysis.staleness(out, runs, asked)
     if not why:
         return analysis.load(out)
     stored = analysis.stored_config(out)
     base = stored[0] if stored else analysis.Config(**REPORT_DEFAULTS.get(analysis.name, {}))
+    config = replace(base, **asked)
     context.log(f"report: running {analysis.name} on {len(runs)} runs ({why})")
-    return analysis(replace(base, **asked)).run(runs, out, context)
+    fresh = out.parent / f".{out.name}.new-{os.getpid()}"
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    try:
+        analysis(config).run(runs, fresh, context)
+        swap_in(fresh, out)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return analysis.load(out)
+
+
+def swap_in(fresh: Path, out: Path) -> None:
+    """Replace the folder `out` by the complete folder `fresh`: the old one is renamed aside, the new one renamed
+    in, then the old one deleted. Interrupted at any point, `out` (or, between the two renames, its old copy,
+    which `recover` puts back) holds a whole analysis, never half of one."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(fresh, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(out: Path) -> None:
+    """Put back an analysis left aside by a `swap_in` that was interrupted between its two renames, and drop the
+    leftovers of interrupted recomputations."""
+    if not out.parent.is_dir():
+        return
+    leftovers = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if leftovers and not out.exists():
+        os.replace(leftovers.pop(), out)
+    for path in [*leftovers, *out.parent.glob(f".{out.name}.new-*")]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def warnings_for(rows: list[dict]) -> list[str]:

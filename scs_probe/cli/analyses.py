@@ -18,7 +18,7 @@ from .options import (
     test_dataset_option,
     trust_option,
 )
-from .types import ClassList, EpsList, EpsRange, EpsValue, IndexList, PatternList
+from .types import ClassList, EpsList, EpsRange, EpsValue, IndexList, OutPath, PatternList, blocking_file
 
 ATTACKS = ["pgd", "square", "autoattack"]
 
@@ -41,9 +41,17 @@ def _run_analysis(analysis, runs, out, sweep_dir, data_dir=None, device="auto", 
     from ..rundir import RunsDir
     from ..training import resolve_device
     dest = Path(out) if out else RunsDir(sweep_dir or ".").analysis_dir(analysis.name)
+    _check_out(dest)
     context = Context(data_dir=data_dir, dataset=dataset, device=resolve_device(device))
     result = analysis.run(runs, dest, context)
     return result, dest
+
+
+def _check_out(path, what: str = "folder") -> None:
+    """Before any work: an output that cannot be written (a file where a folder must be) is one line."""
+    blocker = blocking_file(path)
+    if blocker is not None or (what == "folder" and Path(path).is_file()):
+        raise click.UsageError(f"cannot write to {path}: {blocker or path} is a file, not a folder")
 
 
 def _eps(eps_range, eps_list, required: bool):
@@ -134,14 +142,42 @@ def compare(directory, pairs, n_boot, out):
     """Paired accuracy differences between variants on the same test images: bootstrap interval and exact
     McNemar test per seed, a bootstrap over seeds and images."""
     from ..analysis import ComparisonAnalysis
+    from ..errors import NoRunsError
     from ..rundir import RunsDir
     if any(len(p) != 2 for p in pairs):
         raise click.UsageError("--pair takes two variant names: A,B")
     analysis = ComparisonAnalysis(pairs=tuple(pairs) if pairs else None, n_boot=n_boot)
-    result, dest = _run_analysis(analysis, RunsDir(directory).runs(), out, directory)
+    runs = RunsDir(directory).runs()
+    result, dest = _run_analysis(analysis, runs, out, directory)
+    if not result.summary:  # an empty table is never the answer without its reason
+        raise NoRunsError(_empty_comparison(runs, analysis.config.pairs))
     print_table(result.summary, ("a", "b", "seed", "n", "acc_a", "acc_b", "diff", "lo", "hi", "mcnemar_p",
                                  "within_noise"))
     click.echo(f"outputs: {dest}")
+
+
+def _empty_comparison(runs, pairs) -> str:
+    """Why `compare` found nothing to compare: no conv/SCS pair at the study's settings (one variant only, or
+    runs of different data sets), or no seed at which both variants of a pair finished."""
+    from ..analysis.compare import study_pairs, variant_axes
+    axes = {r.name: variant_axes(r) for r in runs}
+    variants = ", ".join(sorted(axes))
+    pairs = pairs or study_pairs(runs)
+    if not pairs:
+        datasets = sorted({v["dataset"] for v in axes.values()})
+        why = (f"its runs are of different data sets ({', '.join(datasets)}), and a pair needs one"
+               if len(datasets) > 1 else "it holds no conv (ReLU, max pooling) and SCS (no activation, max-abs "
+               "pooling) variant of one architecture")
+        return f"nothing to compare: {why}; variants: {variants}; name two with --pair A,B"
+    finished = {r.name: set() for r in runs}
+    for r in runs:
+        if r.read_config().get("status") == "finished":
+            finished[r.name].add(r.seed)
+    for a, b in pairs:
+        if not finished[a] or not finished[b]:
+            return f"nothing to compare: --pair {a},{b}: no finished run of {a if not finished[a] else b}"
+    a, b = pairs[0]
+    return f"nothing to compare: --pair {a},{b}: no seed at which both finished"
 
 
 @command()
@@ -166,7 +202,7 @@ def norms(run_dirs, sweep_dir, out):
 
 @command()
 @click.argument("directory", type=click.Path())
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="HTML file [DIR/report.html].")
+@click.option("--out", type=OutPath(dir_okay=False), default=None, help="HTML file [DIR/report.html].")
 @data_dir_option("For analyses that are (re)run")
 @test_dataset_option()
 @device_option()
@@ -186,8 +222,11 @@ def report(directory, out, data_dir, dataset, device, saliency_images, pgd_image
     """One self-contained HTML report of a directory of runs. Analyses stored in DIR/analysis/ are reused when
     they cover the same runs and the options given here; the others are (re)run."""
     from ..analysis import Context, build_report
+    from ..rundir import RunsDir
     from ..training import resolve_device
     eps = _eps(eps_range, eps_list, required=False)
+    _check_out(RunsDir(directory).analysis_dir())  # where the analyses are (re)run and their figures drawn
+    _check_out(out or RunsDir(directory).report_path, "file")
     asked = {"saliency": {"n_images": saliency_images},
              "pgd": {"n_images": pgd_images, "eps": eps, "attacks": tuple(attacks) or None}}
     asked = {name: {k: v for k, v in opts.items() if v is not None} for name, opts in asked.items()}

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     except errors.DeviceUnavailable as e:
         _error(f"--device: {e}")
         return 2
-    except errors.ResumeConflict as e:  # an option that cannot change on resume: a usage error
+    except (errors.ResumeConflict, errors.StudyConflict) as e:  # options that cannot change on resume: usage
         _error(_message(e))
         return 2
     except errors.ScsProbeError as e:

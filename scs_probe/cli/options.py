@@ -13,7 +13,7 @@ import click
 
 from ..choices import DATA_ENV, DEFAULT_ARCH, DEVICES
 from ..zoo import AXES, Variant, axis_choices, list_archs, trust_model_code
-from .types import FiniteFloatRange
+from .types import FiniteFloatRange, OutPath
 
 BACKENDS = ("auto", "eager", "compiled")
 BACKEND_ENV = "SCS_PROBE_BACKEND"
@@ -128,7 +128,7 @@ def data_dir_option(help_text: str = "Folder holding the data sets in torchvisio
 
 
 def out_option(name: str):
-    return click.option("--out", type=click.Path(file_okay=False), default=None,
+    return click.option("--out", type=OutPath(file_okay=False), default=None,
                         help=f"Output folder [SWEEP/analysis/{name} or ./analysis/{name}].")
 
 

@@ -22,13 +22,13 @@ from .options import (
     trust_option,
     variant_options,
 )
-from .types import IndexList, PatternList, PositiveRange
+from .types import IndexList, OutPath, PatternList, PositiveRange
 
 
 @command()
 @variant_options
 @training_options
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory [./runs/<variant>].")
+@click.option("--out", type=OutPath(file_okay=False), default=None, help="Run directory [./runs/<variant>].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--init-from", type=click.Path(), default=None,
               help="Start from the weights of another checkpoint of this architecture (matching shapes).")
@@ -55,7 +55,7 @@ def train(ctx, variant, quiet, resume, **kw):
               help="Comma-separated seeds: every variant once per seed, into OUT/<variant>-seed<N>/ "
                    "(default: once, with --seed, into OUT/<variant>/).")
 @training_options
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", type=OutPath(file_okay=False), default=None,
               help="Sweep directory [./sweeps/<arch>]; with Ray on a cluster, storage every node sees.")
 @executor_options
 @trust_option
@@ -94,7 +94,7 @@ def sweep(arch, model, grid, only, seeds, quiet, out, executor, **kw):
 @click.option("--study-name", default="scs-fixed-p", show_default=True)
 @click.option("--tune-seed", type=int, default=0, show_default=True, help="TPE sampler seed.")
 @training_options
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Study directory [./tune/<arch>].")
+@click.option("--out", type=OutPath(file_okay=False), default=None, help="Study directory [./tune/<arch>].")
 @executor_options
 @trust_option
 def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_name, tune_seed, quiet, out, executor,

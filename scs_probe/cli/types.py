@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import click
 import numpy as np
@@ -139,3 +140,20 @@ class PatternList(_Parsed):
 
     def parse(self, text):
         return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def blocking_file(path) -> Path | None:
+    """The first folder above `path` that exists but is a file: nothing can be written there."""
+    return next((q for q in Path(path).parents if q.exists() and not q.is_dir()), None)
+
+
+class OutPath(click.Path):
+    """click's Path for an output, refused at parse time (before any training or analysis) when a folder above it
+    is a file: the error would otherwise come after all the work, as a traceback."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        blocker = blocking_file(value)
+        if blocker is not None:
+            self.fail(f"{str(value)!r} lies under {str(blocker)!r}, which is a file, not a folder", param, ctx)
+        return value

@@ -51,6 +51,12 @@ def is_parallel(executor) -> bool:
     return executor is not None and not (isinstance(executor, LocalExecutor) and executor.jobs == 1)
 
 
+def cap_jobs(executor, n: int) -> None:
+    """At most `n` workers (the runs there are to do): `--jobs 100` for one run starts one worker, and says so."""
+    if executor is not None and executor.jobs is not None:
+        executor.jobs = max(1, min(executor.jobs, n))
+
+
 def checked_data_dir(options: TrainOptions) -> Path:
     """The data folder as an absolute path, its data set checked (and downloaded) here, once, by the driver: the
     workers never race to download it."""

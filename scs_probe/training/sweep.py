@@ -16,7 +16,7 @@ from ..rundir import RunsDir
 from ..stats import t_interval
 from ..storage import read_json
 from ..zoo import Variant, variant_grid
-from .executors import RunJob, checked_data_dir, is_parallel, run_all
+from .executors import RunJob, cap_jobs, checked_data_dir, is_parallel, run_all
 from .options import TrainOptions
 from .tensorboard_log import require as require_tensorboard
 from .trainer import train
@@ -100,26 +100,61 @@ def _skip_note(run, options: TrainOptions) -> str:
     return f"; trained with {', '.join(differ)}: train it again into another directory" if differ else ""
 
 
-def _status(run, label: str, log) -> str | None:
-    """The run's status, or "unreadable" (logged) where its checkpoint cannot be read."""
+def _status(run, label: str, log, unreadable: dict) -> str | None:
+    """The run's status, or "unreadable" (logged, and noted in `unreadable`) where its checkpoint cannot be
+    read: the sweep goes on, keeps the run's row, and exits 1 naming it."""
     try:
         return run.status
     except CheckpointError as e:
-        log(f"{label}: unreadable checkpoint, skipped ({e})")
+        log(f"{label}: unreadable checkpoint, not trained ({e})")
+        unreadable[run.path.name] = str(e)
         return "unreadable"
 
 
-def _write_summaries(runs: RunsDir, rows: list[dict]) -> None:
+def folder_rows(runs: RunsDir, rows: list[dict], names, unreadable: dict | None = None) -> list[dict]:
+    """`rows` (of the runs `names`, this sweep's) and a row for every other run in the folder (an earlier sweep
+    with another --only, --arch or seeds): summary.csv lists every run the folder holds, never only this
+    sweep's."""
+    unreadable = unreadable or {}
+    out = [r | {"status": "unreadable"} if n in unreadable else r for n, r in zip(names, rows)]
+    if not runs.path.is_dir():
+        return out
+    for path in sorted(runs.path.iterdir()):
+        run = runs.run(path.name)
+        if path.name in names or not path.is_dir() or not (run.config_path.is_file() or run.has_checkpoint()):
+            continue
+        try:
+            row = run.summary()
+        except (OSError, ValueError):  # a config.json cut or not JSON: the run is still listed
+            row = {"variant": path.name, "status": "unreadable"}
+        out.append(row | {"status": "unreadable"} if path.name in unreadable else row)
+    return out
+
+
+def _write_summaries(runs: RunsDir, rows: list[dict], names, unreadable: dict | None = None) -> None:
+    rows = folder_rows(runs, rows, names, unreadable)
     runs.write_summary(rows)
-    runs.write_variant_summary(summarize_variants(rows))
+    runs.write_variant_summary(summarize_variants([r for r in rows if "arch" in r]))
+
+
+def _raise_problems(unreadable: dict, failed: list[dict], n: int) -> None:
+    """Exit 1 after the sweep: runs that failed, and checkpoints that could not be read (rows kept)."""
+    parts = [f"{o['name']}: {o['message']}" for o in failed] + [f"{name}: {e}" for name, e in unreadable.items()]
+    if failed:
+        raise TrainingError(f"{len(failed)} of {n} runs failed"
+                            + (f" and {len(unreadable)} checkpoints are unreadable" if unreadable else "")
+                            + ": " + "; ".join(parts))
+    if unreadable:
+        raise CheckpointError(f"{len(unreadable)} unreadable checkpoint{'s' if len(unreadable) > 1 else ''} "
+                              "(not trained; their rows are kept in the summary): " + "; ".join(parts))
 
 
 def _sweep_here(plan, runs: RunsDir, log, progress, explicit) -> list[dict]:
-    rows = []
+    rows, names, unreadable = [], [], {}
     for i, (name, options) in enumerate(plan, 1):
         run = runs.run(name)
         label = f"[{i}/{len(plan)}] {name}"
-        status = _status(run, label, log)
+        status = _status(run, label, log, unreadable)
         if status == "unreadable":
             continue
         if status in ("finished", "diverged"):
@@ -131,7 +166,10 @@ def _sweep_here(plan, runs: RunsDir, log, progress, explicit) -> list[dict]:
             except TrainingDiverged as e:
                 log(f"warning: {e}")
         rows.append(run.summary())
-        _write_summaries(runs, rows)
+        names.append(name)
+        _write_summaries(runs, rows, names, unreadable)
+    _write_summaries(runs, rows, names, unreadable)
+    _raise_problems(unreadable, [], len(plan))
     return rows
 
 
@@ -139,24 +177,24 @@ def _sweep_parallel(plan, runs: RunsDir, base: TrainOptions, executor, log, prog
     """Hand the unfinished runs to `executor`; the driver only watches, and writes the summaries."""
     from ..layers import get_backend
     data_dir = checked_data_dir(base)
-    todo, skipped = [], set()
+    todo, unreadable = [], {}
     for i, (name, options) in enumerate(plan, 1):
         run, label = runs.run(name), f"[{i}/{len(plan)}] {name}"
-        status = _status(run, label, log)
+        status = _status(run, label, log, unreadable)
         if status == "unreadable":
-            skipped.add(name)
             continue
         if status in ("finished", "diverged"):
             log(f"{label}: {status}, skipped{_skip_note(run, options)}")
             continue
-        options = replace(options, out=str(Path(options.out).resolve()), data_dir=str(data_dir))
-        todo.append(RunJob(name, options, None if explicit is None else frozenset(explicit),
-                           threads=executor.threads_per_run(), backend=get_backend()))
+        todo.append((name, replace(options, out=str(Path(options.out).resolve()), data_dir=str(data_dir))))
+    cap_jobs(executor, len(todo))  # threads per run and the display follow the workers actually started
+    todo = [RunJob(name, options, None if explicit is None else frozenset(explicit),
+                   threads=executor.threads_per_run(), backend=get_backend()) for name, options in todo]
     outcomes = {}
 
     def summary_rows():
-        return [runs.run(name).summary() for name, _ in plan
-                if name not in skipped and runs.run(name).config_path.is_file()]
+        names = [name for name, _ in plan if name not in unreadable and runs.run(name).config_path.is_file()]
+        return [runs.run(name).summary() for name in names], names
 
     if todo:
         started = time.time()
@@ -169,18 +207,15 @@ def _sweep_parallel(plan, runs: RunsDir, base: TrainOptions, executor, log, prog
             def on_done(job, outcome):
                 outcomes[job.name] = outcome = {**outcome, "name": job.name}
                 display.finished(outcome)
-                _write_summaries(runs, summary_rows())
+                _write_summaries(runs, *summary_rows(), unreadable)
 
             try:
                 run_all(executor, todo, on_done=on_done, on_tick=lambda jobs: display.poll([j.name for j in jobs]))
             finally:
                 display.close()
-    rows = summary_rows()
-    _write_summaries(runs, rows)
-    failed = [o for o in outcomes.values() if o["status"] == "failed"]
-    if failed:
-        raise TrainingError(f"{len(failed)} of {len(plan)} runs failed: "
-                            + "; ".join(f"{o['name']}: {o['message']}" for o in failed))
+    rows, names = summary_rows()
+    _write_summaries(runs, rows, names, unreadable)
+    _raise_problems(unreadable, [o for o in outcomes.values() if o["status"] == "failed"], len(plan))
     return rows
 
 

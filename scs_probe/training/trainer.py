@@ -320,6 +320,11 @@ class Trainer:
                 raise TrainingDiverged(f"{self.variant.name} diverged: {e}; records in {self.run_dir} marked "
                                        f"diverged (last good checkpoint: epoch {epoch - 1})") from None
             ev = self._evaluate()
+            if not (math.isfinite(ev["loss"]) and math.isfinite(ev["acc"])):  # a nan test loss is no result
+                reason = f"non-finite test loss ({ev['loss']}) at epoch {epoch}"
+                self._mark_diverged(epoch, reason)
+                raise TrainingDiverged(f"{self.variant.name} diverged: {reason}; records in {self.run_dir} marked "
+                                       f"diverged (last good checkpoint: epoch {epoch - 1})")
             va = self._evaluate(self.val_loader) if self.val_loader is not None else None
             row = {"epoch": epoch, "train_loss": round(tr["train_loss"], 6), "train_acc": round(tr["train_acc"], 6),
                    "val_loss": round(va["loss"], 6) if va else "", "val_acc": round(va["acc"], 6) if va else "",

@@ -7,7 +7,11 @@ heartbeat and re-queued with the same parameters (RetryFailedTrialCallback), nev
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
+import socket
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -15,12 +19,12 @@ from pathlib import Path
 
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
 
-from ..errors import OptionError, ScsProbeError, ServiceUnavailable, TrainingDiverged
+from ..errors import OptionError, ScsProbeError, ServiceUnavailable, StudyConflict, TrainingDiverged
 from ..layers import get_backend
 from ..plotting import plt, save
 from ..progress import progress_bar, write_line
 from ..rundir import StudyDir
-from .executors import checked_data_dir, is_parallel, prepare_worker, run_all
+from .executors import cap_jobs, checked_data_dir, is_parallel, prepare_worker, run_all
 from .options import TrainOptions
 from .tensorboard_log import require as require_tensorboard
 from .trainer import Trainer
@@ -56,6 +60,71 @@ class TuneConfig:
             raise OptionError("pruner", f"unknown value {self.pruner!r}; allowed: {', '.join(PRUNERS)}")
         if self.n_trials < 1 or self.heartbeat < 1:
             raise OptionError("n_trials" if self.n_trials < 1 else "heartbeat", "must be >= 1")
+        if self.storage is not None and in_memory(self.storage):
+            raise OptionError("storage", f"{safe_url(self.storage)} is an in-memory database: each worker would "
+                                         "get its own study and every trial would be lost with its process; give "
+                                         "a file (sqlite:///PATH) or a server URL")
+
+
+SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:pass|pwd|secret|token)[^=&#]*=)[^&#]*")
+
+
+def safe_url(url: str) -> str:
+    """A storage URL as it may be printed: its password masked (also one holding '/' or an unescaped '@', or
+    given with an empty user), and query parameters that carry secrets (?password=...) masked."""
+    from sqlalchemy.engine import make_url
+    try:
+        u = make_url(url)
+        if u.host and "@" in u.host:  # an unescaped '@' in the password: SQLAlchemy cut the password at the first
+            u = u.set(host=u.host.rsplit("@", 1)[1], password=u.password or "")
+        text = u.render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses: mask everything up to the last '@' (too much is safe)
+        text = re.sub(r"://.*@", "://***@", url) if "://" in url else re.sub(r"^.*@", "***@", url)
+    return SECRET_QUERY.sub(r"\1***", text)
+
+
+def in_memory(url: str) -> bool:
+    """Whether an SQLite URL names an in-memory database (sqlite://, sqlite:///:memory:, mode=memory)."""
+    from sqlalchemy.engine import make_url
+    try:
+        u = make_url(url)
+    except Exception:
+        return False  # malformed: open_study says so
+    if u.get_backend_name() != "sqlite":
+        return False
+    db = u.database or ""
+    return db in ("", ":memory:") or u.query.get("mode") == "memory" or "mode=memory" in db
+
+
+def _check_sqlite_file(url: str) -> None:
+    """An SQLite file given as storage must be new, empty or an Optuna database: never write Optuna's tables into
+    somebody's unrelated database (or fail halfway through a file that is no database at all)."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+    try:
+        u = make_url(url)
+    except Exception:
+        return
+    if u.get_backend_name() != "sqlite" or in_memory(url):
+        return
+    path = Path(u.database)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        con = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise ServiceUnavailable(f"study storage {path} is not an SQLite database ({e}); give a new file or a "
+                                 "study database") from None
+    if tables and not {"studies", "trials", "version_info"} <= tables:
+        raise ServiceUnavailable(f"study storage {path} is an SQLite database of something else (tables: "
+                                 f"{', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''}); scs-probe "
+                                 "writes Optuna's tables only into a new file or a study database: give another "
+                                 "--storage")
 
 
 def _pruner(name: str):
@@ -72,6 +141,8 @@ def open_study(out, config: TuneConfig, worker: int = 0):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     url = config.storage or StudyDir(out).default_storage
+    _check_sqlite_file(url)
+
     def connect():
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8: not the user's news
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -80,6 +151,7 @@ def open_study(out, config: TuneConfig, worker: int = 0):
             storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=config.heartbeat,
                                  grace_period=2 * config.heartbeat,
                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        _check_folder(storage, out, config.study_name)
         return optuna.create_study(study_name=config.study_name, storage=storage, load_if_exists=True,
                                    direction="maximize", pruner=_pruner(config.pruner))
 
@@ -88,18 +160,21 @@ def open_study(out, config: TuneConfig, worker: int = 0):
             try:
                 study = connect()
                 break
+            except ScsProbeError:
+                raise
             except Exception as e:  # two processes creating one database's tables at once: one wins, retry
                 if attempt == 4 or "IntegrityError" not in type(e).__name__ + str(e)[:200]:
                     raise
                 time.sleep(0.5 * (attempt + 1))
+    except ScsProbeError:
+        raise
     except Exception as e:
+        detail = _scrub(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", url)
         if not isinstance(e, ImportError | ValueError) and type(e).__name__ not in ("NoSuchModuleError",
                                                                                    "ArgumentError"):
-            raise ServiceUnavailable(f"cannot reach the study storage {_safe(url)} ({type(e).__name__}: "
-                                     f"{str(e).splitlines()[0][:200]})") from None
+            raise ServiceUnavailable(f"cannot reach the study storage {safe_url(url)} ({detail[:200]})") from None
         # a URL SQLAlchemy cannot parse, or whose driver is not installed: the user's to fix
-        raise OptionError("storage", f"cannot open {_safe(url)} ({type(e).__name__}: {str(e).splitlines()[0][:160]})") \
-            from None
+        raise OptionError("storage", f"cannot open {safe_url(url)} ({detail[:160]})") from None
     # TPE's seed differs per worker and per continuation: parallel workers and a continued study do not redraw
     # the same random start-up points
     seen = len(study.get_trials(deepcopy=False))
@@ -107,9 +182,116 @@ def open_study(out, config: TuneConfig, worker: int = 0):
     return study
 
 
-def _safe(url: str) -> str:
-    """A storage URL without its password."""
-    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+def _scrub(text: str, url: str) -> str:
+    """A driver's message without the URL's secrets, should it quote them (psycopg names the host it could not
+    resolve, which holds the rest of a password with an unescaped '@')."""
+    from sqlalchemy.engine import make_url
+    secrets = []
+    try:
+        u = make_url(url)
+        secrets = [u.password or "", *(v for k, v in u.query.items() if SECRET_QUERY.search(f"?{k}="))]
+        if u.host and "@" in u.host:
+            secrets += [u.host.rsplit("@", 1)[0] + "@"]
+    except Exception:
+        pass
+    text = text.replace(url, safe_url(url))
+    for secret in sorted((s for s in secrets if isinstance(s, str) and s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _check_folder(storage, out: Path, name: str) -> None:
+    """A study folder holds one study's trials (trials/<number>/): a new study in a folder that holds another's
+    would train into (or collide with) those run directories."""
+    studies = [s.study_name for s in storage.get_all_studies()]
+    trials = StudyDir(out).path / StudyDir.RUNS
+    if name in studies or not (trials.is_dir() and any(trials.iterdir())):
+        return
+    if not studies:  # the trials are here, their study is not (study.db deleted, another --storage)
+        raise StudyConflict(f"{out} holds trials whose study is not in {safe_url(storage.url)}: give the --storage "
+                            "that holds it, or start the study in another --out")
+    if len(studies) == 1:
+        hint = f"holds the trials of study {studies[0]!r}: continue it with --study-name {studies[0]}"
+    else:
+        hint = "holds the trials of another study: continue it with its --study-name"
+    raise StudyConflict(f"{out} {hint}, or start {name!r} in another --out")
+
+
+def study_settings(options: dict, search) -> dict:
+    """What makes trials of one study comparable: every training option that changes the numbers (the model,
+    epochs, batch size, max LR where not searched, seed, data set and its limits), not where or how fast trials
+    run, nor the searched p."""
+    skip = {*TrainOptions.RESUMABLE, "fixed_p", "norms_every_batch", *(("max_lr",) if "max_lr" in search else ())}
+    return json.loads(json.dumps({k: v for k, v in options.items() if k not in skip}, default=str))
+
+
+def _check_settings(study, out: Path, base: TrainOptions, config: TuneConfig) -> None:
+    """A continued study runs with the settings of its trials, or not at all: stored in the study (user attrs),
+    else read from its first trial's run (a study from before scs-probe stored them)."""
+    mine = study_settings(base.resolved().to_dict(), config.search) | {"search": ",".join(config.search)}
+    stored = study.user_attrs.get("settings")
+    if stored is None:
+        for t in study.get_trials(deepcopy=False):
+            options = StudyDir(out).trial(t.number).read_config().get("options")
+            if options:
+                stored = study_settings(options, config.search)
+                break
+    if stored is not None:
+        differ = [k for k in mine if k in stored and stored[k] != mine[k]]
+        if differ:
+            raise StudyConflict(
+                f"study {config.study_name!r} in {out} was run with "
+                + ", ".join(f"{k}={stored[k]}" for k in differ) + " (asked: "
+                + ", ".join(f"{k}={mine[k]}" for k in differ) + "): its trials would not compare; continue it "
+                "with its settings, or start another study in another --out")
+    if study.user_attrs.get("settings") is None:
+        study.set_user_attr("settings", mine)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_ghost_trials(study, requeue: bool = True) -> list[int]:
+    """Fail the trials left "running" by a process that is gone: those whose heartbeat is stale (Optuna's own
+    check, which re-queues them with the same parameters) and, at once, those whose process on this machine has
+    ended (after SIGKILL or Ctrl-C of a parallel tune; re-queued where `requeue`). Returns their numbers."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+        host = socket.gethostname()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = t.user_attrs.get("owner") or {}
+            if owner.get("host") == host and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
+                if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL) and requeue:
+                    retry(study, study._storage.get_trial(t._trial_id))
+    still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    return sorted(running - still)
+
+
+class _QuietFailedTrials(logging.Filter):
+    """Optuna logs a failed trial with its whole traceback (about 50 lines for a Ctrl-C): scs-probe says what
+    happened in one line (a divergence, the interrupt) itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Trial ") and " failed with " in message)
+
+
+_QUIET = _QuietFailedTrials()
 
 
 def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool = True, executor=None,
@@ -121,13 +303,32 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
     import optuna
     if base.variant.layer == "conv":
         raise OptionError("layer", "the fixed-p search trains sharpened layers (scs or sdp), not conv")
+    if base.variant.fixed_p is not None:
+        raise OptionError("fixed_p", "the search draws p for every trial: leave it out (the p range sets where p "
+                                     "is drawn)")
+    if "max_lr" in config.search and base.max_lr is not None:
+        raise OptionError("max_lr", "is searched (search p,max_lr): set where it is drawn with the LR range, or "
+                                    "search p only")
     if base.tensorboard:  # before any run starts, not as each run's failure
         require_tensorboard()
     base = with_validation(base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna.study._optimize").addFilter(_QUIET)
     study = open_study(out, config, worker)
+    out = Path(out)
+    if worker == 0:  # the driver (a parallel tune's workers find both done)
+        _check_settings(study, out, base, config)
+        ghosts = fail_ghost_trials(study, requeue=not _finished(study, config))
+        if ghosts:
+            log(f"failed trial{'s' if len(ghosts) > 1 else ''} {', '.join(map(str, ghosts))}: left running by a "
+                "process that is gone")
     if is_parallel(executor):
-        _tune_parallel(study, base, out, config, executor, log, progress)
+        try:
+            _tune_parallel(study, base, out, config, executor, log, progress)
+        except KeyboardInterrupt:
+            fail_ghost_trials(study, requeue=False)  # the workers just stopped: none of theirs stays "running"
+            _write_trials_safely(study, out, config)
+            raise
         write_trials(study, out, config.p_range)
         return study
     trials = StudyDir(out)
@@ -137,6 +338,7 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
         max_lr = trial.suggest_float("max_lr", *config.lr_range, log=True) if "max_lr" in config.search \
             else base.max_lr
         trial.set_user_attr("max_lr", max_lr)  # searched or not: trials.csv says what each trial used
+        trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})  # see fail_ghost_trials
         run = trials.trial(trial.number)
         options = replace(base, variant=replace(base.variant, fixed_p=p), max_lr=max_lr, out=str(run.path))
         def report(epoch, row):  # validation accuracy only: the test split never chooses
@@ -159,9 +361,13 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
         return float(trainer.history[-1]["val_acc"])
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    if len(study.get_trials(deepcopy=False, states=finished)) < config.n_trials:
-        study.optimize(objective, catch=(TrainingDiverged,), callbacks=[
-            optuna.study.MaxTrialsCallback(config.n_trials, states=finished)])
+    if not _finished(study, config):
+        try:
+            study.optimize(objective, catch=(TrainingDiverged,), callbacks=[
+                optuna.study.MaxTrialsCallback(config.n_trials, states=finished)])
+        except KeyboardInterrupt:  # Optuna failed the trial in flight; trials.csv says so
+            _write_trials_safely(study, out, config)
+            raise
     write_trials(study, out, config.p_range)
     return study
 
@@ -170,6 +376,21 @@ def with_validation(base: TrainOptions) -> TrainOptions:
     """The search chooses on a validation split: `base`'s, else "auto" (10 % of the training images, at most
     5,000; see data.auto_val_split)."""
     return base if base.val_split is not None else replace(base, val_split="auto")
+
+
+def _finished(study, config: TuneConfig) -> bool:
+    """Whether the study holds its n_trials complete or pruned trials."""
+    from optuna.trial import TrialState
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) >= config.n_trials
+
+
+def _write_trials_safely(study, out, config: TuneConfig) -> None:
+    """trials.csv as the study now stands, on the way out of an interrupt (which must not turn into another
+    error)."""
+    try:
+        write_trials(study, out, config.p_range)
+    except Exception:
+        pass
 
 
 @dataclass(frozen=True)
@@ -210,6 +431,7 @@ def _tune_parallel(study, base: TrainOptions, out, config: TuneConfig, executor,
         if left <= 0:
             return
         workers = min(left, executor.jobs or executor.capacity())
+        cap_jobs(executor, workers)  # --jobs 100 for one trial left: one worker, and the message says one
         log(f"{workers} tune worker{'s' if workers > 1 else ''} on {executor.describe()}")
         jobs = [TuneJob(base, out, config, worker, executor.threads_per_run(), get_backend())
                 for worker in range(1, workers + 1)]
