@@ -26,7 +26,7 @@ def fake_run(root, variant, seed, correct, train_s=10.0, eval_s=2.0, max_lr=0.01
     run.checkpoint_path.write_bytes(b"not loaded by these analyses")
     run.write_config({"variant": variant.to_dict(), "variant_name": variant.name, "status": status,
                       "options": {"seed": seed, "max_lr": max_lr, "batch_size": 64, "epochs": 3},
-                      "data": {"n_train": 1000, "n_test": 10000}, "epochs_done": 3})
+                      "data": {"n_train": 1000, "n_test": len(correct), "test_split": 10000}, "epochs_done": 3})
     run.start_records()
     acc = float(np.mean(correct))
     run.append("history", [dict.fromkeys(RECORDS["history"], 1.0) | {
@@ -327,7 +327,7 @@ def test_not_tested_without_predictions_or_relu_variant(tmp_path):
     runs = sweep(tmp_path, [0.0, 0.0])
     for run in runs:
         (run.path / "predictions.csv").unlink()
-    assert claim(runs, 0).verdict == "not tested" and "no per-image predictions" in claim(runs, 0).evidence
+    assert claim(runs, 0).verdict == "not tested" and "without predictions.csv" in claim(runs, 0).evidence
     v = claim(runs, 2)
     assert v.verdict == "not tested" and "needs the same variant with a ReLU" in v.evidence
     assert v.hypothesis == "accuracy gain of a ReLU < +1.0 points"

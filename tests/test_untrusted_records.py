@@ -380,7 +380,7 @@ def test_tune_study_guards(fake_cifar, tmp_path, capfd, monkeypatch):
     # another study in this folder: one line, no advice to pass --resume
     assert main([*args, "--study-name", "other"]) == 2
     err = one_line_error(capfd)
-    assert "--study-name scs-fixed-p" in err and "--resume" not in err
+    assert "study name scs-fixed-p" in err and "--resume" not in err
     assert tree_digest(out) == records
     assert optuna.get_all_study_names(f"sqlite:///{out / 'study.db'}") == ["scs-fixed-p"]
 

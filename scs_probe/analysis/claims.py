@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import RecordError
 from ..rundir import RunDir
 from ..stats import (
     CONTRADICTED,
@@ -101,7 +102,8 @@ def _problems(runs, a: str, b: str) -> str:
 
 def _test_split(runs: list[RunDir], used: int) -> int:
     """Test images the data set holds (as the runs recorded it; else the images used: promise no more)."""
-    return max([int(r.read_config().get("data", {}).get("n_test", 0) or 0) for r in runs] + [used])
+    data = [r.read_config().get("data", {}) for r in runs]
+    return max([int(d.get("test_split") or d.get("n_test") or 0) for d in data] + [used])
 
 
 def _seeds_text(pooled: Pooled, fmt: str = "+.3f") -> str:
@@ -118,12 +120,21 @@ def _decide(claim: str, pair: str, hypothesis: Hypothesis, pooled: Pooled, evide
     return Verdict(claim, pair, evidence, verdict, decide, hypothesis.describe())
 
 
+def _accuracy_pool(runs, a: str, b: str) -> tuple[Pooled | None, str]:
+    """The pooled accuracy difference b - a, or why there is none: a claim without per-image predictions (lost,
+    cut or short files, runs of an older scs-probe) is marked not tested, never computed on what is left."""
+    try:
+        pooled = accuracy_pool(runs, a, b)
+    except RecordError as e:
+        return None, f"not compared: {e}"
+    return pooled, "" if pooled is not None else "no per-image predictions (runs from an older scs-probe: retrain them)"
+
+
 def claim_accuracy(runs, conv: str, scs: str) -> Verdict:
     h = HYPOTHESES["accuracy"]
-    pooled = accuracy_pool(runs, conv, scs)
+    pooled, why = _accuracy_pool(runs, conv, scs)
     if pooled is None:
-        return Verdict(CLAIMS[0], f"{scs} vs {conv}", "no per-image predictions (runs from an older scs-probe: "
-                       "retrain them)", NOT_TESTED, hypothesis=h.describe())
+        return Verdict(CLAIMS[0], f"{scs} vs {conv}", why, NOT_TESTED, hypothesis=h.describe())
     text = f"accuracy {scs} - {conv}: {pooled.interval.describe()}; {_seeds_text(pooled)}"
     return _decide(CLAIMS[0], f"{scs} vs {conv}", h, pooled, text, _test_split(runs, pooled.n_images))
 
@@ -180,9 +191,9 @@ def claim_no_activation(runs, conv: str, scs: str) -> Verdict:
                        NOT_TESTED, hypothesis=h.describe())
     pair = f"{relu[0]} vs {scs}"
     problem = _problems(runs, scs, relu[0])
-    pooled = None if problem else accuracy_pool(runs, scs, relu[0])
-    if problem or pooled is None:
-        return Verdict(CLAIMS[2], pair, problem or "no per-image predictions", NOT_TESTED, hypothesis=h.describe())
+    pooled, why = (None, problem) if problem else _accuracy_pool(runs, scs, relu[0])
+    if pooled is None:
+        return Verdict(CLAIMS[2], pair, why, NOT_TESTED, hypothesis=h.describe())
     text = f"accuracy {relu[0]} - {scs}: {pooled.interval.describe()}; {_seeds_text(pooled)}"
     return _decide(CLAIMS[2], pair, h, pooled, text, _test_split(runs, pooled.n_images))
 

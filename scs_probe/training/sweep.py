@@ -113,7 +113,7 @@ def _status(run, label: str, log, unreadable: dict) -> str | None:
 
 def folder_rows(runs: RunsDir, rows: list[dict], names, unreadable: dict | None = None) -> list[dict]:
     """`rows` (of the runs `names`, this sweep's) and a row for every other run in the folder (an earlier sweep
-    with another --only, --arch or seeds): summary.csv lists every run the folder holds, never only this
+    of other variants, architecture or seeds): summary.csv lists every run the folder holds, never only this
     sweep's."""
     unreadable = unreadable or {}
     out = [r | {"status": "unreadable"} if n in unreadable else r for n, r in zip(names, rows)]

@@ -141,8 +141,11 @@ class Trainer:
             train, val, split_info = validation_split(train, n, o.val_seed)
             self.options = o = dataclasses.replace(o, val_split=n)
         train = train.limit(o.limit_train)
-        test = load_dataset(o.dataset, root, train=False, image_size=o.variant.image_size).limit(o.limit_test)
-        self.data_info = {**describe(train, test, root), "val_split": split_info}
+        full_test = load_dataset(o.dataset, root, train=False, image_size=o.variant.image_size)
+        test = full_test.limit(o.limit_test)
+        # n_test: the images every number is computed on; test_split: how many the data set holds (what more
+        # images could reach, for "to decide")
+        self.data_info = {**describe(train, test, root), "test_split": len(full_test), "val_split": split_info}
         if self.ckpt is not None and (self.ckpt.get("data") or {}).get("val_split") not in (None, split_info):
             raise CheckpointError(f"{self.run_dir.checkpoint_path} was trained with another validation split "
                                   f"({self.ckpt['data']['val_split']}) than this data gives ({split_info})")

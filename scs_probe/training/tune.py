@@ -124,7 +124,7 @@ def _check_sqlite_file(url: str) -> None:
         raise ServiceUnavailable(f"study storage {path} is an SQLite database of something else (tables: "
                                  f"{', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''}); scs-probe "
                                  "writes Optuna's tables only into a new file or a study database: give another "
-                                 "--storage")
+                                 "storage")
 
 
 def _pruner(name: str):
@@ -207,14 +207,14 @@ def _check_folder(storage, out: Path, name: str) -> None:
     trials = StudyDir(out).path / StudyDir.RUNS
     if name in studies or not (trials.is_dir() and any(trials.iterdir())):
         return
-    if not studies:  # the trials are here, their study is not (study.db deleted, another --storage)
-        raise StudyConflict(f"{out} holds trials whose study is not in {safe_url(storage.url)}: give the --storage "
-                            "that holds it, or start the study in another --out")
+    if not studies:  # the trials are here, their study is not (study.db deleted, another storage)
+        raise StudyConflict(f"{out} holds trials whose study is not in {safe_url(storage.url)}: give the storage "
+                            "that holds it, or start the study in another folder")
     if len(studies) == 1:
-        hint = f"holds the trials of study {studies[0]!r}: continue it with --study-name {studies[0]}"
+        hint = f"holds the trials of study {studies[0]!r}: continue it with the study name {studies[0]}"
     else:
-        hint = "holds the trials of another study: continue it with its --study-name"
-    raise StudyConflict(f"{out} {hint}, or start {name!r} in another --out")
+        hint = "holds the trials of another study: continue it with its study name"
+    raise StudyConflict(f"{out} {hint}, or start {name!r} in another folder")
 
 
 def study_settings(options: dict, search) -> dict:
@@ -243,7 +243,7 @@ def _check_settings(study, out: Path, base: TrainOptions, config: TuneConfig) ->
                 f"study {config.study_name!r} in {out} was run with "
                 + ", ".join(f"{k}={stored[k]}" for k in differ) + " (asked: "
                 + ", ".join(f"{k}={mine[k]}" for k in differ) + "): its trials would not compare; continue it "
-                "with its settings, or start another study in another --out")
+                "with its settings, or start another study in another folder")
     if study.user_attrs.get("settings") is None:
         study.set_user_attr("settings", mine)
 
