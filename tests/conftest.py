@@ -52,6 +52,15 @@ def _no_env_data(monkeypatch):
     monkeypatch.delenv("SCS_PROBE_DATA", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _backend_choice_per_test():
+    """A test's `--backend` (the choice is process-wide, as in a command's process) ends with the test."""
+    from scs_probe.layers import backend
+    before = backend._state["backend"]
+    yield
+    backend._state["backend"] = before
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """A throwaway PostgreSQL server (Debian's `postgresql` package; `.ci/run` installs it) in a temp dir, started
