@@ -200,6 +200,33 @@ def _make_max_abs_pool(pool):
     return max_abs_pool
 
 
+def _make_patch_norm(geometry):
+    """(x, q, eps, sdt) -> (root, n): root = sqrt(sum of x**2 over each patch + eps), n = root + q, per group,
+    in float32 at least; the square, the channel sum, the box filter and the root in one graph."""
+    from .functional import patch_sq_norm  # functional imports this module
+
+    kernel_size, stride, padding, dilation, groups = geometry
+
+    def patch_norm(x, q, eps: float, sdt: torch.dtype):
+        root = (patch_sq_norm(x.to(sdt), kernel_size, stride, padding, dilation, groups) + eps).sqrt()
+        return root, root + q.to(sdt)
+    return patch_norm
+
+
+def patch_norm(x: torch.Tensor, ref: torch.Tensor, q: torch.Tensor, eps: float, geometry):
+    """(root, n) of `_make_patch_norm`, compiled where the layer's output `ref` runs compiled."""
+    sdt = _sharpen_dtype(x)
+    args = (x, q, eps, sdt)
+    if _use_compiled(ref):
+        try:
+            return _compiled_made(_make_patch_norm, tuple(geometry), args)(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:
+            _mark_failed(e)
+    return _make_patch_norm(geometry)(*args)
+
+
 def _make_pool_sharpen_train(pool):
     """(c, n, p, eps, sdt) -> (pooled sharpened output, flat indices of the winners, c and n (per channel) at
     them): what the backward pass needs, from one pooling pass over the key and one gather."""
@@ -281,7 +308,10 @@ def _compiled_made(factory, static, args):
     key = (factory.__name__, static, _signature(args))
     if key not in _state["fns"]:
         _quiet_cuda_probe()
-        _state["fns"][key] = torch.compile(factory(static), dynamic=True, fullgraph=True)
+        fn = factory(static)  # a code object of its own: dynamo counts recompilations per code object
+        clone = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                                   fn.__closure__)
+        _state["fns"][key] = torch.compile(clone, dynamic=True, fullgraph=True)
     return _state["fns"][key]
 
 

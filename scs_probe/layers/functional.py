@@ -170,12 +170,10 @@ def _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normaliz
     c = F.conv2d(xc, wc, None, stride, padding, dilation, groups)
     if not normalize:
         return xc, c, None, None
-    sdt = torch.promote_types(dtype, torch.float32)
     # squares summed in float32 at least: in float16 a patch of 64 channels at std 12 overflows to inf, which
     # would zero the output and its gradients without a nan for GradScaler to see
-    s = patch_sq_norm(xc.to(sdt), weight.shape[-2:], stride, padding, dilation, groups)
-    root = (s + eps).sqrt_()
-    return xc, c, root, root + q.to(sdt)
+    root, n = backend.patch_norm(xc, c, q, eps, (tuple(weight.shape[-2:]), stride, padding, dilation, groups))
+    return xc, c, root, n
 
 
 def _needs_autograd(*tensors) -> bool:
