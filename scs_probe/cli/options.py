@@ -144,6 +144,9 @@ training_options = stack(
     click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
                  help="DataLoader worker processes."),
     click.option("--amp", is_flag=True, help="bfloat16 autocast where the device supports it."),
+    click.option("--compile", is_flag=True,
+                 help="torch.compile the whole model, conv and SCS alike (compiled before the first epoch's clock)."),
+    click.option("--channels-last", is_flag=True, help="Model and batches in channels_last memory format."),
     click.option("--quiet", is_flag=True, help="No progress bars (they are off anyway when stderr is not a "
                                                "terminal)."),
 )

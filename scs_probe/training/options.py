@@ -32,9 +32,11 @@ class TrainOptions:
     norms_every_batch: bool = False
     workers: int = 0
     amp: bool = False
+    compile: bool = False              # torch.compile the whole model (conv and SCS alike)
+    channels_last: bool = False        # model and batches in channels_last memory format
 
     # Options that may change when a run is resumed (where and how fast it runs, not what it computes).
-    RESUMABLE = ("device", "data_dir", "workers", "out")
+    RESUMABLE = ("device", "data_dir", "workers", "out", "compile", "channels_last")
 
     def __post_init__(self):
         if not isinstance(self.variant, Variant):

@@ -117,6 +117,7 @@ class Trainer:
         self.variant = o.variant
         self.model = build_model(self.variant, seed=o.seed, num_classes=len(train.classes),
                                  normalization=normalization(o.dataset)).to(self.device)
+        self.net = speed_options(self.model, o.compile, o.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.max_lr, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=o.max_lr, total_steps=o.epochs * len(self.train_loader))
@@ -165,7 +166,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
 
     def _train_epoch(self, epoch: int) -> dict:
-        model, o = self.model, self.options
+        model, o = self.net, self.options
         model.train()
         self.train_loader.set_epoch(epoch)
         grads = [w for _, w in self.layers]
@@ -218,7 +219,7 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self) -> dict:
-        return evaluate(self.model, self.test_loader, self.device, self._autocast)
+        return evaluate(self.net, self.test_loader, self.device, self._autocast)
 
     def _warm_up_backend(self) -> None:
         """Compile the fused SCS backend before the first epoch's clock starts, so that train seconds compare
@@ -287,6 +288,26 @@ class Trainer:
     def _mark_diverged(self, epoch: int, reason: str) -> None:
         """Keep the last good weights; mark checkpoint and config.json as diverged."""
         self.mark("diverged", diverged={"epoch": epoch, "reason": reason})
+
+
+# --compile / --channels-last ---------------------------------------------------------------------------------
+def speed_options(model: torch.nn.Module, compile: bool = False, channels_last: bool = False) -> torch.nn.Module:
+    """What the training and evaluation loops call: `model` itself, or (`channels_last`) the model with its
+    parameters and every input in channels_last format, and (`compile`) torch.compile of it. The same for conv and
+    SCS models; `model` keeps its state_dict keys (checkpoints never see a compiled wrapper)."""
+    net = model
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        model.register_forward_pre_hook(_inputs_channels_last)
+    if compile:
+        net = torch.compile(model)
+    return net
+
+
+def _inputs_channels_last(module, args):
+    return tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.dim() == 4
+                 else a for a in args)
+# ------------------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
