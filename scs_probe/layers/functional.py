@@ -180,11 +180,30 @@ def _needs_autograd(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _sharpened_traceable(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool):
+    """The same values as plain differentiable torch ops, for torch.compile of a whole model: the compiler derives
+    the backward and fuses the elementwise work itself, as it does for a conv model."""
+    dtype = _compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        sdt = torch.promote_types(dtype, torch.float32)
+        wc = (_unit_kernels(weight, eps)[0] if normalize else weight).to(dtype)
+        y = F.conv2d(x.to(dtype), wc, None, stride, padding, dilation, groups).to(sdt)
+        if normalize:
+            s = patch_sq_norm(x.to(sdt), weight.shape[-2:], stride, padding, dilation, groups)
+            n = (s + eps).sqrt() + q.to(sdt)
+            y = (backend._grouped(y, groups) / n.unsqueeze(2)).flatten(1, 2)
+        if pool is not None:
+            y = backend._pooled_values(y, pool)
+        return (torch.sign(y) * (y.abs() + eps).pow(p.to(sdt).view(1, -1, 1, 1))).to(dtype)
+
+
 def _sharpened(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool):
     """The autograd function where a gradient is wanted; otherwise (evaluation, `torch.no_grad`) the same values
     without it: nothing saved for backward, and a pooled layer in one compiled pass with no indices
     (`backend.pool_sharpen`)."""
     stride, padding, dilation = to_pair(stride), to_pair(padding), to_pair(dilation)
+    if torch.compiler.is_compiling():  # inside torch.compile of a whole model (--compile)
+        return _sharpened_traceable(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool)
     if _needs_autograd(x, weight, p, q):
         return _SharpenedFunction.apply(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool)
     dtype = _compute_dtype(x)
@@ -241,6 +260,8 @@ class _MaxAbsPool2d(torch.autograd.Function):
 def max_abs_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """Per window, the element of largest magnitude with its sign; ties go to the positive value."""
     pool = pool_spec(True, kernel_size, stride, padding, dilation, ceil_mode)
+    if torch.compiler.is_compiling():
+        return backend._pooled_values(x, pool)
     if not _needs_autograd(x):
         out = backend.max_abs_pool(x, pool)  # compiled: one pass, no indices (None: run eager)
         if out is not None:
