@@ -199,8 +199,7 @@ def _sharpened_traceable(x, weight, p, q, stride, padding, dilation, groups, nor
 
 def _sharpened(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool):
     """The autograd function where a gradient is wanted; otherwise (evaluation, `torch.no_grad`) the same values
-    without it: nothing saved for backward, and a pooled layer in one compiled pass with no indices
-    (`backend.pool_sharpen`)."""
+    without it: nothing saved for backward (`backend.pool_sharpen` for a pooled layer)."""
     stride, padding, dilation = to_pair(stride), to_pair(padding), to_pair(dilation)
     if torch.compiler.is_compiling():  # inside torch.compile of a whole model (--compile)
         return _sharpened_traceable(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool)
@@ -263,8 +262,5 @@ def max_abs_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if torch.compiler.is_compiling():
         return backend._pooled_values(x, pool)
     if not _needs_autograd(x):
-        out = backend.max_abs_pool(x, pool)  # compiled: one pass, no indices (None: run eager)
-        if out is not None:
-            return out
-        return _gather(x, _max_pool_indices(backend.max_abs_key(x), pool))
+        return backend.max_abs_pool(x, pool)  # no autograd function, nothing saved
     return _MaxAbsPool2d.apply(x, pool)
