@@ -41,8 +41,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_medians(fns: dict, device: str, repeats: int, warmup: int = 2) -> dict:
-    """Median seconds per call of each function, timed round-robin so that drift affects all alike."""
+def interleaved_times(fns: dict, device: str, repeats: int, warmup: int = 2) -> dict:
+    """Seconds of each call of each function, `repeats` rounds timed round-robin so that drift (other processes on
+    a shared machine) affects all alike; round i of every function ran back to back."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -55,7 +56,18 @@ def interleaved_medians(fns: dict, device: str, repeats: int, warmup: int = 2) -
             fn()
             sync(device)
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved_medians(fns: dict, device: str, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds per call of each function, timed round-robin so that drift affects all alike."""
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, device, repeats, warmup).items()}
+
+
+def ratio_spread(num: list, den: list) -> tuple:
+    """(median, min, max) of the per-round ratios num[i] / den[i] (rounds timed back to back)."""
+    r = [a / b for a, b in zip(num, den)]
+    return statistics.median(r), min(r), max(r)
 
 
 def saved_tensor_bytes(step) -> int:

@@ -38,11 +38,20 @@ SHAPES = [
 ]
 
 
+TARGET_WIDE, TARGET_STEM = 1.25, 2.0  # issue 18: forward+backward vs Conv2d + ReLU; stems: 3 input channels
+
+
+def verdict(ratio: float, in_channels: int) -> str:
+    target = TARGET_STEM if in_channels <= 3 else TARGET_WIDE
+    return f"{'PASS' if ratio <= target else 'FAIL'} (<= {target})"
+
+
 def main():
     args = parse_args(__doc__.splitlines()[0])
     dev = args.device
     print(f"# {machine(dev)}")
-    print(f"{'layer':<22}{'conv+relu ms':>13}{'scs':>7}{'sdp':>7}{'naive':>7}{'mem scs':>9}{'mem sdp':>9}")
+    print(f"{'layer':<22}{'conv+relu ms':>13}{'scs':>7}{'sdp':>7}{'naive':>7}{'mem scs':>9}{'mem sdp':>9}"
+          f"  target (SCS)")
     for name, b, cin, cout, k, s, p, hw in SHAPES:
         torch.manual_seed(0)
         x = torch.rand(b, cin, hw, hw, device=dev, requires_grad=cin > 3)  # first layers need no input grad
@@ -63,7 +72,8 @@ def main():
             peak = peak_cuda_bytes(steps[key], dev)
             mem[key] = peak if peak is not None else saved_tensor_bytes(steps[key])
         print(f"{name:<22}{t['conv'] * 1e3:>13.2f}{t['scs'] / t['conv']:>7.2f}{t['sdp'] / t['conv']:>7.2f}"
-              f"{t['naive'] / t['conv']:>7.2f}{mem['scs'] / mem['conv']:>9.2f}{mem['sdp'] / mem['conv']:>9.2f}")
+              f"{t['naive'] / t['conv']:>7.2f}{mem['scs'] / mem['conv']:>9.2f}{mem['sdp'] / mem['conv']:>9.2f}"
+              f"  {verdict(t['scs'] / t['conv'], cin)}")
     kind = "peak CUDA memory of the step" if dev.startswith("cuda") else "bytes saved for backward"
     print(f"# ratios to Conv2d + ReLU (time: median of {args.repeats} interleaved rounds; mem: {kind})")
     blocks(args)

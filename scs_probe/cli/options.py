@@ -167,6 +167,9 @@ training_options = stack(
     click.option("--tensorboard/--no-tensorboard", default=False, callback=_check_tensorboard,
                  help="Also log each epoch for TensorBoard into RUN_DIR/tensorboard/ (tensorboard --logdir OUT; "
                       "needs the tensorboard extra)."),
+    click.option("--compile", is_flag=True,
+                 help="torch.compile the whole model, conv and SCS alike (compiled before the first epoch's clock)."),
+    click.option("--channels-last", is_flag=True, help="Model and batches in channels_last memory format."),
     click.option("--quiet", is_flag=True, help="No progress bars (they are off anyway when stderr is not a "
                                                "terminal)."),
 )

@@ -110,42 +110,33 @@ class _SharpenedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool):
-        dev = x.device.type
         dtype = _compute_dtype(x)
-        with torch.autocast(dev, enabled=False):
-            xc = x.to(dtype)
-            wc = (_unit_kernels(weight, eps)[0] if normalize else weight).to(dtype)
-            c = F.conv2d(xc, wc, None, stride, padding, dilation, groups)
-            root = n = idx = None
-            if normalize:
-                sdt = torch.promote_types(dtype, torch.float32)
-                # squares summed in float32 at least: in float16 a patch of 64 channels at std 12 overflows to
-                # inf, which would zero the output and its gradients without a nan for GradScaler to see
-                s = patch_sq_norm(xc.to(sdt), weight.shape[-2:], stride, padding, dilation, groups)
-                root = (s + eps).sqrt_()
-                n = root + q.to(sdt)
+        with torch.autocast(x.device.type, enabled=False):
+            xc, c, root, n = _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps,
+                                                dtype)
             size = c.shape[-2:]
-            if pool is not None:  # sharpen (and, in backward, differentiate) at the pooled positions only
-                idx = _max_pool_indices(backend.pool_key(c, n, absolute=pool[0]), pool)
-                c = _gather(c, idx)
-            out = backend.sharpen(c, None if n is None else n if idx is None else _gather(n, idx), p, eps)
-        ctx.conf = (stride, padding, dilation, groups, normalize, eps, dtype, x.dtype, weight.dtype, q.dtype, size)
-        # c, not the output: an in-place op on the output (ReLU, a residual +=) must not spoil the backward
+            idx = None
+            if pool is None:
+                out = backend.sharpen(c, n, p, eps)
+            else:  # sharpen (and, in backward, differentiate) at the pooled positions only
+                out, idx, c, n = backend.pool_sharpen_train(c, n, p, eps, pool)
+        ctx.conf = (stride, padding, dilation, groups, normalize, eps, dtype, x.dtype, weight.dtype, q.dtype, size,
+                    pool)
+        # c, not the output: an in-place op on the output (ReLU, a residual +=) must not spoil the backward.
+        # Pooled: c and n (per channel) at the winners, and their indices.
         ctx.save_for_backward(xc, weight, p, c, root, n, idx)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        stride, padding, dilation, groups, normalize, eps, dtype, x_dtype, w_dtype, q_dtype, size = ctx.conf
+        stride, padding, dilation, groups, normalize, eps, dtype, x_dtype, w_dtype, q_dtype, size, pool = ctx.conf
         xc, weight, p, c, root, n, idx = ctx.saved_tensors
         need_x, need_w, need_p, need_q = ctx.needs_input_grad[:4]
         with torch.autocast(xc.device.type, enabled=False):
             if idx is None:
                 gc, gn, gp = backend.sharpen_backward(grad_out, c, n, p, eps)
             else:  # the gradients at the pooled positions, scattered back to the convolution's grid
-                gc, gn, gp = backend.sharpen_backward(grad_out, c, None if n is None else _gather(n, idx), p, eps)
-                gc = _scatter(gc, idx, gc.shape[1], size)
-                gn = None if n is None else _scatter(gn, idx, groups, size)
+                gc, gn, gp = backend.pool_sharpen_backward(grad_out, c, n, p, idx, size, groups, eps, pool)
             grad_p = gp.to(p.dtype) if need_p else None
             grad_q = gn.sum().reshape(()).to(q_dtype) if normalize and need_q else None
             grad_x = grad_w = None
@@ -171,6 +162,57 @@ class _SharpenedFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_p, grad_q, None, None, None, None, None, None, None
 
 
+def _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps, dtype):
+    """The convolution c of x (in the compute dtype) with the unit kernels (SCS) or the raw ones (SDP), and for SCS
+    the patch norm's root sqrt(|s|^2 + eps) and n = root + q ([B, groups, H', W'], float32 at least)."""
+    xc = x.to(dtype)
+    wc = (_unit_kernels(weight, eps)[0] if normalize else weight).to(dtype)
+    c = F.conv2d(xc, wc, None, stride, padding, dilation, groups)
+    if not normalize:
+        return xc, c, None, None
+    # squares summed in float32 at least: in float16 a patch of 64 channels at std 12 overflows to inf, which
+    # would zero the output and its gradients without a nan for GradScaler to see
+    root, n = backend.patch_norm(xc, c, q, eps, (tuple(weight.shape[-2:]), stride, padding, dilation, groups))
+    return xc, c, root, n
+
+
+def _needs_autograd(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _sharpened_traceable(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool):
+    """The same values as plain differentiable torch ops, for torch.compile of a whole model: the compiler derives
+    the backward and fuses the elementwise work itself, as it does for a conv model."""
+    dtype = _compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        sdt = torch.promote_types(dtype, torch.float32)
+        wc = (_unit_kernels(weight, eps)[0] if normalize else weight).to(dtype)
+        y = F.conv2d(x.to(dtype), wc, None, stride, padding, dilation, groups).to(sdt)
+        if normalize:
+            s = patch_sq_norm(x.to(sdt), weight.shape[-2:], stride, padding, dilation, groups)
+            n = (s + eps).sqrt() + q.to(sdt)
+            y = (backend._grouped(y, groups) / n.unsqueeze(2)).flatten(1, 2)
+        if pool is not None:
+            y = backend._pooled_values(y, pool)
+        return (torch.sign(y) * (y.abs() + eps).pow(p.to(sdt).view(1, -1, 1, 1))).to(dtype)
+
+
+def _sharpened(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool):
+    """The autograd function where a gradient is wanted; otherwise (evaluation, `torch.no_grad`) the same values
+    without it: nothing saved for backward (`backend.pool_sharpen` for a pooled layer)."""
+    stride, padding, dilation = to_pair(stride), to_pair(padding), to_pair(dilation)
+    if torch.compiler.is_compiling():  # inside torch.compile of a whole model (--compile)
+        return _sharpened_traceable(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool)
+    if _needs_autograd(x, weight, p, q):
+        return _SharpenedFunction.apply(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool)
+    dtype = _compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        _, c, _, n = _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps, dtype)
+        if pool is None:
+            return backend.sharpen(c, n, p, eps)
+        return backend.pool_sharpen(c, n, p, eps, pool)
+
+
 def pool_spec(absolute: bool, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> tuple:
     """The `pool` argument of the sharpened functions: max (absolute=False) or max-abs pooling of their output."""
     stride = kernel_size if stride is None or stride == [] else stride
@@ -183,16 +225,12 @@ def sharpened_cosine_similarity2d(x, weight, p, q, stride=1, padding=0, dilation
     `p` has one value per output channel, `q` is a scalar tensor. `pool` (see `pool_spec`): return the pooled output,
     computed at a fraction of the cost.
     """
-    q = q.reshape(())
-    return _SharpenedFunction.apply(x, weight, p, q, to_pair(stride), to_pair(padding), to_pair(dilation), groups,
-                                    True, eps, pool)
+    return _sharpened(x, weight, p, q.reshape(()), stride, padding, dilation, groups, True, eps, pool)
 
 
 def sharpened_sdp2d(x, weight, p, stride=1, padding=0, dilation=1, groups=1, eps=EPS, pool=None):
     """SharpenedSDP: sign(s.k) * (|s.k| + eps) ** p, no normalisation. `pool`: as in SCS."""
-    q = weight.new_zeros(())
-    return _SharpenedFunction.apply(x, weight, p, q, to_pair(stride), to_pair(padding), to_pair(dilation), groups,
-                                    False, eps, pool)
+    return _sharpened(x, weight, p, weight.new_zeros(()), stride, padding, dilation, groups, False, eps, pool)
 
 
 def _max_pool_indices(key: torch.Tensor, pool) -> torch.Tensor:
@@ -220,4 +258,9 @@ class _MaxAbsPool2d(torch.autograd.Function):
 
 def max_abs_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """Per window, the element of largest magnitude with its sign; ties go to the positive value."""
-    return _MaxAbsPool2d.apply(x, pool_spec(True, kernel_size, stride, padding, dilation, ceil_mode))
+    pool = pool_spec(True, kernel_size, stride, padding, dilation, ceil_mode)
+    if torch.compiler.is_compiling():
+        return backend._pooled_values(x, pool)
+    if not _needs_autograd(x):
+        return backend.max_abs_pool(x, pool)  # no autograd function, nothing saved
+    return _MaxAbsPool2d.apply(x, pool)

@@ -35,10 +35,12 @@ class TrainOptions:
     workers: int = 0
     amp: bool = False
     tensorboard: bool = False          # also log for TensorBoard into RUN_DIR/tensorboard/ (the optional extra)
+    compile: bool = False              # torch.compile the whole model (conv and SCS alike)
+    channels_last: bool = False        # model and batches in channels_last memory format
 
     # Options that may change when a run is resumed (where and how fast it runs, or what it logs, not what it
     # computes).
-    RESUMABLE = ("device", "data_dir", "workers", "out", "tensorboard")
+    RESUMABLE = ("device", "data_dir", "workers", "out", "tensorboard", "compile", "channels_last")
 
     def __post_init__(self):
         if not isinstance(self.variant, Variant):

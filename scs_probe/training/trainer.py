@@ -160,6 +160,7 @@ class Trainer:
         self.variant = o.variant
         self.model = build_model(self.variant, seed=o.seed, num_classes=len(train.classes),
                                  normalization=normalization(o.dataset)).to(self.device)
+        self.net = speed_options(self.model, o.compile, o.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.max_lr, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=o.max_lr, total_steps=o.epochs * len(self.train_loader))
@@ -209,7 +210,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
 
     def _train_epoch(self, epoch: int) -> dict:
-        model, o = self.model, self.options
+        model, o = self.net, self.options
         model.train()
         self.train_loader.set_epoch(epoch)
         grads = [w for _, w in self.layers]
@@ -262,7 +263,7 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self, loader=None) -> dict:
-        return evaluate(self.model, loader or self.test_loader, self.device, self._autocast)
+        return evaluate(self.net, loader or self.test_loader, self.device, self._autocast)
 
     def _warm_up_backend(self) -> None:
         """Run every path the clock will time once before the first epoch's clock starts, so that train and eval
@@ -282,8 +283,11 @@ class Trainer:
         batches = lambda n: torch.rand((n, 3, size, size), generator=gen).to(self.device)  # noqa: E731
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         t0 = time.perf_counter()
+        # torch.compile's graphs belong to the compiled module: warm that one (its state restored after: BatchNorm's
+        # running statistics must not see the random batches), else a throwaway copy
+        saved = copy.deepcopy(self.model.state_dict()) if o.compile else None
         with torch.random.fork_rng(devices=devices):
-            model = copy.deepcopy(self.model).train()
+            model = self.net.train() if o.compile else copy.deepcopy(self.model).train()
             for n in sizes(self.train_loader):
                 with self._autocast():
                     loss = model(batches(n)).float().sum()
@@ -295,6 +299,9 @@ class Trainer:
                     with self._autocast():
                         model(batches(n))
             _sync(self.device)
+        if saved is not None:
+            self.model.load_state_dict(saved)
+            self.model.zero_grad(set_to_none=True)
         if time.perf_counter() - t0 > 1.0:
             self.log(f"warmed up train and eval paths in {time.perf_counter() - t0:.1f} s (compilation; not counted "
                      "in train or eval seconds)")
@@ -379,6 +386,26 @@ class Trainer:
     def _mark_diverged(self, epoch: int, reason: str) -> None:
         """Keep the last good weights; mark checkpoint and config.json as diverged."""
         self.mark("diverged", diverged={"epoch": epoch, "reason": reason})
+
+
+# --compile / --channels-last ---------------------------------------------------------------------------------
+def speed_options(model: torch.nn.Module, compile: bool = False, channels_last: bool = False) -> torch.nn.Module:
+    """What the training and evaluation loops call: `model` itself, or (`channels_last`) the model with its
+    parameters and every input in channels_last format, and (`compile`) torch.compile of it. The same for conv and
+    SCS models; `model` keeps its state_dict keys (checkpoints never see a compiled wrapper)."""
+    net = model
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        model.register_forward_pre_hook(_inputs_channels_last)
+    if compile:
+        net = torch.compile(model)
+    return net
+
+
+def _inputs_channels_last(module, args):
+    return tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.dim() == 4
+                 else a for a in args)
+# ------------------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()

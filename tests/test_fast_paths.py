@@ -1,0 +1,136 @@
+"""The inference path (no autograd function, pooled layers in one pass without indices) and the compiled training
+path of pooled layers agree with the autograd path, the eager backend and the float64 reference."""
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from scs_probe.layers import (
+    MaxAbsPool2d,
+    PoolFusedSequential,
+    SharpenedCosineSimilarity2d,
+    SharpenedSDP2d,
+    get_backend,
+    pool_spec,
+    set_backend,
+)
+from scs_probe.layers import backend as backend_module
+from scs_probe.layers.reference import max_abs_pool_reference, scs_reference, sdp_reference
+
+HAS_CXX = any(shutil.which(c) for c in ("g++", "clang++", "c++"))
+BACKENDS = ["eager", pytest.param("compiled", marks=[
+    pytest.mark.slow, pytest.mark.skipif(not HAS_CXX, reason="TorchInductor's CPU backend needs a C++ compiler")])]
+# the zoo's pools: rohrer 2x2 and 4x4 with ceil_mode, resnet18's 3x3 stride 2 padding 1; max and max-abs
+ZOO_POOLS = [(True, 2, None, 0, True), (True, 4, 4, 0, True), (True, 3, 2, 1, False), (False, 2, None, 0, True),
+             (False, 3, 2, 1, False)]
+
+
+@pytest.fixture
+def backend():
+    before = get_backend()
+    yield set_backend
+    set_backend(before)
+    backend_module._state["failed"] = None
+
+
+def _reference(layer, x):
+    args = (layer.stride, layer.padding, layer.dilation, layer.groups)
+    xd, wd, pd = x.double(), layer.weight.double(), layer.effective_p().double()
+    if isinstance(layer, SharpenedCosineSimilarity2d):
+        return scs_reference(xd, wd, pd, layer.effective_q().double(), *args)
+    return sdp_reference(xd, wd, pd, *args)
+
+
+def _pooled_reference(ref, pool):
+    absolute, k, s, pad, ceil = pool
+    if absolute:
+        return max_abs_pool_reference(ref, k, s, pad, ceil_mode=ceil)
+    return nn.functional.max_pool2d(ref, k, s, pad, ceil_mode=ceil)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("pool", [None] + ZOO_POOLS, ids=lambda p: "unpooled" if p is None else
+                         f"{'maxabs' if p[0] else 'max'}{p[1]}s{p[2]}p{p[3]}{'ceil' if p[4] else ''}")
+@pytest.mark.parametrize("cls,groups", [(SharpenedCosineSimilarity2d, 1), (SharpenedCosineSimilarity2d, 2),
+                                        (SharpenedSDP2d, 1)], ids=["scs", "scs-groups2", "sdp"])
+def test_inference_equals_training_forward_and_reference(backend, name, pool, cls, groups):
+    backend(name)
+    torch.manual_seed(groups)
+    layer = cls(4, 6, 3, padding=1, groups=groups)
+    x = torch.randn(2, 4, 11, 9)
+    x[0, :, :3] = 0  # zero patches: y == 0, ties between +0 and -0
+    spec = None if pool is None else pool_spec(*pool[:4], 1, pool[4])
+    with torch.no_grad():
+        fast = layer(x, pool=spec)
+    slow = layer(x.requires_grad_(), pool=spec)  # the autograd function
+    assert slow.grad_fn is not None
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-6, atol=1e-7)
+    ref = _reference(layer, x.detach())
+    if spec is not None:
+        ref = _pooled_reference(ref, pool)
+    torch.testing.assert_close(fast.double(), ref, rtol=1e-4, atol=1e-5)
+    assert backend_module._state["failed"] is None
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("pool", ZOO_POOLS[:3], ids=["2ceil", "4ceil", "3s2p1"])
+def test_max_abs_pool_inference_is_exact(backend, name, pool):
+    backend(name)
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 13, 10)
+    x[0, 0, :2, :2] = torch.tensor([[1.5, -1.5], [0.0, -0.0]])  # an exact tie: the positive value wins
+    x[1, 1] = 0
+    _, k, s, pad, ceil = pool
+    with torch.no_grad():
+        got = MaxAbsPool2d(k, s, pad, ceil_mode=ceil)(x)
+    assert torch.equal(got, max_abs_pool_reference(x, k, s, pad, ceil_mode=ceil))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("pool", ZOO_POOLS, ids=["maxabs2", "maxabs4", "maxabs3s2p1", "max2", "max3s2p1"])
+@pytest.mark.parametrize("cls,groups", [(SharpenedCosineSimilarity2d, 1), (SharpenedCosineSimilarity2d, 2),
+                                        (SharpenedSDP2d, 1)], ids=["scs", "scs-groups2", "sdp"])
+def test_pooled_training_gradients_match_the_unfused_pair(backend, name, pool, cls, groups):
+    """Forward and gradients of the fused pooled layer (eager, compiled) against the layer then the pool."""
+    backend(name)
+    torch.manual_seed(groups)
+    layer = cls(4, 6, 3, padding=1, groups=groups)
+    x = torch.randn(2, 4, 11, 9, requires_grad=True)
+    absolute, k, s, pad, ceil = pool
+    spec = pool_spec(absolute, k, s, pad, 1, ceil)
+    fused = layer(x, pool=spec)
+    backend("eager")
+    plain = (MaxAbsPool2d(k, s, pad, ceil_mode=ceil) if absolute else nn.MaxPool2d(k, s, pad, ceil_mode=ceil))(
+        layer(x))
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    g = torch.linspace(-1, 1, fused.numel()).view_as(fused)
+    params = [x] + list(layer.parameters())
+    for a, b in zip(torch.autograd.grad(fused, params, g), torch.autograd.grad(plain, params, g)):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert backend_module._state["failed"] is None
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_eval_of_a_zoo_model_equals_its_training_forward(backend, name):
+    from scs_probe.zoo import build_model
+    backend(name)
+    model = build_model("rohrer100k", layer="scs", activation="none", pool="maxabs").eval()
+    assert isinstance(model, PoolFusedSequential)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        fast = model(x)
+    torch.testing.assert_close(fast, model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_no_autograd_graph_or_saved_tensors_under_no_grad():
+    layer = SharpenedCosineSimilarity2d(3, 4, 3)
+    with torch.no_grad():
+        out = layer(torch.rand(1, 3, 8, 8), pool=pool_spec(True, 2))
+    assert out.grad_fn is None
+    # a frozen layer on an input needing no gradient runs without the autograd function too
+    for prm in layer.parameters():
+        prm.requires_grad_(False)
+    assert layer(torch.rand(1, 3, 8, 8)).grad_fn is None
