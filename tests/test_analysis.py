@@ -386,7 +386,8 @@ def _report_context(**overrides):
     """Everything report.html.j2 reads, with the raw floats analyses produce (the issue's examples among them)."""
     raw = 0.09049999999999997
     claim = {"claim": "SCS is not more accurate than convolution", "pair": "b vs a", "evidence": "e",
-             "verdict": "inconclusive", "to_decide": "add seeds", "hypothesis": "accuracy SCS - conv < +1.0 points"}
+             "verdict": "inconclusive", "to_decide": "add seeds",
+             "hypothesis": "accuracy SCS - conv < +0.010 (1.0 points)"}
     row = {"variant": "v", "seed": 0, "layer": "conv", "activation": "relu", "pool": "max", "norm": "none",
            "image_size": 32, "epochs": 3, "max_lr": 0.01, "batch_size": 64, "n_train": 1000, "test_acc": 0.61234567,
            "n_val": 500, "best_epoch": 2, "test_acc_at_best": 0.6234567, "train_seconds_mean": 33.412345,
@@ -434,7 +435,7 @@ def test_report_numbers_are_formatted():
     assert "0.612 [" not in html and "<td>0.612</td>" in html
     assert f"sparseness {arrow(SPARSENESS)}" in html and f"complexity {arrow(COMPLEXITY)}" in html
     assert arrow(SPARSENESS) == "\u2191" and arrow(COMPLEXITY) == "\u2193"
-    assert "<th class=\"l\">hypothesis (margin)</th>" in html and "accuracy SCS - conv &lt; +1.0 points" in html
+    assert "<th class=\"l\">hypothesis (margin)</th>" in html and "accuracy SCS - conv &lt; +0.010 (1.0 points)" in html
 
 
 def test_formatting_filters():

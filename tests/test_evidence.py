@@ -80,7 +80,16 @@ def test_claims_compare_only_matched_and_trained_runs(tmp_path):
     assert "settings differ (max_lr 0.05 vs 0.01)" in verdicts[0].evidence
     chance = np.arange(100) % 10 == 0
     runs = [fake_run(tmp_path / "b", CONV, 0, chance), fake_run(tmp_path / "b", SCS, 0, ok)]
-    assert "stayed near chance" in evaluate_claims(runs, tmp_path, tmp_path)[0].evidence
+    assert "every finished run of rohrer100k-conv-relu-max stayed near chance" in \
+        evaluate_claims(runs, tmp_path, tmp_path)[0].evidence
+    # one seed near chance: left out, the other seeds compared (not the whole pair cancelled)
+    rng = np.random.default_rng(0)
+    runs = [fake_run(tmp_path / "d", CONV, 0, chance)] + [
+        fake_run(tmp_path / "d", v, s, rng.random(2000) < 0.6) for s in (1, 2) for v in (CONV, SCS)] + [
+        fake_run(tmp_path / "d", SCS, 0, ok)]
+    accuracy = evaluate_claims(runs, tmp_path, tmp_path)[0]
+    assert accuracy.verdict != "not tested" and "per seed" in accuracy.evidence
+    assert len(accuracy.evidence.split("per seed ")[1].split(";")[0].split(", ")) == 2  # seeds 1 and 2
     one = [fake_run(tmp_path / "c", CONV, 0, ok), fake_run(tmp_path / "c", SCS, 0, ok)]
     speed = evaluate_claims(one, tmp_path, tmp_path)[1]
     assert speed.verdict == "inconclusive" and speed.to_decide.startswith("1 seed cannot separate")
@@ -288,7 +297,7 @@ def test_two_seeds_that_disagree_are_inconclusive(tmp_path):
     assert rows[-1]["within_noise"] and rows[-1]["lo"] < -0.15 and rows[-1]["hi"] > 0.2
     assert rows[-1]["interval"].startswith("95% random effects over 2 seeds")
     v = claim(runs, 0)
-    assert v.verdict == "inconclusive" and v.hypothesis == "accuracy SCS - conv < +1.0 points"
+    assert v.verdict == "inconclusive" and v.hypothesis == "accuracy SCS - conv < +0.010 (1.0 points)"
     assert "add seeds" in v.to_decide and "cannot be decided with this test set" in v.to_decide
 
 
@@ -330,7 +339,7 @@ def test_not_tested_without_predictions_or_relu_variant(tmp_path):
     assert claim(runs, 0).verdict == "not tested" and "without predictions.csv" in claim(runs, 0).evidence
     v = claim(runs, 2)
     assert v.verdict == "not tested" and "needs the same variant with a ReLU" in v.evidence
-    assert v.hypothesis == "accuracy gain of a ReLU < +1.0 points"
+    assert v.hypothesis == "accuracy gain of a ReLU < +0.010 (1.0 points)"
 
 
 @pytest.mark.parametrize("gains,n,verdict", [
@@ -420,7 +429,7 @@ def test_robustness_claim_verdicts(tmp_path, conv_keep, scs_keep, flags, verdict
     runs = sweep(tmp_path / "runs", [0.0] * 3, 500)
     v = claim(runs, 4, pgd=_pgd_files(tmp_path, runs, conv_keep, scs_keep, flags))
     assert v.verdict == verdict, v
-    assert v.hypothesis == "robust/clean accuracy SCS - conv at some eps > +1.0 points"
+    assert v.hypothesis == "robust/clean accuracy SCS - conv at some eps > +0.010 (1.0 points)"
     assert ("gradient masking" in v.evidence) == bool(flags)
     assert claim(runs, 4, pgd=tmp_path / "nothing").verdict == "not tested"
     no_clean = _pgd_files(tmp_path / "b", runs, conv_keep, scs_keep, eps=(2 / 255, 8 / 255))

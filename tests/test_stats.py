@@ -137,7 +137,7 @@ def test_one_seed_is_labelled_image_level():
 def test_hypothesis_verdicts(side, interval, expected):
     h = Hypothesis("accuracy SCS - conv", side, 0.01, "points")
     assert h.verdict(Interval(*interval, "t", 3)) == expected
-    assert h.describe() == f"accuracy SCS - conv {'<' if side == 'below' else '>'} +1.0 points"
+    assert h.describe() == f"accuracy SCS - conv {'<' if side == 'below' else '>'} +0.010 (1.0 points)"
 
 
 def test_power_by_hand():

@@ -44,7 +44,10 @@ def test_tags_and_metrics_follow_the_history_columns():
         ["loss/train", "acc/test", "acc/val", "seconds/eval", "lr"]
     history = [{"epoch": 1, "train_loss": 2.0, "test_acc": 0.5, "val_loss": "1.5", "lr": "0.01"},
                {"epoch": 2, "train_loss": 1.0, "test_acc": 0.4, "val_loss": "1.2", "lr": "0.001"}]
-    assert final_metrics(history) == {"train_loss": 1.0, "test_acc": 0.4, "val_loss": 1.2, "best_test_acc": 0.5}
+    assert final_metrics(history) == {"train_loss": 1.0, "test_acc": 0.4, "val_loss": 1.2}  # no best chosen on test
+    history = [{**history[0], "val_acc": "0.3"}, {**history[1], "val_acc": "0.6"}]
+    assert final_metrics(history) == {"train_loss": 1.0, "test_acc": 0.4, "val_loss": 1.2, "val_acc": 0.6,
+                                      "best_val_acc": 0.6, "test_acc_at_best_val": 0.4}
     assert final_metrics([]) == {}
     options = TrainOptions(Variant("rohrer100k"), max_lr=0.01).to_dict()
     assert run_hparams(options)["layer"] == "scs" and "fixed_p" not in run_hparams(options)

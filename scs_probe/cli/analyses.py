@@ -140,7 +140,7 @@ def pgd(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model_pool
 @trust_option
 def compare(directory, pairs, n_boot, out):
     """Paired accuracy differences between variants on the same test images: bootstrap interval and exact
-    McNemar test per seed, a bootstrap over seeds and images."""
+    McNemar test per seed; over seeds, the per-seed differences pooled by random effects (HKSJ interval)."""
     from ..analysis import ComparisonAnalysis
     from ..errors import NoRunsError
     from ..rundir import RunsDir

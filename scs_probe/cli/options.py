@@ -109,7 +109,7 @@ def _trust_all(ctx, param, value):
 trust_option = click.option(
     "--trust-model-code", is_flag=True, expose_value=False, callback=_trust_all,
     help="Import the model code (package.module:factory) that checkpoints and run directories name. Off: only zoo "
-         "architectures, torchvision: and timm: models, and the --model you give, are built.")
+         "architectures and torchvision:/timm: models are built from them.")
 
 
 def device_option():

@@ -24,14 +24,14 @@ class Hypothesis:
             raise ValueError(f"side must be below/above and unit one of {UNITS}, got {self.side!r}, {self.unit!r}")
 
     def show(self, value: float) -> str:
-        if self.unit == "points":
-            return f"{value * 100:+.1f} points"
+        if self.unit == "points":  # in the evidence's unit (a fraction), with the points it means
+            return f"{value:+.3f} ({abs(value) * 100:.1f} points)"
         if self.unit == "log ratio":  # estimated on the log scale, read as a ratio
             return f"{math.exp(value):.2f}x"
         return f"{value:+.3f}"
 
     def describe(self) -> str:
-        """The hypothesis as the table shows it, e.g. 'accuracy SCS - conv < +1.0 points'."""
+        """The hypothesis as the table shows it, e.g. 'accuracy SCS - conv < +0.010 (1.0 points)'."""
         return f"{self.quantity} {'<' if self.side == 'below' else '>'} {self.show(self.margin)}"
 
     def verdict(self, ci: Interval) -> str:

@@ -97,7 +97,7 @@ class TensorBoardLog:
 
 
 HPARAMS = ("arch", "layer", "activation", "pool", "norm", "image_size", "fixed_p", "seed", "epochs", "batch_size",
-           "max_lr", "dataset", "limit_train", "amp")
+           "max_lr", "dataset", "limit_train", "val_split", "amp")
 
 
 def run_hparams(options: dict) -> dict:
@@ -106,11 +106,17 @@ def run_hparams(options: dict) -> dict:
 
 
 def final_metrics(history: list[dict]) -> dict:
-    """The last epoch's losses and accuracies (whatever splits the history has) and the best test accuracy."""
+    """The last epoch's losses and accuracies (whatever splits the history has) and, with a validation split, the
+    epoch of best validation accuracy: its validation and test accuracy. Never the best test accuracy, which
+    would choose on the test images."""
     if not history:
         return {}
     last = {k: _number(v) for k, v in history[-1].items() if k.endswith(("_loss", "_acc"))}
     metrics = {k: v for k, v in last.items() if v is not None}
-    if "test_acc" in metrics:
-        metrics["best_test_acc"] = max(float(r["test_acc"]) for r in history)
+    val = [(_number(r.get("val_acc")), r) for r in history if _number(r.get("val_acc")) is not None]
+    if val:
+        best_val, best = max(val, key=lambda t: t[0])  # the first of equal bests, as the run summary picks
+        metrics["best_val_acc"] = best_val
+        if _number(best.get("test_acc")) is not None:
+            metrics["test_acc_at_best_val"] = _number(best["test_acc"])
     return metrics
