@@ -123,10 +123,10 @@ def _seeds_text(pooled: Pooled, fmt: str = "+.3f") -> str:
 
 
 def _decide(claim: str, pair: str, hypothesis: Hypothesis, pooled: Pooled, evidence: str,
-            images_available: int | None, level: float = LEVEL) -> Verdict:
+            images_available: int | None, level: float = LEVEL, images: str = "test images") -> Verdict:
     """The hypothesis's verdict on a pooled interval; one seed is inconclusive whatever its interval says."""
     verdict = INCONCLUSIVE if pooled.one_seed else hypothesis.verdict(pooled.interval)
-    decide = to_decide(pooled, hypothesis, images_available, level) if verdict == INCONCLUSIVE else ""
+    decide = to_decide(pooled, hypothesis, images_available, level, images=images) if verdict == INCONCLUSIVE else ""
     return Verdict(claim, pair, evidence, verdict, decide, hypothesis.describe())
 
 
@@ -230,7 +230,7 @@ def claim_saliency(runs, conv: str, scs: str, saliency_dir: Path) -> Verdict:
                        hypothesis=h.describe())
     pooled = pool_paired(diffs)
     text = f"Gini sparseness {scs} - {conv}: {pooled.interval.describe()}; {_seeds_text(pooled)}"
-    verdict = _decide(CLAIMS[3], pair, h, pooled, text, _test_split(runs, pooled.n_images))
+    verdict = _decide(CLAIMS[3], pair, h, pooled, text, _test_split(runs, pooled.n_images), images="saliency images")
     flags = {r["model"]: r.get("rand_flag", "") for r in read_csv(Path(saliency_dir) / "saliency_summary.csv")}
     failed = [label for label in lb.values() if flags.get(label)]
     if failed:
@@ -294,7 +294,7 @@ def claim_robustness(runs, conv: str, scs: str, pgd_dir: Path) -> Verdict:
     decide = ""
     if verdict == INCONCLUSIVE and decided:
         _, nearest = max(((e, p) for e, p, _ in decided), key=lambda ep: ep[1].interval.estimate)
-        decide = to_decide(nearest, h, _test_split(runs, nearest.n_images), level)
+        decide = to_decide(nearest, h, _test_split(runs, nearest.n_images), level, images="attacked images")
     return Verdict(CLAIMS[4], pair, text, verdict, decide, h.describe())
 
 

@@ -43,9 +43,10 @@ def images_needed(effect: float, k: int, tau2: float, sigma2: float, level: floa
 
 
 def to_decide(pooled: Pooled, hypothesis: Hypothesis, images_available: int | None = None,
-              level: float = LEVEL, power: float = POWER) -> str:
+              level: float = LEVEL, power: float = POWER, images: str = "test images") -> str:
     """Which source to add, and about how much. images_available: the test split's size (None: the quantity
-    has no images to add, e.g. seconds per epoch)."""
+    has no images to add, e.g. seconds per epoch); images: what the images are to the analysis (saliency
+    images, attacked images: the setting a user raises)."""
     est = pooled.interval.estimate
     effect = abs(est - hypothesis.margin)
     if not math.isfinite(effect) or not math.isfinite(pooled.within):
@@ -65,6 +66,5 @@ def to_decide(pooled: Pooled, hypothesis: Hypothesis, images_available: int | No
     if needed > images_available:
         return (f"cannot be decided with this test set ({images_available:,} images at {pooled.k} seeds): "
                 f"add seeds, {seeds} ({power:.0%} power)")
-    images = max(math.ceil(needed), n + 1)
-    return (f"add test images: about {images:,} of the test split's {images_available:,} (at {pooled.k} seeds), "
-            f"or seeds: {seeds} at these {n:,} images ({power:.0%} power)")
+    return (f"add {images}: about {max(math.ceil(needed), n + 1):,} of the test split's {images_available:,} (at "
+            f"{pooled.k} seeds), or seeds: {seeds} at these {n:,} images ({power:.0%} power)")
