@@ -10,6 +10,7 @@ runs (a sweep, or runs trained one by one into one folder) holds runs as subdire
 from __future__ import annotations
 
 import csv
+import math
 import os
 from pathlib import Path
 
@@ -167,6 +168,11 @@ class RunDir:
                               "(a cut or foreign file)")
         if not np.array_equal(cols["index"], np.arange(len(rows))):
             raise RecordError(f"{path}: malformed (indices are not 0..{len(rows) - 1} in order)")
+        classes = config.get("data", {}).get("num_classes")
+        if classes is not None:
+            wrong = [k for k in ("label", "pred") if ((cols[k] < 0) | (cols[k] >= int(classes))).any()]
+            if wrong:
+                raise RecordError(f"{path}: malformed ({' and '.join(wrong)}s outside the run's {classes} classes)")
         epochs = set(cols["epoch"].tolist())
         done = config.get("epochs_done")
         if len(epochs) > 1:
@@ -215,8 +221,13 @@ class RunDir:
 
 def best_epoch(history: list[dict]) -> dict | None:
     """The history row of highest validation accuracy (the first of equals); None without validation rows."""
-    rows = [r for r in history if r.get("val_acc") not in (None, "")]
-    return max(rows, key=lambda r: float(r["val_acc"])) if rows else None
+    def value(r) -> float:
+        try:
+            return float(r.get("val_acc"))
+        except (TypeError, ValueError):
+            return math.nan
+    rows = [r for r in history if math.isfinite(value(r))]  # a nan would win every max
+    return max(rows, key=value) if rows else None
 
 
 def summary_fields() -> tuple[str, ...]:

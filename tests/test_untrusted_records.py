@@ -412,3 +412,57 @@ def test_tune_study_guards(fake_cifar, tmp_path, capfd, monkeypatch):
     assert main(args) == 2
     assert "whose study is not in" in one_line_error(capfd)
     assert tree_digest(out / "trials") == trials
+
+
+# ------------------------------------------------------------------------------------ second hostile review
+
+def test_compare_refuses_runs_of_other_test_images_and_duplicate_seeds(tmp_path, capsys):
+    fake_run(tmp_path / "mix", CONV)
+    other = fake_run(tmp_path / "mix", SCS)
+    p = other.read_predictions()
+    other.write_predictions(3, torch.tensor((p["label"] + 3) % 10), torch.tensor(p["pred"]))  # another data copy
+    assert main(["compare", str(tmp_path / "mix")]) == 1
+    assert "disagree on the labels of" in one_line_error(capsys)
+    fake_run(tmp_path / "dup", CONV)
+    fake_run(tmp_path / "dup", SCS)
+    shutil.copytree(tmp_path / "dup" / f"{SCS.name}-seed0", tmp_path / "dup" / "zz-old-copy")
+    assert main(["compare", str(tmp_path / "dup")]) == 1
+    err = one_line_error(capsys)
+    assert "zz-old-copy" in err and "both" in err and "seed 0" in err
+    foreign = fake_run(tmp_path / "foreign", SCS)
+    config = read_json(foreign.config_path)
+    write_json(foreign.config_path, config | {"data": config["data"] | {"num_classes": 10}})
+    foreign.write_predictions(3, torch.full((N_TEST,), 99), torch.full((N_TEST,), 99))
+    from scs_probe.errors import RecordError
+    with pytest.raises(RecordError, match="outside the run's 10 classes"):
+        foreign.read_predictions()
+
+
+def test_a_driver_message_that_quotes_the_password_is_withheld():
+    from scs_probe.training.tune import _scrub, safe_url
+    url = "postgresql://u:on@127.0.0.1:1/db"
+    assert "on" not in _scrub("OperationalError: connection refused", url).replace("quotes", "").replace(
+        "credentials", "").replace("message", "")  # no masked word shows where the password stands
+    assert "SECRET" not in safe_url("postgresql://u@h/db?options=-c password=SECRET")
+
+
+@pytest.mark.parametrize("args", [["sweep", "--only", ""], ["sweep", "--only", ","],
+                                  ["train", "--seed", "99999999999999999999"], ["sweep", "--seeds", "1,99999999999"],
+                                  ["tune", "--tune-seed", "-1"], ["compare", ".", "--n-boot", "99999999999"]])
+def test_empty_or_huge_values_are_usage_errors(tmp_path, capsys, args):
+    assert main(args) == 2
+    one_line_error(capsys)
+    assert not any(tmp_path.iterdir())
+
+
+def test_best_epoch_ignores_a_nan_validation_accuracy():
+    from scs_probe.rundir import best_epoch
+    rows = [{"epoch": 1, "val_acc": "nan"}, {"epoch": 2, "val_acc": "0.4"}, {"epoch": 3, "val_acc": "0.3"}]
+    assert best_epoch(rows)["epoch"] == 2
+
+
+def test_an_image_folder_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    from scs_probe.training import TrainOptions
+    (tmp_path / "imgs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert TrainOptions(dataset="imagefolder:imgs").dataset == f"imagefolder:{tmp_path / 'imgs'}"

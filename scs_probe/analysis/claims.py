@@ -54,7 +54,7 @@ STATED = (HYPOTHESES["accuracy"].describe(),  # each claim's test, in the order 
           f"{HYPOTHESES['train'].describe()} and {HYPOTHESES['eval'].describe()}",
           HYPOTHESES["activation"].describe(), HYPOTHESES["sparseness"].describe(),
           HYPOTHESES["robustness"].describe())
-MATCHED = ("epochs", "max_lr", "batch_size", "n_train")  # settings two runs must share to be compared
+MATCHED = ("epochs", "max_lr", "batch_size", "n_train", "n_val")  # settings two runs must share to be compared
 
 
 @dataclass

@@ -54,8 +54,9 @@ def study_pairs(runs: list[RunDir]) -> list[tuple[str, str]]:
     return sorted(set(pairs))
 
 
-def _correct_by_seed(runs: list[RunDir], name: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """seed -> (test indices, correct) of the finished runs of variant `name`."""
+def _predictions_by_seed(runs: list[RunDir], name: str) -> dict[int, tuple[RunDir, dict]]:
+    """seed -> (run, predictions) of the finished runs of variant `name`: one run per seed (two folders holding
+    the same variant and seed, a copied run say, are refused: which one counts would be an accident of names)."""
     out = {}
     for run in runs:
         if run.name != name or run.read_config().get("status") != "finished":
@@ -64,18 +65,25 @@ def _correct_by_seed(runs: list[RunDir], name: str) -> dict[int, tuple[np.ndarra
         if p is None:  # never a seed dropped without a word
             raise RecordError(f"{run.path}: a finished run without {RunDir.PREDICTIONS} (trained before scs-probe "
                               "recorded per-image predictions, or the file was lost): retrain it or leave it out")
-        out[run.seed] = (p["index"], p["pred"] == p["label"])
+        if run.seed in out:
+            raise RecordError(f"{out[run.seed][0].path} and {run.path} are both {name} at seed {run.seed}: keep one "
+                              "(a copied or retrained run) in the folder")
+        out[run.seed] = (run, p)
     return out
 
 
 def paired_correct(runs: list[RunDir], a: str, b: str) -> dict:
     """seed -> (test indices, a correct, b correct) on the images both finished runs of that seed saw."""
-    ca, cb = _correct_by_seed(runs, a), _correct_by_seed(runs, b)
+    ca, cb = _predictions_by_seed(runs, a), _predictions_by_seed(runs, b)
     out = {}
     for s in sorted(set(ca) & set(cb), key=str):
-        (ia, ra), (ib, rb) = ca[s], cb[s]
-        common, pa, pb = np.intersect1d(ia, ib, return_indices=True)
-        out[s] = (common, ra[pa], rb[pb])
+        (run_a, p), (run_b, q) = ca[s], cb[s]
+        common, pa, pb = np.intersect1d(p["index"], q["index"], return_indices=True)
+        differ = int(np.sum(p["label"][pa] != q["label"][pb]))
+        if differ:  # another copy of the data, or a foreign file: a "paired" difference would be meaningless
+            raise RecordError(f"{run_a.path} and {run_b.path} disagree on the labels of {differ} of their "
+                              f"{len(common)} common test images: they were not evaluated on the same test set")
+        out[s] = (common, p["pred"][pa] == p["label"][pa], q["pred"][pb] == q["label"][pb])
     return out
 
 

@@ -135,7 +135,7 @@ def pgd(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model_pool
 @click.option("--pair", "pairs", multiple=True, type=PatternList(), metavar="A,B",
               help="Two variant names (b minus a); repeat for several [default: conv vs SCS at the study's "
                    "settings, for every architecture present].")
-@click.option("--n-boot", type=click.IntRange(min=100), default=2000, show_default=True)
+@click.option("--n-boot", type=click.IntRange(min=100, max=100_000), default=2000, show_default=True)
 @out_option("compare")
 @trust_option
 def compare(directory, pairs, n_boot, out):

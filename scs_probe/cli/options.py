@@ -13,7 +13,7 @@ import click
 
 from ..choices import DATA_ENV, DEFAULT_ARCH, DEVICES
 from ..zoo import AXES, Variant, axis_choices, list_archs, trust_model_code
-from .types import FiniteFloatRange, OutPath
+from .types import SEED_MAX, FiniteFloatRange, OutPath
 
 BACKENDS = ("auto", "eager", "compiled")
 BACKEND_ENV = "SCS_PROBE_BACKEND"
@@ -145,7 +145,7 @@ training_options = stack(
     click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the preset."),
     click.option("--max-lr", type=FiniteFloatRange(min=0, min_open=True, max=10), default=None,
                  help="OneCycleLR peak; default: the preset."),
-    click.option("--seed", type=int, default=0, show_default=True,
+    click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
                  help="Initial weights (shared by all variants) and data order."),
     device_option(),
     click.option("--dataset", default="cifar10", show_default=True, metavar="NAME",

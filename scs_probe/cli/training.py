@@ -22,7 +22,7 @@ from .options import (
     trust_option,
     variant_options,
 )
-from .types import IndexList, OutPath, PatternList, PositiveRange
+from .types import SEED_MAX, IndexList, OutPath, PatternList, PositiveRange
 
 
 @command()
@@ -92,7 +92,8 @@ def sweep(arch, model, grid, only, seeds, quiet, out, executor, **kw):
 @click.option("--storage", default=None, help="Optuna storage URL [sqlite:///OUT/study.db]; a PostgreSQL URL "
                                                 "lets several tune processes share one study.")
 @click.option("--study-name", default="scs-fixed-p", show_default=True)
-@click.option("--tune-seed", type=int, default=0, show_default=True, help="TPE sampler seed.")
+@click.option("--tune-seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
+              help="TPE sampler seed.")
 @training_options
 @click.option("--out", type=OutPath(file_okay=False), default=None, help="Study directory [./tune/<arch>].")
 @executor_options

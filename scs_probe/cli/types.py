@@ -23,6 +23,9 @@ def parse_eps_value(text: str) -> float:
     return value
 
 
+SEED_MAX = 2**32 - 1  # seeds (and indices) as numpy and every generator take them
+
+
 class _Parsed(click.ParamType):
     """A click type from a `parse(text)` that raises ValueError with a message."""
 
@@ -85,8 +88,8 @@ class IndexList(_Parsed):
             idx = tuple(int(t) for t in text.split(",") if t.strip())
         except ValueError:
             raise ValueError(f"takes comma-separated integers, got {text!r}") from None
-        if not idx or any(i < 0 for i in idx):
-            raise ValueError(f"takes integers >= 0, got {text!r}")
+        if not idx or any(i < 0 or i > SEED_MAX for i in idx):
+            raise ValueError(f"takes integers from 0 to {SEED_MAX}, got {text!r}")
         return idx
 
 
@@ -139,7 +142,10 @@ class PatternList(_Parsed):
     name = "PATTERNS"
 
     def parse(self, text):
-        return tuple(p.strip() for p in text.split(",") if p.strip())
+        patterns = tuple(p.strip() for p in text.split(",") if p.strip())
+        if not patterns:  # an empty --only "$VAR" must not widen to the whole grid
+            raise ValueError(f"names nothing: {text!r}")
+        return patterns
 
 
 def blocking_file(path) -> Path | None:

@@ -57,6 +57,8 @@ class TrainOptions:
         if not isinstance(self.workers, int) or self.workers < 0:
             raise OptionError("workers", f"must be an integer >= 0, got {self.workers!r}")
         self.dataset = check_dataset(self.dataset)
+        if self.dataset.startswith("imagefolder:"):  # recorded absolute: analyses run from elsewhere find it
+            self.dataset = "imagefolder:" + str(Path(self.dataset.split(":", 1)[1]).expanduser().resolve())
         if self.device.split(":")[0] not in DEVICES:
             raise OptionError("device", f"unknown value {self.device!r}; allowed: {', '.join(DEVICES)}")
 

@@ -67,6 +67,8 @@ class TuneConfig:
 
 
 SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:pass|pwd|secret|token)[^=&#]*=)[^&#]*")
+# a query value that carries a secret under another key (?options=-c password=...): the whole value is masked
+SECRET_VALUE = re.compile(r"(?i)([?&][^=&#]*=)([^&#]*(?:pass|pwd|secret|token)[^&#]*)")
 
 
 def safe_url(url: str) -> str:
@@ -80,7 +82,7 @@ def safe_url(url: str) -> str:
         text = u.render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy parses: mask everything up to the last '@' (too much is safe)
         text = re.sub(r"://.*@", "://***@", url) if "://" in url else re.sub(r"^.*@", "***@", url)
-    return SECRET_QUERY.sub(r"\1***", text)
+    return SECRET_VALUE.sub(r"\1***", SECRET_QUERY.sub(r"\1***", text))
 
 
 def in_memory(url: str) -> bool:
@@ -189,14 +191,17 @@ def _scrub(text: str, url: str) -> str:
     secrets = []
     try:
         u = make_url(url)
-        secrets = [u.password or "", *(v for k, v in u.query.items() if SECRET_QUERY.search(f"?{k}="))]
+        secrets = [u.password or "", *(v for k, v in u.query.items() if SECRET_QUERY.search(f"?{k}=")
+                                       or SECRET_VALUE.search(f"?{k}={v}"))]
         if u.host and "@" in u.host:
             secrets += [u.host.rsplit("@", 1)[0] + "@"]
     except Exception:
         pass
     text = text.replace(url, safe_url(url))
-    for secret in sorted((s for s in secrets if isinstance(s, str) and s), key=len, reverse=True):
-        text = text.replace(secret, "***")
+    if any(isinstance(s, str) and s and s in text for s in secrets):
+        # masking each occurrence would show where the password stands in ordinary words ("c***necti***"):
+        # the driver's message is withheld instead
+        return "the database driver's message is withheld: it quotes part of the URL's credentials"
     return text
 
 
