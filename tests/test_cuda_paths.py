@@ -14,6 +14,8 @@ from scs_probe.zoo import Variant
 
 
 def test_a_workers_gpu_is_made_current_not_written_into_the_options(monkeypatch):
+    # _call_local leaves SIGINT ignored, as an idle pool worker has it: not this process (its children inherit it)
+    monkeypatch.setattr(executors.signal, "signal", lambda *a: None)
     seen = []
     monkeypatch.setattr(executors, "_GPU_SLOT", 1)
     monkeypatch.setattr(torch.cuda, "set_device", seen.append)

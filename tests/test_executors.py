@@ -117,7 +117,7 @@ def test_ray_retries_a_killed_worker_from_its_checkpoint(fake_cifar, tmp_path):
 def test_ctrl_c_stops_the_sweep_and_its_checkpoints_resume(fake_cifar, tmp_path, executor):
     if "ray" in executor:
         pytest.importorskip("ray")
-    epochs = 24  # room for Ctrl-C to land mid-run: with warm kernel caches an epoch here takes half a second
+    epochs = 6
     args = [*_sweep_args(fake_cifar, tmp_path, epochs), *executor]
     proc = _cli(args, start_new_session=True)
     _wait_for(lambda: all(_epochs_done(tmp_path / name) >= 1 for name in PAIR), proc)
