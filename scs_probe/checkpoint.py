@@ -13,6 +13,7 @@ import torch
 
 from .data import normalization
 from .errors import CheckpointError, OptionError
+from .schema import CHECKPOINT, check
 from .storage import atomic_write
 from .zoo import Variant, build_model, check_trusted
 
@@ -27,13 +28,16 @@ def save_checkpoint(path, payload: dict) -> None:
 
 
 def load_checkpoint(path) -> dict:
-    """Load a checkpoint file safely: nothing in it is executed; any problem is one CheckpointError line."""
+    """Load a checkpoint file safely: nothing in it is executed; any problem, a field of the wrong type among them
+    (`schema.CHECKPOINT`), is one CheckpointError line."""
     path = Path(path)
     ckpt = _load_tensors(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an scs-probe checkpoint")
-    if ckpt.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer scs-probe (format {ckpt['format_version']})")
+    version = ckpt.get("format_version", 0)
+    if isinstance(version, int) and version > FORMAT_VERSION:  # before its fields: a newer format may change them
+        raise CheckpointError(f"{path} was written by a newer scs-probe (format {version})")
+    check(ckpt, CHECKPOINT, path, CheckpointError)
     for key in ("variant", "model", "epoch", "options"):
         if key not in ckpt:
             raise CheckpointError(f"{path} is an incomplete scs-probe checkpoint (no {key!r})")

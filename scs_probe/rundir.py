@@ -18,6 +18,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import NoRunsError, RecordError
+from .schema import CONFIG, check
 from .storage import csv_text, read_csv, read_json, write_csv, write_json
 
 RECORDS = {
@@ -69,8 +70,16 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------- config
     def read_config(self) -> dict:
-        """config.json, or {} where there is none (a bare checkpoint)."""
-        return read_json(self.config_path) if self.config_path.is_file() else {}
+        """config.json, or {} where there is none (a bare checkpoint). One that cannot be read, is not JSON or holds
+        a field of the wrong type is a RecordError naming it (`schema.CONFIG`): its readers take it as it is."""
+        if not self.config_path.is_file():
+            return {}
+        try:
+            config = read_json(self.config_path)
+        except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError: ValueError
+            raise RecordError(f"{self.config_path}: unreadable or not JSON ({type(e).__name__})") from None
+        check(config, CONFIG, self.config_path, RecordError)
+        return config
 
     def write_config(self, config: dict) -> None:
         write_json(self.config_path, config)
@@ -80,7 +89,7 @@ class RunDir:
         """The variant's name as config.json records it, else the folder's name."""
         try:
             return self.read_config().get("variant_name") or self.path.name
-        except (OSError, ValueError):
+        except RecordError:
             return self.path.name
 
     @property
@@ -190,10 +199,16 @@ class RunDir:
         """One summary row from config.json and history.csv (no checkpoint needs loading). The best epoch is the
         one of highest validation accuracy (the first of equals), and `test_acc_at_best` that epoch's test
         accuracy; without a validation split both are empty (a best chosen on the test split would overstate
-        it)."""
-        from .zoo import AXES
+        it). A history.csv cut mid-line or holding other than numbers is a RecordError naming it."""
         config = self.read_config()
-        history = self.read("history")
+        try:
+            return self._summary(config, self.read("history"))
+        except (OSError, csv.Error, KeyError, TypeError, ValueError) as e:
+            raise RecordError(f"{self.record_path('history')}: unreadable or malformed (a row cut or not numbers: "
+                              f"{type(e).__name__})") from None
+
+    def _summary(self, config: dict, history: list[dict]) -> dict:
+        from .zoo import AXES
         variant = config.get("variant", {})
 
         def mean(key):

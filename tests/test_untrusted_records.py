@@ -466,3 +466,186 @@ def test_an_image_folder_is_recorded_by_its_absolute_path(tmp_path, monkeypatch)
     (tmp_path / "imgs").mkdir()
     monkeypatch.chdir(tmp_path)
     assert TrainOptions(dataset="imagefolder:imgs").dataset == f"imagefolder:{tmp_path / 'imgs'}"
+
+
+# ------------------------------------------------------------------------------------ third hostile review: records
+# of the wrong type, empty values, pairs of one value
+
+def _checkpoint_payload() -> dict:
+    """A checkpoint as training leaves it, but with no weights (inspect builds no model)."""
+    row = dict.fromkeys(RECORDS["history"], 0.5) | {"epoch": 3, "val_loss": "", "val_acc": "", "lr": "0.001"}
+    return {"variant": SCS.to_dict(), "model": {"w": torch.zeros(2)}, "epoch": 3, "status": "finished",
+            "options": {**SCS.to_dict(), "seed": 0, "epochs": 3, "dataset": "cifar10", "val_split": None},
+            "history": [row], "data": {"n_train": 1000, "n_test": N_TEST, "num_classes": 10, "classes": ["a"] * 10,
+                                       "val_split": None},
+            "params": 5, "versions": {"torch": "2.5"}, "environment": {"threads": 2, "gpu": None}}
+
+
+CHECKPOINT_DAMAGE = [
+    ({"history": 5}, "history must be a list, got 5"),
+    ({"variant": [1]}, "variant must be an object, got a list"),
+    ({"options": {"seed": "a"}}, "options.seed must be an integer from 0 to 4294967295, got 'a'"),
+    ({"options": {"epochs": "x"}}, "options.epochs must be an integer >= 1, got 'x'"),
+    ({"data": {"num_classes": -3}}, "data.num_classes must be an integer >= 1, got -3"),
+    ({"data": {"val_split": {"n": "x"}}}, "data.val_split.n must be an integer >= 1, got 'x'"),
+    ({"history": [[1]]}, "history[0] must be an object, got a list"),
+    ({"history": [{"epoch": 1, "train_acc": [1], "test_acc": 1, "train_seconds": 1, "eval_seconds": 1}]},
+     "history[0].train_acc must be a number, got a list"),
+    ({"history": [{"epoch": 1, "test_acc": 1}]}, "history[0].train_acc is missing"),
+    ({"environment": {"gpu": {"x": 1}}}, "environment.gpu must be text, a number, true/false or null, got a dict"),
+    ({"diverged": {"reason": 3}}, "diverged.reason must be text, got 3"),
+    ({"epoch": "x"}, "epoch must be an integer >= 0, got 'x'"),
+    ({"format_version": "x"}, "format_version must be an integer >= 0, got 'x'"),
+    ({"model": {"w": 1}}, "model.w must be a tensor, got 1"),
+    ({"options": {"seed": 2**64}}, "options.seed must be an integer from 0 to 4294967295, got 18446744073709551616"),
+    ({"params": 2**70}, "params must be an integer >= 0, got 1180591620717411303424"),
+]
+
+
+@pytest.mark.parametrize("damage, words", CHECKPOINT_DAMAGE)
+def test_inspect_names_a_checkpoint_field_of_the_wrong_type(tmp_path, capsys, damage, words):
+    from scs_probe.checkpoint import save_checkpoint
+    good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"
+    save_checkpoint(good, _checkpoint_payload())
+    assert main(["inspect", str(good)]) == 0  # the same checkpoint, whole, is read
+    assert "test 50.00%" in capsys.readouterr().out
+    save_checkpoint(bad, _checkpoint_payload() | damage)
+    assert main(["inspect", str(bad)]) == 1
+    err = one_line_error(capsys)
+    assert f"{bad}: malformed ({words})" in err, err
+
+
+CONFIG_DAMAGE = [
+    ({"options": {"epochs": "x", "seed": 0}}, "options.epochs must be an integer >= 1, got 'x'"),
+    ({"options": {"seed": "a"}}, "options.seed must be an integer from 0 to 4294967295, got 'a'"),
+    ({"options": {"seed": [1]}}, "options.seed must be an integer from 0 to 4294967295, got a list"),
+    ({"options": [1]}, "options must be an object, got a list"),
+    ({"variant": [1]}, "variant must be an object, got a list"),
+    ({"variant_name": [1]}, "variant_name must be non-empty text, got a list"),
+    ({"data": {"n_test": N_TEST, "num_classes": -3}}, "data.num_classes must be an integer >= 1, got -3"),
+    ({"data": {"n_test": "x"}}, "data.n_test must be an integer >= 0, got 'x'"),
+    ({"data": [1]}, "data must be an object, got a list"),
+    ({"epochs_done": "x"}, "epochs_done must be an integer >= 0, got 'x'"),
+    ({"status": [1]}, "status must be non-empty text, got a list"),
+    ({"options": {"seed": 0, "dataset": 5}}, "options.dataset must be non-empty text, got 5"),
+    ({"environment": 5}, "environment must be an object, got 5"),
+    ({"node": 5}, "node must be text, got 5"),
+]
+
+
+@pytest.mark.parametrize("damage, words", CONFIG_DAMAGE)
+def test_compare_names_a_config_field_of_the_wrong_type(tmp_path, capsys, damage, words):
+    fake_run(tmp_path, CONV)
+    run = fake_run(tmp_path, SCS)
+    write_json(run.config_path, read_json(run.config_path) | damage)
+    before = tree_digest(tmp_path)
+    assert main(["compare", str(tmp_path), "--n-boot", "200"]) == 1
+    err = one_line_error(capsys)
+    assert f"{run.config_path}: malformed ({words})" in err, err
+    assert tree_digest(tmp_path) == before  # refused before any output
+
+
+def test_config_that_is_not_an_object_or_not_json(tmp_path, capsys):
+    fake_run(tmp_path, CONV)
+    run = fake_run(tmp_path, SCS)
+    for text, words in (("[1, 2]", "malformed (the whole file must be an object, got a list)"),
+                        ('{"variant": ', "unreadable or not JSON"), ("[" * 100_000, "unreadable or not JSON")):
+        run.config_path.write_text(text)
+        for argv in (["compare", str(tmp_path)], ["report", str(tmp_path)]):
+            assert main(argv) == 1, (text[:20], argv)
+            err = one_line_error(capsys)
+            assert f"{run.config_path}: {words}" in err, err
+
+
+def test_malformed_history_and_norms_records_name_their_file(tmp_path, capsys):
+    run = fake_run(tmp_path, SCS)
+    run.append("norms", [{"epoch": 0, "batch": "", "layer": "conv1", "kind": "weight", "l2": 1.5}])
+    run.append("exponents", [{"epoch": 0, "layer": "conv1", "channel": 0, "p": 1.0}])
+    assert main(["norms", str(run.path), "--out", str(tmp_path / "n")]) == 0  # whole records are read
+    capsys.readouterr()
+    for record, text in (("norms", "epoch,batch,layer,kind,l2\nx,,conv1,weight,1\n"),
+                         ("norms", "epoch,batch,layer,kind,l2\n0,x,conv1,weight,1\n"),
+                         ("exponents", "epoch,layer,channel,p\n0,conv1,0\n")):
+        good = run.record_path(record).read_text()
+        run.record_path(record).write_text(text)
+        assert main(["norms", str(run.path), "--out", str(tmp_path / "n")]) == 1
+        assert f"{run.record_path(record)}: unreadable or malformed" in one_line_error(capsys)
+        run.record_path(record).write_text(good)
+    fake_run(tmp_path, CONV)
+    run.record_path("history").write_text("epoch,test_acc,train_seconds,eval_seconds\n3,abc,1,1\n")
+    assert main(["report", str(tmp_path)]) == 1
+    assert f"{run.record_path('history')}: unreadable or malformed" in one_line_error(capsys)
+
+
+def test_stored_analysis_runs_of_the_wrong_shape_are_stale_not_a_traceback(tmp_path):
+    from scs_probe.analysis import ComparisonAnalysis
+    out = tmp_path / "analysis"
+    out.mkdir()
+    for runs in ([1, 2], 5, "x"):
+        write_json(out / "analysis.json", {"config": {"n_boot": 200}, "runs": runs})
+        assert ComparisonAnalysis.stored_config(out) is None
+    write_json(out / "analysis.json", {"config": {"n_boot": 200}, "runs": [{"name": "a"}]})
+    assert ComparisonAnalysis.stored_config(out)[1] == [{"name": "a"}]
+
+
+@pytest.mark.slow
+def test_records_of_a_real_run_fit_their_schema(fake_cifar, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *_small(fake_cifar, out, "--val-split", "16")]) == 0
+    run = RunDir(out)
+    assert run.read_config()["data"]["val_split"]["n"] == 16 and run.load_checkpoint()["history"]
+    assert run.summary()["n_val"] == 16
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0 and "validation" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["pgd", "--ckpt", "c.pt", "--eps-range", "0:8/255:1001"], "NUM must be from 1 to 1000, got 1001"),
+    (["pgd", "--ckpt", "c.pt", "--eps-range", "0:8/255:99999999999999999999"], "NUM must be from 1 to 1000"),
+    (["pgd", "--ckpt", "c.pt", "--eps-range", "1/255:1/255:3"], "START and STOP are equal"),
+    (["report", "runs", "--eps", "0,2"], "--eps-range/--eps: must lie in [0, 1]"),
+    (["report", "runs", "--eps-range", "0:5:3"], "--eps-range/--eps: must lie in [0, 1]"),
+    (["compare", "runs", "--pair", f"{CONV.name},{CONV.name}"], f"--pair: {CONV.name} paired with itself"),
+    (["compare", "runs", "--pair", f"{CONV.name},{SCS.name}", "--pair", f"{CONV.name}, {SCS.name}"], "given twice"),
+    (["tune", "--study-name", ""], "'--study-name': is empty"),
+    (["tune", "--study-name", "  "], "'--study-name': is empty"),
+    (["tune", "--search", "p,p"], "--search: takes p"),
+    (["tune", "--storage", ""], "'--storage': is empty"),
+    (["saliency", "--ckpt", "c.pt", "--indices", "3,1,3"], "names 3 more than once"),
+    (["sweep", "--seeds", "0,0"], "names 0 more than once"),
+    (["saliency", "--ckpt", "c.pt", "--seed", "-1"], "'--seed'"),
+    (["pgd", "--ckpt", "c.pt", "--eps", "0", "--seed", "99999999999"], "'--seed'"),
+])
+def test_bad_counts_blank_names_and_pairs_of_one_value_are_usage_errors(tmp_path, capsys, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)  # a default output would land here
+    fake_run(tmp_path / "runs", CONV), fake_run(tmp_path / "runs", SCS)
+    before = tree_digest(tmp_path)
+    assert main([*args, "--data-dir", "nodata"] if args[0] in ("tune", "sweep", "saliency", "pgd", "report")
+                else args) == 2
+    assert words in one_line_error(capsys)
+    assert tree_digest(tmp_path) == before
+
+
+EMPTY = ["", " "]
+
+
+@pytest.mark.parametrize("empty", EMPTY)
+@pytest.mark.parametrize("args", [
+    ["train", "--out", "{}"], ["sweep", "--out", "{}"], ["tune", "--out", "{}"], ["compare", "runs", "--out", "{}"],
+    ["norms", "--sweep", "runs", "--out", "{}"], ["saliency", "--ckpt", "c.pt", "--out", "{}"],
+    ["pgd", "--ckpt", "c.pt", "--eps", "0", "--out", "{}"], ["report", "runs", "--out", "{}"],
+    ["train", "--data-dir", "{}"], ["train", "--init-from", "{}"], ["train", "--model", "{}"],
+    ["train", "--dataset", "{}"], ["sweep", "--executor", "ray", "--address", "{}"], ["zoo", "--model", "{}"],
+    ["pgd", "--ckpt", "{}", "--eps", "0"], ["pgd", "--sweep", "{}", "--eps", "0"],
+    ["saliency", "--ckpt", "c.pt", "--dataset", "{}"], ["pgd", "--ckpt", "c.pt", "--eps", "0", "--model", "{}"],
+    ["inspect", "{}"], ["compare", "{}"], ["norms", "{}"], ["report", "{}"],
+])
+def test_an_empty_path_or_name_is_a_usage_error_not_the_default(tmp_path, capsys, monkeypatch, args, empty):
+    monkeypatch.chdir(tmp_path)  # '' would mean the current folder, or the default output under it
+    fake_run(tmp_path / "runs", CONV), fake_run(tmp_path / "runs", SCS)
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")  # what inspect '' would read
+    before = tree_digest(tmp_path)
+    assert main([a.format(empty) for a in args]) == 2
+    err = one_line_error(capsys)
+    assert "is empty" in err, err
+    assert tree_digest(tmp_path) == before

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .. import __version__
-from ..errors import CheckpointError, OptionError
+from ..errors import CheckpointError, OptionError, RecordError
 from ..rundir import RunDir
 from ..serialization import DictSerializable
 from ..storage import read_csv, read_json, write_json
@@ -67,7 +67,7 @@ def run_fingerprint(runs: Sequence[RunDir]) -> list[dict]:
     for run in runs:
         try:
             config = run.read_config()
-        except (OSError, ValueError):
+        except RecordError:
             config = {}
         epoch = config.get("epochs_done")
         if epoch is None:
@@ -132,12 +132,16 @@ class Analysis(ABC):
     @classmethod
     def stored_config(cls, out) -> tuple[AnalysisConfig, list[dict]] | None:
         """The config and runs recorded with outputs in `out`; None where there are none or they cannot be
-        read (outputs of an older scs-probe without analysis.json, a config that no longer validates)."""
+        read (outputs of an older scs-probe without analysis.json, a config that no longer validates, runs that
+        are not a list of records)."""
         path = Path(out) / OPTIONS_FILE
         try:
             stored = read_json(path)
-            return cls.Config.from_dict(stored["config"]), stored["runs"]
-        except (OSError, ValueError, KeyError, TypeError):
+            runs = stored["runs"]
+            if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+                return None
+            return cls.Config.from_dict(stored["config"]), runs
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None
 
     @classmethod

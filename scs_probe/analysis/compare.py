@@ -26,6 +26,10 @@ class CompareConfig(AnalysisConfig):
         if self.pairs is not None:
             object.__setattr__(self, "pairs", tuple(tuple(p) for p in self.pairs))
             self.require("pairs", all(len(p) == 2 for p in self.pairs), "each pair names two variants")
+            same = [a for a, b in self.pairs if a == b]
+            self.require("pairs", not same, f"{same[0] if same else ''} paired with itself: name two variants")
+            twice = [p for p in self.pairs if self.pairs.count(p) > 1]
+            self.require("pairs", not twice, f"{','.join(twice[0]) if twice else ''} given twice")
         self.require("n_boot", self.n_boot >= 100, f"must be >= 100, got {self.n_boot}")
 
 

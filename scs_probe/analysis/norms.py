@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from ..errors import NoRunsError
+from ..errors import NoRunsError, RecordError
 from ..rundir import RECORDS, RunDir
 from ..storage import atomic_write
 from .base import Analysis, AnalysisConfig, AnalysisResult, Context
@@ -25,16 +26,32 @@ def load_records(runs: list[RunDir]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for run, name in zip(runs, run_labels(runs)):
         if not run.has_record("norms"):
             raise NoRunsError(f"{run.path} is not a run directory (no norms record)")
-        n = pd.DataFrame(run.read("norms"), columns=RECORDS["norms"]).astype({"epoch": int, "l2": float})
-        n["batch"] = n["batch"].replace("", pd.NA).astype("string")
+        n = _frame(run, "norms", {"epoch": int, "l2": float, "batch": "string"})
+        n["batch"] = n["batch"].replace("", pd.NA)
         norms.append(n.assign(run=name, variant=run.name))
-        e = run.read("exponents")
-        if e:
-            exps.append(pd.DataFrame(e).astype({"epoch": int, "channel": int, "p": float}).assign(run=name))
+        e = _frame(run, "exponents", {"epoch": int, "channel": int, "p": float})
+        if not e.empty:
+            exps.append(e.assign(run=name))
     norms = pd.concat(norms, ignore_index=True)
     exps = pd.concat(exps, ignore_index=True) if exps else pd.DataFrame(columns=["epoch", "layer", "channel", "p",
                                                                                   "run"])
     return norms, exps
+
+
+def _frame(run: RunDir, record: str, types: dict) -> pd.DataFrame:
+    """A record as a typed frame; one cut mid-line or holding other than numbers where numbers belong (an integer
+    batch, where given) is a RecordError naming it, not a traceback from pandas."""
+    try:
+        rows = run.read(record)
+        if any(None in r or None in r.values() for r in rows):  # a line cut short (pandas would make it nan)
+            raise ValueError("fields missing or extra")
+        frame = pd.DataFrame(rows, columns=RECORDS[record]).astype(types)
+        if "batch" in frame:
+            frame["batch"].replace("", pd.NA).dropna().astype(int)
+    except (OSError, csv.Error, TypeError, ValueError) as e:
+        raise RecordError(f"{run.record_path(record)}: unreadable or malformed (a row cut or not numbers: "
+                          f"{type(e).__name__})") from None
+    return frame
 
 
 MAX_PANELS = 6  # layers shown as small multiples (evenly spaced from first to last where a model has more)

@@ -11,7 +11,7 @@ import torch
 
 from ..checkpoint import checkpoint_from_state_dict, model_from_checkpoint
 from ..data import as_rgb, check_dataset, load_dataset
-from ..errors import CheckpointError, OptionError
+from ..errors import CheckpointError, OptionError, RecordError
 from ..rundir import RunDir, RunsDir
 from ..zoo import check_trusted
 
@@ -81,10 +81,9 @@ def resolve_runs(paths: Sequence = (), directory=None, model: str | None = None,
 def _check_recorded_spec(run: RunDir) -> None:
     try:
         variant = run.read_config().get("variant", {})
-    except (OSError, ValueError, AttributeError):
+    except RecordError:
         return  # unreadable records: the analyses that read them say so
-    if isinstance(variant, dict):
-        check_trusted(variant.get("arch"), source=run.config_path)
+    check_trusted(variant.get("arch"), source=run.config_path)
 
 
 def run_labels(runs: Sequence[RunDir]) -> list[str]:

@@ -18,7 +18,18 @@ from .options import (
     test_dataset_option,
     trust_option,
 )
-from .types import ClassList, EpsList, EpsRange, EpsValue, IndexList, OutPath, PatternList, blocking_file
+from .types import (
+    SEED_MAX,
+    ClassList,
+    EpsList,
+    EpsRange,
+    EpsValue,
+    GivenPath,
+    IndexList,
+    OutPath,
+    PatternList,
+    blocking_file,
+)
 
 ATTACKS = ["pgd", "square", "autoattack"]
 
@@ -62,7 +73,7 @@ def _eps(eps_range, eps_list, required: bool):
 
 @command()
 @model_sources
-@click.option("--seed", type=int, default=0, show_default=True, help="Draws the images.")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True, help="Draws the images.")
 @click.option("--n-images", type=click.IntRange(min=1), default=100, show_default=True,
               help="Images the metrics average over (the grid shows --grid-images of them).")
 @click.option("--grid-images", type=click.IntRange(min=1), default=8, show_default=True)
@@ -115,7 +126,7 @@ def saliency(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model
 @click.option("--checks/--no-checks", default=True, show_default=True,
               help="Gradient-masking checks: eps 0.5, Square vs PGD, 2x steps and restarts, transfer from the "
                    "conv twin (masking_checks.csv).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Attack randomness.")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True, help="Attack randomness.")
 @out_option("pgd")
 @trust_option
 def pgd(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model_pool, device, eps_range, eps_list, out,
@@ -131,7 +142,7 @@ def pgd(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model_pool
 
 
 @command()
-@click.argument("directory", type=click.Path())
+@click.argument("directory", type=GivenPath())
 @click.option("--pair", "pairs", multiple=True, type=PatternList(), metavar="A,B",
               help="Two variant names (b minus a); repeat for several [default: conv vs SCS at the study's "
                    "settings, for every architecture present].")
@@ -181,8 +192,8 @@ def _empty_comparison(runs, pairs) -> str:
 
 
 @command()
-@click.argument("run_dirs", nargs=-1, type=click.Path())
-@click.option("--sweep", "sweep_dir", type=click.Path(), default=None,
+@click.argument("run_dirs", nargs=-1, type=GivenPath())
+@click.option("--sweep", "sweep_dir", type=GivenPath(), default=None,
               help="A directory whose subdirectories are runs.")
 @out_option("norms")
 @trust_option
@@ -201,7 +212,7 @@ def norms(run_dirs, sweep_dir, out):
 
 
 @command()
-@click.argument("directory", type=click.Path())
+@click.argument("directory", type=GivenPath())
 @click.option("--out", type=OutPath(dir_okay=False), default=None, help="HTML file [DIR/report.html].")
 @data_dir_option("For analyses that are (re)run")
 @test_dataset_option()
@@ -221,7 +232,7 @@ def report(directory, out, data_dir, dataset, device, saliency_images, pgd_image
            paper_experiment):
     """One self-contained HTML report of a directory of runs. Analyses stored in DIR/analysis/ are reused when
     they cover the same runs and the options given here; the others are (re)run."""
-    from ..analysis import Context, build_report
+    from ..analysis import Context, RobustnessAnalysis, SaliencyAnalysis, build_report
     from ..rundir import RunsDir
     from ..training import resolve_device
     eps = _eps(eps_range, eps_list, required=False)
@@ -230,6 +241,8 @@ def report(directory, out, data_dir, dataset, device, saliency_images, pgd_image
     asked = {"saliency": {"n_images": saliency_images},
              "pgd": {"n_images": pgd_images, "eps": eps, "attacks": tuple(attacks) or None}}
     asked = {name: {k: v for k, v in opts.items() if v is not None} for name, opts in asked.items()}
+    for analysis in (SaliencyAnalysis, RobustnessAnalysis):  # an eps of 2 is refused now, not after other analyses
+        analysis(**asked[analysis.name])
     context = Context(data_dir=data_dir, dataset=dataset, device=resolve_device(device),
                       log=lambda m: click.echo(m, err=True))
     click.echo(f"report: {build_report(directory, out, asked, context, paper_experiment)}")

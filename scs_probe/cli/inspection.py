@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import MODEL_OPTION, arch_option, check_model_spec, command, trust_option
+from .types import GivenPath
 
 
 @command()
@@ -34,7 +35,7 @@ def zoo(arch, model):
 
 
 @command()
-@click.argument("ckpt", type=click.Path())
+@click.argument("ckpt", type=GivenPath())
 @trust_option
 def inspect(ckpt):
     """Print a checkpoint's variant, epochs, accuracy and options (nothing in it is executed)."""

@@ -13,7 +13,7 @@ import click
 
 from ..choices import DATA_ENV, DEFAULT_ARCH, DEVICES
 from ..zoo import AXES, Variant, axis_choices, list_archs, trust_model_code
-from .types import SEED_MAX, FiniteFloatRange, OutPath
+from .types import SEED_MAX, FiniteFloatRange, GivenPath, Name, OutPath
 
 BACKENDS = ("auto", "eager", "compiled")
 BACKEND_ENV = "SCS_PROBE_BACKEND"
@@ -53,7 +53,7 @@ def stack(*opts):
 
 
 MODEL_OPTION = click.option(
-    "--model", default=None, metavar="SPEC",
+    "--model", type=Name(), default=None, metavar="SPEC",
     help="A model from outside the zoo instead of --arch: torchvision:NAME, timm:NAME or package.module:factory, "
          "converted to SCS by --layer/--activation keep|none/--pool keep|maxabs.")
 MAX_P = 100.0  # a larger exponent sends every |cos|^p to 0 or 1 in float32; 1e39 is not even a float32
@@ -118,12 +118,12 @@ def device_option():
 
 
 def test_dataset_option():
-    return click.option("--dataset", default=None, metavar="NAME",
+    return click.option("--dataset", type=Name(), default=None, metavar="NAME",
                         help="Test images from this data set [the one the runs were trained on].")
 
 
 def data_dir_option(help_text: str = "Folder holding the data sets in torchvision's layout"):
-    return click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+    return click.option("--data-dir", type=GivenPath(file_okay=False), default=None,
                         help=f"{help_text} [env {DATA_ENV}; default ./data, downloaded there if missing].")
 
 
@@ -148,7 +148,7 @@ training_options = stack(
     click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
                  help="Initial weights (shared by all variants) and data order."),
     device_option(),
-    click.option("--dataset", default="cifar10", show_default=True, metavar="NAME",
+    click.option("--dataset", type=Name(), default="cifar10", show_default=True, metavar="NAME",
                  help="cifar10, cifar100, svhn, mnist, fashion-mnist or imagefolder:DIR (DIR/train, DIR/val); "
                       "grayscale sets are repeated to three channels, images resized to the variant's size."),
     data_dir_option(),
@@ -183,7 +183,7 @@ def executor_options(fn):
         click.option("--jobs", type=click.IntRange(min=1), default=None,
                      help="Runs at once [local: 1, each with its share of CPU threads and one GPU where there are "
                           "GPUs; ray: as many as the cluster's resources allow]."),
-        click.option("--address", default=None,
+        click.option("--address", type=Name(), default=None,
                      help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT [start a local Ray instance]."),
         click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Ray CPUs per run, also its torch threads [1]."),
@@ -200,13 +200,13 @@ def executor_options(fn):
 
 
 model_sources = stack(
-    click.option("--ckpt", "ckpts", multiple=True, type=click.Path(),
+    click.option("--ckpt", "ckpts", multiple=True, type=GivenPath(),
                  help="A checkpoint (or run directory); repeat for several."),
-    click.option("--sweep", "sweep_dir", type=click.Path(), default=None,
+    click.option("--sweep", "sweep_dir", type=GivenPath(), default=None,
                  help="A directory whose subdirectories are runs."),
     data_dir_option(),
     test_dataset_option(),
-    click.option("--model", default=None, metavar="SPEC",
+    click.option("--model", type=Name(), default=None, metavar="SPEC",
                  help="The --ckpt files are plain state dicts of this model (torchvision:NAME, timm:NAME, "
                       "package.module:factory; plain or converted to SCS/SDP, as its keys tell)."),
     click.option("--activation", "model_activation", type=click.Choice(["keep", "none"]), default="keep",

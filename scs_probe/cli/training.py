@@ -22,7 +22,7 @@ from .options import (
     trust_option,
     variant_options,
 )
-from .types import SEED_MAX, IndexList, OutPath, PatternList, PositiveRange
+from .types import SEED_MAX, GivenPath, IndexList, Name, OutPath, PatternList, PositiveRange
 
 
 @command()
@@ -30,7 +30,7 @@ from .types import SEED_MAX, IndexList, OutPath, PatternList, PositiveRange
 @training_options
 @click.option("--out", type=OutPath(file_okay=False), default=None, help="Run directory [./runs/<variant>].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--init-from", type=click.Path(), default=None,
+@click.option("--init-from", type=GivenPath(), default=None,
               help="Start from the weights of another checkpoint of this architecture (matching shapes).")
 @trust_option
 @click.pass_context
@@ -89,9 +89,11 @@ def sweep(arch, model, grid, only, seeds, quiet, out, executor, **kw):
 @click.option("--lr-range", type=PositiveRange(max=10), default="0.001:0.1", show_default=True)
 @click.option("--pruner", type=click.Choice(["median", "halving", "none"]), default="median", show_default=True,
               help="Stops unpromising trials from their per-epoch validation accuracy.")
-@click.option("--storage", default=None, help="Optuna storage URL [sqlite:///OUT/study.db]; a PostgreSQL URL "
-                                                "lets several tune processes share one study.")
-@click.option("--study-name", default="scs-fixed-p", show_default=True)
+@click.option("--storage", type=Name(), default=None,
+              help="Optuna storage URL [sqlite:///OUT/study.db]; a PostgreSQL URL lets several tune processes share "
+                   "one study.")
+@click.option("--study-name", type=Name(), default="scs-fixed-p", show_default=True,
+              help="The study in --storage to create or continue.")
 @click.option("--tune-seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
               help="TPE sampler seed.")
 @training_options

@@ -4,11 +4,14 @@ does not parse is a usage error naming its flag, as click's own types give."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
 import click
 import numpy as np
+
+from ..choices import SEED_MAX
 
 
 def parse_eps_value(text: str) -> float:
@@ -23,7 +26,11 @@ def parse_eps_value(text: str) -> float:
     return value
 
 
-SEED_MAX = 2**32 - 1  # seeds (and indices) as numpy and every generator take them
+EPS_NUM_MAX = 1000  # eps values of one --eps-range: each is a full attack of every model
+
+
+def _blank(value) -> bool:
+    return isinstance(value, str) and not value.strip()
 
 
 class _Parsed(click.ParamType):
@@ -61,10 +68,12 @@ class EpsRange(_Parsed):
             num = int(parts[2])
         except ValueError:
             raise ValueError(f"NUM must be an integer, got {parts[2]!r}") from None
-        if num < 1:
-            raise ValueError(f"NUM must be >= 1, got {num}")
+        if not 1 <= num <= EPS_NUM_MAX:
+            raise ValueError(f"NUM must be from 1 to {EPS_NUM_MAX}, got {num}")
         if stop < start:
             raise ValueError(f"STOP ({parts[1]}) is below START ({parts[0]})")
+        if stop == start and num > 1:
+            raise ValueError(f"START and STOP are equal: {num} values would be one eps {num} times")
         return tuple(float(v) for v in np.linspace(start, stop, num))
 
 
@@ -80,7 +89,7 @@ class EpsList(_Parsed):
 
 
 class IndexList(_Parsed):
-    """'3,1,7' -> (3, 1, 7), in the given order."""
+    """'3,1,7' -> (3, 1, 7), in the given order; a repeat is refused (an image would count twice in a mean)."""
     name = "INDICES"
 
     def parse(self, text):
@@ -90,6 +99,9 @@ class IndexList(_Parsed):
             raise ValueError(f"takes comma-separated integers, got {text!r}") from None
         if not idx or any(i < 0 or i > SEED_MAX for i in idx):
             raise ValueError(f"takes integers from 0 to {SEED_MAX}, got {text!r}")
+        twice = sorted(i for i, n in Counter(idx).items() if n > 1)
+        if twice:
+            raise ValueError(f"names {', '.join(map(str, twice))} more than once")
         return idx
 
 
@@ -153,9 +165,30 @@ def blocking_file(path) -> Path | None:
     return next((q for q in Path(path).parents if q.exists() and not q.is_dir()), None)
 
 
-class OutPath(click.Path):
-    """click's Path for an output, refused at parse time (before any training or analysis) when a folder above it
-    is a file: the error would otherwise come after all the work, as a traceback."""
+class Name(click.ParamType):
+    """Text that names something (a study, a model spec, a data set, a storage URL): empty or blank is refused, as
+    the code reading it would take it for not given and fall back to the default without a word."""
+    name = "TEXT"
+
+    def convert(self, value, param, ctx):
+        if _blank(value):
+            self.fail("is empty", param, ctx)
+        return value
+
+
+class GivenPath(click.Path):
+    """click's Path, refusing an empty or blank value: Path('') is the current folder, and the code reading an
+    empty option takes it for not given (the default output, data folder or weights) without a word."""
+
+    def convert(self, value, param, ctx):
+        if _blank(value):
+            self.fail("is empty: name a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class OutPath(GivenPath):
+    """A path for an output, refused at parse time (before any training or analysis) when empty or a folder above
+    it is a file: the error would otherwise come after all the work, as a traceback."""
 
     def convert(self, value, param, ctx):
         value = super().convert(value, param, ctx)

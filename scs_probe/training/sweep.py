@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, OptionError, TrainingDiverged, TrainingError
+from ..errors import CheckpointError, OptionError, RecordError, TrainingDiverged, TrainingError
 from ..progress import interactive, progress_bar, write_line
 from ..rundir import RunsDir
 from ..stats import t_interval
-from ..storage import read_json
 from ..zoo import Variant, variant_grid
 from .executors import RunJob, cap_jobs, checked_data_dir, is_parallel, run_all
 from .options import TrainOptions
@@ -125,7 +124,7 @@ def folder_rows(runs: RunsDir, rows: list[dict], names, unreadable: dict | None 
             continue
         try:
             row = run.summary()
-        except (OSError, ValueError):  # a config.json cut or not JSON: the run is still listed
+        except RecordError:  # a config.json or history.csv cut, not JSON or malformed: the run is still listed
             row = {"variant": path.name, "status": "unreadable"}
         out.append(row | {"status": "unreadable"} if path.name in unreadable else row)
     return out
@@ -237,8 +236,8 @@ class SweepProgress:
             try:
                 if path.stat().st_mtime < self.started - 1:
                     continue  # still queued: untouched since the sweep started
-                config = read_json(path)
-            except (OSError, ValueError):
+                config = self.runs.run(name).read_config()
+            except (OSError, RecordError):  # being written, or not one of ours
                 continue
             if name not in self.seen:
                 self.seen.add(name)

@@ -54,10 +54,12 @@ class TuneConfig:
         if self.p_range[0] < 0.1:
             raise OptionError("p_range", "p below 0.1 is clamped by the layers; start the range at 0.1 or above")
         unknown = [s for s in self.search if s not in SEARCHABLE]
-        if unknown or "p" not in self.search:
+        if unknown or "p" not in self.search or len(set(self.search)) < len(self.search):  # p,p: another study
             raise OptionError("search", f"takes p, optionally with max_lr; got {','.join(self.search)}")
         if self.pruner not in PRUNERS:
             raise OptionError("pruner", f"unknown value {self.pruner!r}; allowed: {', '.join(PRUNERS)}")
+        if not isinstance(self.study_name, str) or not self.study_name.strip():
+            raise OptionError("study_name", f"must name the study, got {self.study_name!r}")
         if self.n_trials < 1 or self.heartbeat < 1:
             raise OptionError("n_trials" if self.n_trials < 1 else "heartbeat", "must be >= 1")
         if self.storage is not None and in_memory(self.storage):
