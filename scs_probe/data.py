@@ -44,12 +44,14 @@ class Split:
     official: bool         # files passed torchvision's md5 check (or came from torchvision's own checks)
     classes: tuple = CLASSES
     dataset: str = "cifar10"
+    files: tuple = ()      # imagefolder:DIR: (path under the split's folder, bytes) per image, in label order
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def limit(self, n: int | None) -> Split:
-        return self if not n or n >= len(self) else replace(self, images=self.images[:n], labels=self.labels[:n])
+        return self if not n or n >= len(self) else replace(self, images=self.images[:n], labels=self.labels[:n],
+                                                            files=self.files[:n])
 
 
 class _Refused(pickle.UnpicklingError):
@@ -325,15 +327,9 @@ def _load_image_folder(folder: Path, train: bool, image_size: int) -> Split:
     bytes named x.png, a truncated JPEG) is a DataError naming it before any training starts, not a PIL
     traceback in the middle of an epoch."""
     from torchvision import transforms
-    from torchvision.datasets import ImageFolder
     _check_image_folder(folder)
     part = folder / ("train" if train else "val")
-    try:
-        ds = ImageFolder(str(part))
-    except (FileNotFoundError, OSError) as e:  # a class folder without images, an unreadable folder
-        raise DataError(f"cannot read images in {part} ({e})") from None
-    if not len(ds):
-        raise DataError(f"{part} holds no images")
+    ds = _image_folder_index(part)
     resize = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.PILToTensor()])
     images = []
     for path, _ in ds.samples:
@@ -343,12 +339,71 @@ def _load_image_folder(folder: Path, train: bool, image_size: int) -> Split:
             detail = type(e).__name__ if str(path) in str(e) else f"{type(e).__name__}: {e}"
             raise DataError(f"{path} is not a readable image ({' '.join(detail.split())})") from None
     return Split(torch.stack(images), torch.as_tensor(ds.targets, dtype=torch.int64), official=True,
-                 classes=tuple(ds.classes), dataset=f"imagefolder:{folder}")
+                 classes=tuple(ds.classes), dataset=f"imagefolder:{folder}", files=_file_sizes(part, ds))
+
+
+def _image_folder_index(part: Path):
+    """torchvision's ImageFolder of one split's folder (the files and labels; nothing decoded yet)."""
+    from torchvision.datasets import ImageFolder
+    try:
+        ds = ImageFolder(str(part))
+    except (FileNotFoundError, OSError) as e:  # a class folder without images, an unreadable folder
+        raise DataError(f"cannot read images in {part} ({e})") from None
+    if not len(ds):
+        raise DataError(f"{part} holds no images")
+    return ds
+
+
+def _file_sizes(part: Path, ds) -> tuple:
+    try:
+        return tuple((os.path.relpath(path, part), os.path.getsize(path)) for path, _ in ds.samples)
+    except OSError as e:
+        raise DataError(f"cannot read images in {part} ({e})") from None
 
 
 def normalization(name: str) -> tuple[tuple, tuple]:
     """Per-channel mean and std of a data set's images (three channels: grayscale sets are repeated)."""
     return MEAN_STD[dataset_family(check_dataset(name))]
+
+
+# ---------------------------------------------------------------------------------------------------- fingerprint
+
+FINGERPRINT_SAMPLE = 64      # images per split whose bytes the fingerprint reads
+
+
+def fingerprint(train: Split, test: Split) -> str:
+    """A cheap SHA-256 that tells one copy of a data set from another: per split (whole, before any validation
+    split or limit) its size, every label, and the bytes of FINGERPRINT_SAMPLE images spread over it; for
+    imagefolder:DIR, every file's path and size instead of image bytes (decoded and resized images depend on the
+    image size and on PIL). A run records it, and resuming on a copy that differs is refused."""
+    import hashlib
+    digest = hashlib.sha256()
+    for split in (train, test):
+        digest.update(f"{len(split)};{len(split.classes)};".encode())
+        digest.update(split.labels.numpy().astype("<i8").tobytes())
+        if split.files:
+            digest.update("\n".join(f"{path}\t{size}" for path, size in split.files).encode())
+        elif len(split):
+            pick = torch.from_numpy(np.unique(np.linspace(0, len(split) - 1, FINGERPRINT_SAMPLE).round().astype(int)))
+            digest.update(str(tuple(split.images.shape[1:])).encode())
+            digest.update(split.images[pick].contiguous().numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def dataset_fingerprint(name: str, data_dir=None) -> str:
+    """`fingerprint` of a data set as it is now in `data_dir` (imagefolder:DIR: from its file list, nothing
+    decoded)."""
+    name = check_dataset(name)
+    if name.startswith("imagefolder:"):
+        folder = Path(name.split(":", 1)[1]).expanduser()
+        _check_image_folder(folder)
+        splits = []
+        for part in (folder / "train", folder / "val"):
+            ds = _image_folder_index(part)
+            splits.append(Split(torch.zeros(0, dtype=torch.uint8), torch.as_tensor(ds.targets, dtype=torch.int64),
+                                official=True, classes=tuple(ds.classes), dataset=name, files=_file_sizes(part, ds)))
+        return fingerprint(*splits)
+    return fingerprint(load_dataset(name, data_dir, train=True), load_dataset(name, data_dir, train=False))
 
 
 # ---------------------------------------------------------------------------------------------------- validation split
@@ -397,8 +452,11 @@ def validation_split(split: Split, n: int, seed: int = VAL_SPLIT_SEED) -> tuple[
     held_t, keep_t = torch.from_numpy(held), torch.from_numpy(np.flatnonzero(keep))
     record = {"n": int(n), "seed": int(seed), "classes": present,
               "indices_sha256": hashlib.sha256(held.astype("<i8").tobytes()).hexdigest()}
-    return (replace(split, images=split.images[keep_t], labels=split.labels[keep_t]),
-            replace(split, images=split.images[held_t], labels=split.labels[held_t]), record)
+
+    def files(idx):
+        return tuple(split.files[i] for i in idx.tolist()) if split.files else ()
+    return (replace(split, images=split.images[keep_t], labels=split.labels[keep_t], files=files(keep_t)),
+            replace(split, images=split.images[held_t], labels=split.labels[held_t], files=files(held_t)), record)
 
 
 class UnverifiedDataWarning(UserWarning):

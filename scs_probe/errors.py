@@ -92,6 +92,26 @@ class StorageNotShared(ScsProbeError):
     """A cluster node does not see the run directories or the data folder as the driver does."""
 
 
+class Busy(ScsProbeError):
+    """A folder that another process is writing, as its lock says: a run it trains, the analyses of a report.
+    `holder`: what the lock file records of that process (pid, host), where it does."""
+
+    def __init__(self, path, doing: str, holder: dict | None = None):
+        holder = holder or {}
+        who = f" (pid {holder['pid']}" + (f" on {holder['host']}" if holder.get("host") else "") + ")" \
+            if holder.get("pid") else ""
+        super().__init__(f"{path} is {doing} by another process{who}")
+        self.path, self.doing, self.holder = path, doing, holder
+
+    def __reduce__(self):  # raised in a worker process, it reaches the driver whole
+        return type(self), (self.path, self.doing, self.holder)
+
+
+class DataMismatch(TrainingError):
+    """Resuming a run, or continuing a study, on data other than it was trained on (its recorded fingerprint
+    differs from the data's now)."""
+
+
 class RecordError(ScsProbeError):
     """A run's record (predictions.csv, history.csv, ...) that is missing, empty, short or malformed: numbers read
     from it would be wrong without a word."""

@@ -1,10 +1,11 @@
 """The on-disk layout of runs and of directories of runs. Only this module spells a file name.
 
 A run directory holds `checkpoint.pt`, `config.json` and the per-epoch records `history.csv`, `norms.csv`,
-`exponents.csv` (with the tensorboard option, also TensorBoard's event files under `tensorboard/`). A directory of
-runs (a sweep, or runs trained one by one into one folder) holds runs as subdirectories, `summary.csv`, analyses under
-`analysis/<name>/` and `report.html`; it may also hold fixed-p searches (`StudyDir`: `study.db`, `trials.csv`,
-`tune.png`, a run per trial under `trials/<number>/`).
+`exponents.csv` (with the tensorboard option, also TensorBoard's event files under `tensorboard/`), and
+`train.lock`, locked by the process that trains it. A directory of runs (a sweep, or runs trained one by one into
+one folder) holds runs as subdirectories, `summary.csv`, analyses under `analysis/<name>/`, `report.html` and
+`.report.lock`, locked by the report writing them; it may also hold fixed-p searches (`StudyDir`: `study.db`,
+`trials.csv`, `tune.png`, a run per trial under `trials/<number>/`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import csv
 import math
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import NoRunsError, RecordError
+from .locks import FileLock, holder
 from .schema import CONFIG, check
 from .storage import csv_text, read_csv, read_json, write_csv, write_json
 
@@ -35,6 +38,7 @@ class RunDir:
 
     CHECKPOINT, CONFIG, PREDICTIONS = "checkpoint.pt", "config.json", "predictions.csv"
     TENSORBOARD = "tensorboard"  # event files of the tensorboard option
+    LOCK = "train.lock"  # held by the process training the run (see `training_lock`)
 
     def __init__(self, path, checkpoint=None):
         self.path = Path(path)
@@ -100,6 +104,41 @@ class RunDir:
     def status(self) -> str | None:
         """running, finished or diverged (from the checkpoint); None where there is no checkpoint."""
         return self.load_checkpoint().get("status") if self.has_checkpoint() else None
+
+    # ------------------------------------------------------------------------------------------- lock
+    def training_lock(self) -> FileLock:
+        """The lock a process holds while it trains this run (the folder must exist): a second process, or an
+        orphaned worker of a killed sweep, never trains the same run at the same time."""
+        return FileLock(self.path / self.LOCK)
+
+    def trainer(self) -> dict | None:
+        """The process training this run now ({'pid', 'host', 'since'} as it recorded them, or {}); None where
+        none is."""
+        return holder(self.path / self.LOCK)
+
+    def shown_status(self, status: str | None) -> str | None:
+        """`status` as a reader should take it: a "running" run that no process trains is "interrupted" (killed
+        or stopped; it resumes from its checkpoint)."""
+        return "interrupted" if status == "running" and self.trainer() is None else status
+
+    def sync_config(self, ckpt: dict | None = None) -> bool:
+        """Make config.json say what the checkpoint says (status, epochs done, divergence), where a process was
+        killed between writing the one and the other; True where it was rewritten. The checkpoint is the record
+        a run resumes from; a bare checkpoint (no config.json) is left as it is."""
+        if not self.config_path.is_file():
+            return False
+        ckpt = ckpt if ckpt is not None else self.load_checkpoint()
+        try:
+            config = self.read_config()
+        except (OSError, ValueError):  # written atomically, so only a foreign hand leaves it unreadable
+            return False
+        status, done = ckpt.get("status"), int(ckpt["epoch"])
+        if config.get("status") == status and config.get("epochs_done") == done:
+            return False
+        extra = {k: ckpt[k] for k in ("diverged",) if k in ckpt}
+        self.write_config(config | {"status": status, "epochs_done": done,
+                                    "updated": datetime.now(UTC).isoformat()} | extra)
+        return True
 
     # ------------------------------------------------------------------------------------------- records
     def record_path(self, record: str) -> Path:
@@ -231,7 +270,8 @@ class RunDir:
                 "n_val": (data.get("val_split") or {}).get("n", ""), "n_test": data.get("n_test", ""),
                 "num_classes": data.get("num_classes", ""),
                 "backend": (config.get("environment") or {}).get("backend", ""),
-                "dataset": options.get("dataset", "cifar10"), "status": config.get("status", "unknown")}
+                "dataset": options.get("dataset", "cifar10"),
+                "status": self.shown_status(config.get("status", "unknown"))}
 
 
 def best_epoch(history: list[dict]) -> dict | None:
@@ -256,6 +296,7 @@ class RunsDir:
     """A directory whose subdirectories are runs: a sweep's, or runs trained one by one into one folder."""
 
     SUMMARY, VARIANT_SUMMARY, ANALYSIS, REPORT = "summary.csv", "variant_summary.csv", "analysis", "report.html"
+    REPORT_LOCK = ".report.lock"  # held by the report (re)writing the analyses
 
     def __init__(self, path):
         self.path = Path(path)
@@ -289,6 +330,15 @@ class RunsDir:
     @property
     def report_path(self) -> Path:
         return self.path / self.REPORT
+
+    def report_lock(self) -> FileLock:
+        """The lock a report holds while it (re)writes the analyses: two reports on one folder would otherwise
+        swap in, and clear away, each other's half-written analyses."""
+        return FileLock(self.path / self.REPORT_LOCK)
+
+    def report_writer(self) -> dict | None:
+        """The process writing this folder's report now (as `RunDir.trainer`); None where none is."""
+        return holder(self.path / self.REPORT_LOCK)
 
     def studies(self) -> list[StudyDir]:
         """Fixed-p searches kept in this directory (itself, or subdirectories holding a trials.csv)."""

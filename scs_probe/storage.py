@@ -40,6 +40,14 @@ def atomic_write(path, data: bytes | str | Callable) -> Path:
     return path
 
 
+def temp_dir(parent, prefix: str) -> Path:
+    """A new folder of a unique name in `parent` (for one process' work in progress), with the permissions mkdir
+    gives rather than mkdtemp's 0700."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
 def csv_text(fields: Iterable[str], rows: Iterable[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")

@@ -59,10 +59,10 @@ class AnalysisResult:
 
 
 def run_fingerprint(runs: Sequence[RunDir]) -> list[dict]:
-    """Which runs, at which epoch, with which weights: an analysis of the same runs gives the same numbers. The
-    weights are told by content, never by file times (a copied sweep is the same sweep): the checkpoint's size
+    """Which runs, at which epoch, with which weights and test predictions: an analysis of the same runs gives the
+    same numbers. Told by content, never by file times (a copied sweep is the same sweep): the checkpoint's size
     and the run's own record of when it last saved (config.json's `updated`), or, for a bare checkpoint, a hash
-    of the file."""
+    of the file; a hash of predictions.csv (None where there is none)."""
     out = []
     for run in runs:
         try:
@@ -77,8 +77,9 @@ def run_fingerprint(runs: Sequence[RunDir]) -> list[dict]:
                 epoch = None
         size = run.checkpoint_path.stat().st_size if run.has_checkpoint() else None
         saved = config.get("updated") or (_file_hash(run.checkpoint_path) if size is not None else None)
+        predictions = run.path / RunDir.PREDICTIONS
         out.append({"name": run.name, "checkpoint": str(run.checkpoint_path), "epoch": epoch, "size": size,
-                    "saved": saved})
+                    "saved": saved, "predictions": _file_hash(predictions) if predictions.is_file() else None})
     return out
 
 
@@ -90,11 +91,12 @@ def _file_hash(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _same_runs(a: list[dict], b: list[dict]) -> bool:
+def _same_runs(a: list[dict], b: list[dict], predictions: bool = False) -> bool:
     """Same runs, epochs and checkpoints (size and the run's own save record: a run retrained in place differs,
-    a copied one does not)."""
+    a copied one does not), and with `predictions` the same predictions.csv contents."""
     def key(rows):
-        return [(r.get("name"), r.get("epoch"), r.get("size"), r.get("saved")) for r in rows]
+        return [(r.get("name"), r.get("epoch"), r.get("size"), r.get("saved"),
+                 r.get("predictions") if predictions else None) for r in rows]
     return key(a) == key(b)
 
 
@@ -105,6 +107,8 @@ class Analysis(ABC):
     Config: ClassVar[type[AnalysisConfig]]
     summary_file: ClassVar[str]          # CSV with one row per model (and attack, layer, ...)
     figure_stems: ClassVar[tuple[str, ...]]
+    reads_predictions: ClassVar[bool] = False  # its numbers come from the runs' predictions.csv
+    uses_test_images: ClassVar[bool] = False   # its numbers come from test images (of the data set the context names)
     # columns the current outputs hold and older ones lack (file -> columns): stored outputs without them are stale
     stored_columns: ClassVar[dict[str, tuple[str, ...]]] = {}
 
@@ -119,10 +123,22 @@ class Analysis(ABC):
         for stem in self.figure_stems:  # nor does a figure this run may not draw
             for suffix in (".png", ".svg"):
                 (out / f"{stem}{suffix}").unlink(missing_ok=True)
-        result = self._run(list(runs), out, context or Context())
+        context = context or Context()
+        result = self._run(list(runs), out, context)
+        dataset = {"dataset": self.test_dataset(runs, context)} if self.uses_test_images else {}
         write_json(out / OPTIONS_FILE, {"analysis": self.name, "config": self.config.to_dict(),
-                                        "runs": run_fingerprint(runs), "scs_probe": __version__})
+                                        "runs": run_fingerprint(runs), **dataset, "scs_probe": __version__})
         return result
+
+    @classmethod
+    def test_dataset(cls, runs: Sequence[RunDir], context: Context | None = None) -> str | None:
+        """The data set its test images come from: the context's, else the runs' own; None where the runs were
+        trained on several and the context names none (running the analysis says so)."""
+        from .sources import runs_dataset
+        try:
+            return runs_dataset(runs, (context or Context()).dataset)
+        except OptionError:
+            return None
 
     @abstractmethod
     def _run(self, runs: list[RunDir], out: Path, context: Context) -> AnalysisResult:
@@ -151,8 +167,9 @@ class Analysis(ABC):
         return AnalysisResult(cls.name, out, read_csv(out / cls.summary_file), figures)
 
     @classmethod
-    def staleness(cls, out, runs: Sequence[RunDir], asked: dict) -> str:
-        """Why the outputs in `out` do not answer `asked` for these runs ('' where they do)."""
+    def staleness(cls, out, runs: Sequence[RunDir], asked: dict, context: Context | None = None) -> str:
+        """Why the outputs in `out` do not answer `asked` for these runs, with test images from the data set
+        `context` names ('' where they do)."""
         stored = cls.stored_config(out)
         if not (Path(out) / OPTIONS_FILE).is_file():
             return "none stored"
@@ -169,7 +186,16 @@ class Analysis(ABC):
             if missing:
                 return f"stored by an older scs-probe ({name} has no {missing[0]})"
         config, stored_runs = stored
-        if not _same_runs(stored_runs, run_fingerprint(runs)):
+        now = run_fingerprint(runs)
+        if not _same_runs(stored_runs, now):
             return "the runs or their checkpoints changed"
+        if cls.reads_predictions and not _same_runs(stored_runs, now, predictions=True):
+            return "the runs' predictions changed"
+        if cls.uses_test_images:
+            asked_set = cls.test_dataset(runs, context)
+            # stored before the data set was recorded: the runs' own (what a report without --dataset took)
+            stored_set = read_json(Path(out) / OPTIONS_FILE).get("dataset") or cls.test_dataset(runs)
+            if asked_set is not None and stored_set is not None and asked_set != stored_set:
+                return f"test images of {asked_set} asked, stored ones are of {stored_set}"
         changed = [k for k, v in asked.items() if getattr(replace(config, **{k: v}), k) != getattr(config, k)]
         return f"options changed: {', '.join(changed)}" if changed else ""

@@ -146,6 +146,7 @@ class ComparisonAnalysis(Analysis):
     Config = CompareConfig
     summary_file = "comparisons.csv"
     figure_stems = ("comparisons",)
+    reads_predictions = True
     stored_columns = {"comparisons.csv": ("tau",)}  # seeds pooled by random effects
 
     def _run(self, runs, out: Path, context: Context) -> AnalysisResult:

@@ -15,10 +15,10 @@ import jinja2
 import numpy as np
 
 from .. import __version__
-from ..errors import OptionError
+from ..errors import Busy, OptionError
 from ..paper import experiments, published_row
 from ..rundir import RunDir, RunsDir, StudyDir
-from ..storage import atomic_write, read_csv
+from ..storage import atomic_write, read_csv, temp_dir
 from ..training.sweep import summarize_variants
 from ..zoo import get_arch
 from .base import Analysis, AnalysisResult, Context
@@ -94,18 +94,17 @@ def training_curves(runs: list[RunDir], names, out: Path) -> Path:
 
 def gather(analysis: type[Analysis], runs: list[RunDir], out: Path, asked: dict, context: Context) -> AnalysisResult:
     """The stored result when it answers `asked` for these runs; else run it, from the stored options (or the
-    report's defaults) with `asked` on top."""
+    report's defaults) with `asked` on top. The caller holds the directory's report lock (`build_report`)."""
     recover(out)
-    why = analysis.staleness(out, runs, asked)
+    why = analysis.staleness(out, runs, asked, context)
     if not why:
         return analysis.load(out)
     stored = analysis.stored_config(out)
     base = stored[0] if stored else analysis.Config(**REPORT_DEFAULTS.get(analysis.name, {}))
     config = replace(base, **asked)
     context.log(f"report: running {analysis.name} on {len(runs)} runs ({why})")
-    fresh = out.parent / f".{out.name}.new-{os.getpid()}"
-    shutil.rmtree(fresh, ignore_errors=True)
-    fresh.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fresh = temp_dir(out.parent, prefix=f".{out.name}.new-")  # its own name, whoever else writes
     try:
         analysis(config).run(runs, fresh, context)
         swap_in(fresh, out)
@@ -128,7 +127,7 @@ def swap_in(fresh: Path, out: Path) -> None:
 
 def recover(out: Path) -> None:
     """Put back an analysis left aside by a `swap_in` that was interrupted between its two renames, and drop the
-    leftovers of interrupted recomputations."""
+    leftovers of interrupted recomputations (under the report lock: no other report is writing them now)."""
     if not out.parent.is_dir():
         return
     leftovers = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
@@ -223,6 +222,22 @@ def build_report(directory, out_html=None, asked: dict[str, dict] | None = None,
         raise OptionError("asked", f"unknown analysis {sorted(unknown)[0]!r}")
     runs_dir = RunsDir(directory)
     runs = runs_dir.runs()
+    lock = runs_dir.report_lock()
+    try:
+        taken = lock.acquire()
+    except OSError as e:  # a file system without locks: reports on one folder must not overlap
+        context.log(f"report: warning: cannot lock {runs_dir.path} ({e.strerror or e}); run one report at a time")
+        taken = True
+    if not taken:
+        raise Busy(runs_dir.path, "having its analyses and report written", runs_dir.report_writer())
+    try:
+        return _build_report(runs_dir, runs, out_html, asked, context, experiment)
+    finally:
+        lock.release()
+
+
+def _build_report(runs_dir: RunsDir, runs: list[RunDir], out_html, asked: dict, context: Context,
+                  experiment: str | None) -> Path:
     out_html = Path(out_html) if out_html else runs_dir.report_path
     rows = [r.summary() for r in runs]
     names = run_labels(runs)  # the labels every other figure and table of the report uses

@@ -282,6 +282,7 @@ class RobustnessAnalysis(Analysis):
     Config = RobustnessConfig
     summary_file = "pgd_summary.csv"
     figure_stems = ("pgd",)
+    uses_test_images = True
 
     def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
         c = self.config

@@ -298,6 +298,7 @@ class SaliencyAnalysis(Analysis):
     Config = SaliencyConfig
     summary_file = "saliency_summary.csv"
     figure_stems = ("saliency", "deletion", "randomisation")
+    uses_test_images = True
     stored_columns = {"saliency.csv": ("start_prob",)}  # deletion / start became sum(area) / sum(start)
 
     def _run(self, runs, out: Path, context: Context) -> AnalysisResult:

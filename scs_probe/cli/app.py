@@ -73,6 +73,10 @@ def _message(e: errors.ScsProbeError) -> str:
         return f"{e}; pass {flag(e.option)} if you trust it"
     if isinstance(e, errors.DataError) and e.missing:
         return f"{e}; pass --data-dir DIR"
+    if isinstance(e, errors.DataMismatch):
+        return f"{e} (--data-dir, or --dataset imagefolder:DIR)"
+    if isinstance(e, errors.Busy):
+        return f"{e}; try again once it has ended"
     return str(e)
 
 

@@ -48,7 +48,15 @@ def inspect(ckpt):
     click.echo(f"variant:   {v.name}")
     click.echo("axes:      " + " ".join(f"{k}={val}" for k, val in v.axes().items())
                + (f" fixed_p={v.fixed_p}" if v.fixed_p is not None else ""))
-    click.echo(f"status:    {c.get('status', 'unknown')}, epoch {c['epoch']} of {o.get('epochs', '?')}")
+    status, note = c.get("status", "unknown"), ""
+    if status == "running":  # the checkpoint's word: whether a process trains it now, the run's lock tells
+        trainer = run.trainer()
+        if trainer is None:
+            status, note = "interrupted", " (resumes from here: train --resume, or its sweep run again)"
+        else:
+            note = " (trained now by " + (f"pid {trainer['pid']} on {trainer.get('host', '?')}"
+                                          if trainer.get("pid") else "another process") + ")"
+    click.echo(f"status:    {status}, epoch {c['epoch']} of {o.get('epochs', '?')}{note}")
     if c.get("diverged"):
         click.echo(f"diverged:  {c['diverged'].get('reason')}")
     if hist:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, OptionError, RecordError, TrainingDiverged, TrainingError
+from ..errors import Busy, CheckpointError, OptionError, RecordError, TrainingDiverged, TrainingError
 from ..progress import interactive, progress_bar, write_line
 from ..rundir import RunsDir
 from ..stats import t_interval
@@ -70,7 +70,8 @@ def summarize_variants(rows: list[dict]) -> list[dict]:
 def sweep(variants: list[Variant], out, base: TrainOptions, log=print, progress: bool = True,
           seeds: list[int] | None = None, explicit: set[str] | None = None, executor=None) -> list[dict]:
     """Train each variant (once per seed of `seeds`, else once with base.seed): skip finished and diverged runs,
-    resume unfinished ones, keep going past a run that diverges. Returns the summary rows (also written to
+    resume unfinished ones, keep going past a run that diverges or that another process is training (an orphaned
+    worker of a killed sweep: that run fails, the sweep exits 1 naming it). Returns the summary rows (also written to
     out/summary.csv, with per-variant statistics in out/variant_summary.csv, after every run).
 
     `executor`: None (or a one-job LocalExecutor) trains in this process, one run after another; a
@@ -148,8 +149,19 @@ def _raise_problems(unreadable: dict, failed: list[dict], n: int) -> None:
                               "(not trained; their rows are kept in the summary): " + "; ".join(parts))
 
 
+def _skip_finished(run, label: str, status: str, options: TrainOptions, log) -> None:
+    """Say why a finished or diverged run is skipped; a config.json that a kill left behind its checkpoint (still
+    "running") is brought in line with it."""
+    log(f"{label}: {status}, skipped{_skip_note(run, options)}")
+    try:
+        if run.read_config().get("status") != status:  # the checkpoint is loaded again only then
+            run.sync_config()
+    except (CheckpointError, OSError, ValueError):
+        pass
+
+
 def _sweep_here(plan, runs: RunsDir, log, progress, explicit) -> list[dict]:
-    rows, names, unreadable = [], [], {}
+    rows, names, unreadable, failed = [], [], {}, []
     for i, (name, options) in enumerate(plan, 1):
         run = runs.run(name)
         label = f"[{i}/{len(plan)}] {name}"
@@ -157,18 +169,21 @@ def _sweep_here(plan, runs: RunsDir, log, progress, explicit) -> list[dict]:
         if status == "unreadable":
             continue
         if status in ("finished", "diverged"):
-            log(f"{label}: {status}, skipped{_skip_note(run, options)}")
+            _skip_finished(run, label, status, options, log)
         else:
             log(label + (": resuming" if status else ""))
             try:
                 train(options, resume=status is not None, progress=progress, log=log, explicit=explicit)
             except TrainingDiverged as e:
                 log(f"warning: {e}")
+            except Busy as e:  # not this sweep's to train now; the others go on
+                log(f"{label}: failed: {e}")
+                failed.append({"name": name, "message": str(e)})
         rows.append(run.summary())
         names.append(name)
         _write_summaries(runs, rows, names, unreadable)
     _write_summaries(runs, rows, names, unreadable)
-    _raise_problems(unreadable, [], len(plan))
+    _raise_problems(unreadable, failed, len(plan))
     return rows
 
 
@@ -183,7 +198,7 @@ def _sweep_parallel(plan, runs: RunsDir, base: TrainOptions, executor, log, prog
         if status == "unreadable":
             continue
         if status in ("finished", "diverged"):
-            log(f"{label}: {status}, skipped{_skip_note(run, options)}")
+            _skip_finished(run, label, status, options, log)
             continue
         todo.append((name, replace(options, out=str(Path(options.out).resolve()), data_dir=str(data_dir))))
     cap_jobs(executor, len(todo))  # threads per run and the display follow the workers actually started

@@ -20,13 +20,16 @@ from ..data import (
     BatchLoader,
     auto_val_split,
     describe,
+    fingerprint,
     load_dataset,
     normalization,
     resolve_data_dir,
     validation_split,
 )
 from ..errors import (
+    Busy,
     CheckpointError,
+    DataMismatch,
     OptionError,
     ResumeConflict,
     RunExistsError,
@@ -89,7 +92,9 @@ def load_init_weights(model: torch.nn.Module, path: str, arch: str) -> int:
 
 
 class Trainer:
-    """Trains one run directory from scratch or from its checkpoint (`resume`)."""
+    """Trains one run directory from scratch or from its checkpoint (`resume`), holding the run's training lock
+    (`RunDir.training_lock`) from reading its checkpoint to the end of `run`: a second process that would train the
+    same run is refused (Busy)."""
 
     def __init__(self, options: TrainOptions, resume: bool = False, explicit: set[str] | None = None,
                  progress: bool = True, log=print, on_epoch=None):
@@ -100,11 +105,22 @@ class Trainer:
         self.board = None  # the run's TensorBoard log while it trains (option tensorboard)
         self.run_dir = RunDir(options.run_dir())
         self.ckpt = None
+        self._lock = None  # the run's training lock while held
         if resume and not self.run_dir.has_checkpoint():
             raise TrainingError(f"{self.run_dir.path} holds no run to resume (no {self.run_dir.checkpoint_path.name})")
         if self.run_dir.has_checkpoint():
             if not resume:
                 raise RunExistsError(self.run_dir.path)
+            self._take_lock()  # before the checkpoint is read: nobody else writes it from here on
+        try:
+            self.options = self._options(options, explicit)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _options(self, options: TrainOptions, explicit) -> TrainOptions:
+        """`options`, or for a resumed run the stored ones with what may change on resume taken from `options`."""
+        if self.run_dir.has_checkpoint():
             self.ckpt = self.run_dir.load_checkpoint()
             try:
                 stored = TrainOptions.from_dict(self.ckpt["options"])
@@ -120,9 +136,33 @@ class Trainer:
             # line, what the user typed), else what the run was started with
             kept_keys = [k for k in TrainOptions.RESUMABLE if explicit is None or k in explicit or k == "out"]
             options = dataclasses.replace(stored, **{k: getattr(options, k) for k in kept_keys})
-        self.options = options.resolved()
-        if self.options.tensorboard:
+        options = options.resolved()
+        if options.tensorboard:
             require_tensorboard()
+        return options
+
+    # ------------------------------------------------------------------------------------------------ lock
+    def _take_lock(self) -> bool:
+        """Hold the run's training lock (True where this call took it); Busy where another process trains the run.
+        A file system that cannot lock at all trains unprotected, with a warning."""
+        if self._lock is not None:
+            return False
+        lock = self.run_dir.training_lock()
+        try:
+            taken = lock.acquire()
+        except OSError as e:
+            self.log(f"warning: cannot lock {self.run_dir} ({e.strerror or e}): nothing stops a second process "
+                     "from training it at the same time")
+            return False
+        if not taken:
+            raise Busy(self.run_dir.path, "being trained", self.run_dir.trainer())
+        self._lock = lock
+        return True
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ------------------------------------------------------------------------------------------------ set-up
     def _setup(self):
@@ -135,17 +175,20 @@ class Trainer:
         torch.manual_seed(o.seed)
         root = resolve_data_dir(o.data_dir)
         train = load_dataset(o.dataset, root, train=True, image_size=o.variant.image_size)
+        full_test = load_dataset(o.dataset, root, train=False, image_size=o.variant.image_size)
+        data_fingerprint = fingerprint(train, full_test)
+        self._check_data(data_fingerprint, root)
         val, split_info = None, None
         if o.val_split is not None:  # held out of the whole training split; --limit-train takes from the rest
             n = auto_val_split(len(train)) if o.val_split == "auto" else o.val_split
             train, val, split_info = validation_split(train, n, o.val_seed)
             self.options = o = dataclasses.replace(o, val_split=n)
         train = train.limit(o.limit_train)
-        full_test = load_dataset(o.dataset, root, train=False, image_size=o.variant.image_size)
         test = full_test.limit(o.limit_test)
         # n_test: the images every number is computed on; test_split: how many the data set holds (what more
-        # images could reach, for "to decide")
-        self.data_info = {**describe(train, test, root), "test_split": len(full_test), "val_split": split_info}
+        # images could reach, for "to decide"); fingerprint: which copy of the data set (see data.fingerprint)
+        self.data_info = {**describe(train, test, root), "test_split": len(full_test), "val_split": split_info,
+                          "fingerprint": data_fingerprint}
         if self.ckpt is not None and (self.ckpt.get("data") or {}).get("val_split") not in (None, split_info):
             raise CheckpointError(f"{self.run_dir.checkpoint_path} was trained with another validation split "
                                   f"({self.ckpt['data']['val_split']}) than this data gives ({split_info})")
@@ -183,10 +226,29 @@ class Trainer:
                 n = load_init_weights(self.model, o.init_from, o.variant.arch)
                 self.log(f"initialised {n} tensors from {o.init_from}")
             self.run_dir.path.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+            if self.run_dir.has_checkpoint():  # another process started it since this one looked
+                raise RunExistsError(self.run_dir.path)
             self.run_dir.start_records()
             self.run_dir.append("norms", weight_norm_rows(0, self.layers))
             self.run_dir.append("exponents", exponent_rows(0, self.model))
             self._save(0, "running")
+
+    def _check_data(self, data_fingerprint: str, root) -> None:
+        """A resumed run continues on the copy of the data it was trained on, or not at all (DataMismatch); a run
+        from before fingerprints were recorded resumes with a warning (and records this copy's from now on)."""
+        if self.ckpt is None:
+            return
+        stored = (self.ckpt.get("data") or {}).get("fingerprint")
+        dataset = self.options.dataset
+        here = "the one there now" if dataset.startswith("imagefolder:") else f"the one in {root}"
+        if stored is None:
+            self.log(f"warning: {self.run_dir} records no fingerprint of the data it was trained on (an older "
+                     f"scs-probe): resuming on {dataset} ({here}) unchecked")
+        elif stored != data_fingerprint:
+            raise DataMismatch(f"{self.run_dir} was trained on another copy of {dataset} than {here} (other images "
+                               f"or labels: data fingerprint {data_fingerprint[7:19]}, recorded {stored[7:19]}); "
+                               "resume it on the data it was trained on")
 
     def _config(self, status: str, **extra) -> dict:
         return {"variant": self.variant.to_dict(), "variant_name": self.variant.name, "options": self.options.to_dict(),
@@ -307,9 +369,19 @@ class Trainer:
                      "in train or eval seconds)")
 
     def run(self) -> dict:
-        """Train the remaining epochs. Returns the config dict of the finished run."""
+        """Train the remaining epochs. Returns the config dict of the finished run. The run's training lock is
+        let go at the end, however it ends."""
+        try:
+            return self._run()
+        finally:
+            self._release_lock()
+
+    def _run(self) -> dict:
         self._setup()
         o = self.options
+        if self.ckpt is not None and self.run_dir.sync_config(self.ckpt):  # killed between checkpoint and config
+            self.log(f"{self.run_dir}: config.json said other than its checkpoint (status {self.ckpt.get('status')}, "
+                     f"epoch {self.ckpt['epoch']}); rewritten from it")
         if self.ckpt is not None and self.ckpt.get("status") == "finished":
             n = self.start_epoch
             self.log(f"{self.run_dir}: already finished ({n} epoch{'' if n == 1 else 's'})")
@@ -362,11 +434,16 @@ class Trainer:
 
     def mark(self, status: str, **extra) -> None:
         """Set the run's status (e.g. 'pruned' by a search) in its checkpoint and config.json."""
-        ckpt = self.run_dir.load_checkpoint()
-        ckpt.update(status=status, **extra)
-        self.run_dir.save_checkpoint({k: v for k, v in ckpt.items() if k != "format"})
-        self.run_dir.write_config(self._config(status, **extra))
-        self._close_board(status)
+        took = self._take_lock()  # `run` let it go when it ended
+        try:
+            ckpt = self.run_dir.load_checkpoint()
+            ckpt.update(status=status, **extra)
+            self.run_dir.save_checkpoint({k: v for k, v in ckpt.items() if k != "format"})
+            self.run_dir.write_config(self._config(status, **extra))
+            self._close_board(status)
+        finally:
+            if took:
+                self._release_lock()
 
     # ------------------------------------------------------------------------------------------ TensorBoard
     def _open_board(self) -> None:

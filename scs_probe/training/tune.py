@@ -19,7 +19,8 @@ from pathlib import Path
 
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
 
-from ..errors import OptionError, ScsProbeError, ServiceUnavailable, StudyConflict, TrainingDiverged
+from ..data import dataset_fingerprint
+from ..errors import DataMismatch, OptionError, ScsProbeError, ServiceUnavailable, StudyConflict, TrainingDiverged
 from ..layers import get_backend
 from ..plotting import plt, save
 from ..progress import progress_bar, write_line
@@ -255,6 +256,47 @@ def _check_settings(study, out: Path, base: TrainOptions, config: TuneConfig) ->
         study.set_user_attr("settings", mine)
 
 
+def _stored_fingerprint(study, out: Path) -> str | None:
+    """The fingerprint of the data the study's trials were trained on: stored in the study, else recorded by one
+    of its trials' runs (the first trial records it in the study)."""
+    stored = study.user_attrs.get("data_fingerprint")
+    for t in [] if stored else study.get_trials(deepcopy=False):
+        try:
+            stored = (StudyDir(out).trial(t.number).read_config().get("data") or {}).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if stored:
+            break
+    return stored
+
+
+def _check_data(study, out: Path, base: TrainOptions, log) -> None:
+    """A continued study trains its new trials on the copy of the data its trials were trained on, or not at all
+    (DataMismatch): trials on other images or labels would not compare. A study from before fingerprints were
+    recorded continues with a warning."""
+    if not study.get_trials(deepcopy=False):
+        return  # a new study: its first trial records the data
+    stored = _stored_fingerprint(study, out)
+    if stored is None:
+        log(f"warning: study in {out} records no fingerprint of the data its trials were trained on (an older "
+            "scs-probe, or no trial trained an epoch): continuing it unchecked")
+        return
+    now = dataset_fingerprint(base.dataset, base.data_dir)
+    if now != stored:
+        raise DataMismatch(f"the trials of the study in {out} were trained on another copy of {base.dataset} than "
+                           f"the one given now (other images or labels: data fingerprint {now[7:19]}, recorded "
+                           f"{stored[7:19]}); continue it on the data its trials were trained on")
+    if study.user_attrs.get("data_fingerprint") is None:
+        study.set_user_attr("data_fingerprint", stored)
+
+
+def _record_data(study, trainer: Trainer) -> None:
+    """The study's data fingerprint, from its first trial to train an epoch."""
+    now = trainer.data_info.get("fingerprint")
+    if now and study.user_attrs.get("data_fingerprint") is None:
+        study.set_user_attr("data_fingerprint", now)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -325,6 +367,7 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
     out = Path(out)
     if worker == 0:  # the driver (a parallel tune's workers find both done)
         _check_settings(study, out, base, config)
+        _check_data(study, out, base, log)
         ghosts = fail_ghost_trials(study, requeue=not _finished(study, config))
         if ghosts:
             log(f"failed trial{'s' if len(ghosts) > 1 else ''} {', '.join(map(str, ghosts))}: left running by a "
@@ -349,6 +392,8 @@ def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool 
         run = trials.trial(trial.number)
         options = replace(base, variant=replace(base.variant, fixed_p=p), max_lr=max_lr, out=str(run.path))
         def report(epoch, row):  # validation accuracy only: the test split never chooses
+            if epoch == 1:
+                _record_data(study, trainer)
             trial.report(float(row["val_acc"]), epoch)
             trial.set_user_attr("test_acc", float(row["test_acc"]))  # reported beside it, read by no decision
             if trial.should_prune():
