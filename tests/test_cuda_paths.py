@@ -50,9 +50,9 @@ def test_out_of_memory_in_train_is_one_line_and_exit_1(monkeypatch, capsys, fake
 
 def test_out_of_memory_does_not_switch_the_compiled_backend_off(monkeypatch):
     monkeypatch.setattr(backend, "_state", {"backend": "compiled", "failed": None, "fns": {}})
-    monkeypatch.setattr(backend, "_use_compiled", lambda ref: True)
+    monkeypatch.setattr(backend, "_use_compiled", lambda ref, numel=None: True)
 
-    def compiled_oom(fn, args):
+    def compiled_oom(make, static, args):
         def run(*a):
             raise torch.OutOfMemoryError("out of memory")
         return run
@@ -71,7 +71,8 @@ def test_compiled_graphs_are_keyed_by_device_and_layout():
     one = torch.zeros(1, 4, 5, 5)
     sigs = {backend._signature((t,)) for t in (x, cl, one, x.to(torch.float64))}
     assert len(sigs) == 4
-    assert backend._signature((x,)) == backend._signature((torch.ones(3, 4, 6, 6),))  # sizes stay dynamic
+    assert backend._signature((x,)) == backend._signature((torch.ones(3, 4, 5, 5),))  # the batch stays symbolic
+    assert backend._signature((x,)) != backend._signature((torch.ones(2, 4, 6, 6),))  # other sizes: a graph each
 
 
 def test_amp_on_cpu_is_bfloat16_and_off_is_float32():

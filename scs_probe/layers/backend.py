@@ -8,8 +8,9 @@ TorchInductor, which fuses each direction into one loop (C++/OpenMP on CPU, Trit
 Backends (`set_backend`, or the environment variable SCS_PROBE_BACKEND):
 - `eager`: in-place torch ops, no compilation;
 - `compiled`: the fused kernels for float32/bfloat16/float16 (float64 stays eager);
-- `auto` (default): compiled for outputs of at least `AUTO_MIN_NUMEL` elements (training batches), eager for
-  small ones, where a one-off compilation (about 10 s per direction, cached on disk) would not pay.
+- `auto` (default): compiled for outputs (and kernels) of at least `AUTO_MIN_NUMEL` elements (the zoo's layers at
+  training and evaluation batch sizes, down to resnet18's last 1x1 layer at batch 128), eager for small ones,
+  where a one-off compilation (a few seconds per layer shape and direction, cached on disk) would not pay.
 If compilation fails (no C++ compiler, no Triton), a warning says so once and everything runs eager.
 """
 
@@ -23,8 +24,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from . import windows
+
 BACKENDS = ("auto", "eager", "compiled")
-AUTO_MIN_NUMEL = 1 << 20
+AUTO_MIN_NUMEL = 1 << 16
 _COMPILED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _state = {"backend": None, "failed": None, "fns": {}}
@@ -62,13 +65,15 @@ def backend_used() -> str:
     return get_backend()
 
 
-def _use_compiled(t: torch.Tensor) -> bool:
+def _use_compiled(t: torch.Tensor, numel: int | None = None) -> bool:
+    """Whether work on `t` runs compiled; `numel`: the size that decides under `auto`, where it is not t's (a
+    pooled layer's backward decides by the unpooled grid, as its forward did)."""
     backend = get_backend()
     if backend == "eager" or _state["failed"] or t.dtype not in _COMPILED_DTYPES:
         return False
     if torch.compiler.is_compiling():  # inside a user's torch.compile: let it trace the eager formulas
         return False
-    return backend == "compiled" or t.numel() >= AUTO_MIN_NUMEL
+    return backend == "compiled" or (t.numel() if numel is None else numel) >= AUTO_MIN_NUMEL
 
 
 def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
@@ -205,16 +210,8 @@ def _make_patch_norm(geometry):
 
 def patch_norm(x: torch.Tensor, ref: torch.Tensor, q: torch.Tensor, eps: float, geometry):
     """(root, n) of `_make_patch_norm`, compiled where the layer's output `ref` runs compiled."""
-    sdt = _sharpen_dtype(x)
-    args = (x, q, eps, sdt)
-    if _use_compiled(ref):
-        try:
-            return _compiled_made(_make_patch_norm, tuple(geometry), args)(*args)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as e:
-            _mark_failed(e)
-    return _make_patch_norm(geometry)(*args)
+    geometry = tuple(geometry)
+    return _fused(_make_patch_norm, geometry, (x, q, eps, _sharpen_dtype(x)), _make_patch_norm(geometry), ref)
 
 
 def _make_pool_sharpen_train(pool):
@@ -257,10 +254,10 @@ def _make_pool_sharpen_backward(pool):
 
 
 def _layout(a: torch.Tensor) -> tuple:
-    """What a compiled graph specialises on beyond dtype: the device (with its index), the memory format
-    (channels_last or not) and which dims have size 1 (dynamic shapes still specialise on those)."""
+    """What a compiled graph is specialised to: dtype, device (with its index), memory format (channels_last or
+    not) and every size but the batch's (only whether the batch is 1)."""
     channels_last = a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
-    return a.dtype, str(a.device), a.dim(), channels_last, tuple(s == 1 for s in a.shape)
+    return a.dtype, str(a.device), channels_last, (a.dim() and a.shape[0] == 1, *a.shape[1:])
 
 
 def _signature(args) -> tuple:
@@ -280,40 +277,54 @@ def _quiet_cuda_probe() -> None:
         logger.addFilter(_NoCudaRuntime())
 
 
-def _compiled(fn, args):
-    """A compiled copy of `fn` per argument signature (dtypes, devices, None-ness, flags). Dynamo caches compiled
-    graphs per code object and gives up after a few recompilations (8); one code object per signature keeps the
-    recompilations per object to the shape specialisations (sizes 0 and 1)."""
-    key = (fn.__name__, _signature(args))
+def _itself(fn):
+    """The factory of a kernel that needs no static arguments."""
+    return fn
+
+
+def _compiled(make, static, args):
+    """A compiled `make(static)` per static value (pool sizes, geometry: constants in the graph) and argument
+    signature (`_layout`). Every size but the batch is fixed: with symbolic sizes Inductor's CPU loops lose their
+    vectorisation over small rows (a 2x2 max-abs pool of a [256, 64, 15, 15] output ran 11x slower, 74 ms against
+    6.7 ms). Each graph gets a code object with a name of its own, because dynamo keeps its recompilation count
+    and its automatic-dynamic record per (file, line, name): shared, a second layer's sizes would turn the first
+    one's symbolic too."""
+    key = (make.__name__, static, _signature(args))
     if key not in _state["fns"]:
         _quiet_cuda_probe()
-        clone = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
-                                   fn.__closure__)
-        _state["fns"][key] = torch.compile(clone, dynamic=True, fullgraph=True)
+        fn = make(static)
+        code = fn.__code__.replace(co_name=f"{fn.__name__}_{len(_state['fns'])}")
+        clone = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+        _state["fns"][key] = torch.compile(clone, dynamic=None, fullgraph=True)
     return _state["fns"][key]
 
 
-def _compiled_made(factory, static, args):
-    """`_compiled` of `factory(static)`: static (pool sizes) baked in as constants, one compiled graph each."""
-    key = (factory.__name__, static, _signature(args))
-    if key not in _state["fns"]:
-        _quiet_cuda_probe()
-        fn = factory(static)  # a code object of its own: dynamo counts recompilations per code object
-        clone = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
-                                   fn.__closure__)
-        _state["fns"][key] = torch.compile(clone, dynamic=True, fullgraph=True)
-    return _state["fns"][key]
+def _batch_dynamic(args) -> None:
+    """Mark the batch dimension of the batched arguments symbolic, so that the last, smaller batch of an epoch
+    and the evaluation batch reuse the graph instead of compiling their own. Never a parameter's: the mark stays
+    on the tensor and would reach a user's torch.compile of the whole model."""
+    for a in args:
+        if isinstance(a, torch.Tensor) and not isinstance(a, torch.nn.Parameter) and a.dim() >= 2 and a.shape[0] > 1:
+            torch._dynamo.maybe_mark_dynamic(a, 0)
 
 
-def _run(math_fn, eager_fn, ref: torch.Tensor, *args):
-    if _use_compiled(ref):
+def _fused(make, static, args, eager, ref: torch.Tensor, numel: int | None = None):
+    """`make(static)(*args)` compiled where `ref` runs compiled (`_use_compiled`), else `eager(*args)`. A failing
+    compilation switches the process to eager (once, with a warning); running out of memory is the run's failure,
+    not the compiler's, and is raised."""
+    if _use_compiled(ref, numel):
         try:
-            return _compiled(math_fn, args)(*args)
-        except torch.OutOfMemoryError:  # the batch does not fit: the run's failure, not the compiler's
+            _batch_dynamic(args)
+            return _compiled(make, static, args)(*args)
+        except torch.OutOfMemoryError:
             raise
         except Exception as e:
             _mark_failed(e)
-    return eager_fn(*args)
+    return eager(*args)
+
+
+def _run(math_fn, eager_fn, ref: torch.Tensor, *args):
+    return _fused(_itself, math_fn, args, eager_fn, ref)
 
 
 def _mark_failed(e: Exception) -> None:
@@ -354,42 +365,133 @@ def sharpen_backward(g: torch.Tensor, c: torch.Tensor, n: torch.Tensor | None, p
     return gc, gn, u.sum(dim=0)
 
 
+def _unit_kernels_math(w, eps: float):
+    w = w.to(torch.promote_types(w.dtype, torch.float32))
+    norm = (w.square().sum(dim=(1, 2, 3), keepdim=True) + eps).sqrt()
+    return w / norm, norm
+
+
+def _unit_kernels_backward_math(gw, w_hat, norm):
+    gw = gw.to(w_hat.dtype)
+    return (gw - w_hat * (gw * w_hat).sum(dim=(1, 2, 3), keepdim=True)) / norm
+
+
+def unit_kernels(weight: torch.Tensor, eps: float):
+    """Each output channel's kernel scaled to unit L2 norm (with eps), and the norms: one fused pass over the
+    weights where they are large (resnet18's 11 M weights: the eager square, sum, root and division cost as much
+    as a late layer's convolution at batch 128)."""
+    return _run(_unit_kernels_math, _unit_kernels_math, weight, weight, eps)
+
+
+def unit_kernels_backward(gw: torch.Tensor, w_hat: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """Gradient through w_hat = w / norm: (g - w_hat * sum(g * w_hat)) / norm per kernel, fused where large."""
+    return _run(_unit_kernels_backward_math, _unit_kernels_backward_math, w_hat, gw, w_hat, norm)
+
+
 def compiled_pooling(c: torch.Tensor) -> bool:
     """Whether `pool_sharpen` and its training variants run compiled for this pre-sharpening tensor."""
     return _use_compiled(c)
 
 
+def _make_window_sharpen(sgeom):
+    def window_sharpen(c, n, p, eps: float, sdt: torch.dtype):
+        return _sharpen_values(windows.pooled_strided(_y(c, n, sdt), sgeom), p, eps).to(c.dtype)
+    return window_sharpen
+
+
+def _make_window_pool(sgeom):
+    def window_pool(x):
+        return windows.pooled_strided(x, sgeom)
+    return window_pool
+
+
+def _make_window_sharpen_train(geom):
+    """(c, n, p, eps, sdt) -> (pooled sharpened output, the winners' offsets in their windows, y = c / n at them),
+    in one loop over the pooled grid (`windows.winners`)."""
+    def window_sharpen_train(c, n, p, eps: float, sdt: torch.dtype):
+        y, offset = windows.winners(_y(c, n, sdt), geom)
+        return _sharpen_values(y, p, eps).to(c.dtype), offset, y
+    return window_sharpen_train
+
+
+def _make_window_sharpen_backward(geom):
+    """Backward of `_make_window_sharpen_train` from the pooled y and the full n ([B, groups, H, W]): the pooled
+    sharpening's backward, its gradients put back at the winners and divided by n there, in one graph."""
+    def window_sharpen_backward(g, y, n, p, offset, eps: float, sdt: torch.dtype):
+        gy, _, u = _sharpen_backward_math(g, y, None, p, eps, sdt)  # d L / d y, pooled
+        gc = windows.unpool(gy, offset, geom)
+        if n is None:
+            return gc, None, u
+        groups = n.shape[1]
+        gc = (_grouped(gc, groups) / n.unsqueeze(2)).flatten(1, 2)
+        return gc, -windows.unpool_channel_sum(gy * y, offset, groups, geom) / n, u
+    return window_sharpen_backward
+
+
+def _window_sharpen_backward_eager(g, y, n, pv, offset, eps, sdt, geom):
+    gy, _, u = _sharpen_backward_eager(g, y, None, pv, eps, sdt)
+    idx = windows.offsets_to_indices(offset, geom).flatten(2)
+    b, c, size = g.shape[0], g.shape[1], geom[-2:]
+    gc = gy.new_zeros((b, c, size[0] * size[1])).scatter_(2, idx, gy.flatten(2)).view(b, c, *size)
+    if n is None:
+        return gc, None, u
+    groups = n.shape[1]
+    t = gy.mul_(y).flatten(2)
+    gn = t.new_zeros((b, groups, size[0] * size[1])).scatter_add_(2, idx.reshape(b, groups, -1),
+                                                                   t.reshape(b, groups, -1))
+    return (_grouped(gc, groups) / n.unsqueeze(2)).flatten(1, 2), gn.view(b, groups, *size).div_(n).neg_(), u
+
+
+def _window_geometry(c: torch.Tensor, pool):
+    """`windows.geometry` where the pooled kernels of non-overlapping windows apply (compiled runs), else None."""
+    return windows.geometry(pool, c.shape[-2:]) if _use_compiled(c) else None
+
+
 def pool_sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float, pool) -> torch.Tensor:
     """The sharpened output max- or max-abs-pooled (`pool`: see `functional.pool_spec`), for inference (nothing
-    saved): the training graph's output, its indices and gathered values dropped. Exact.
-
-    Measured on a 1-thread CPU (rohrer100k eval, batch 128, SCS/conv CPU time): this graph 1.14-1.24x; a graph
-    returning the output alone 1.6x (inductor then recomputes each window's max inside both gathers); pooling
-    y without indices (window max and min side by side) 1.7x (vectorised across channels with strided loads)."""
-    return pool_sharpen_train(c, n, p, eps, pool)[0]
+    saved). Exact. Compiled: one loop over the pooled grid (`windows.pooled_strided`), faster than ATen's max
+    pooling alone; eager: max pooling with indices of the key, then the winners sharpened."""
+    sgeom = windows.strided_geometry(pool, c.shape[-2:]) if _use_compiled(c) else None
+    sdt = _sharpen_dtype(c)
+    pv = p.to(sdt).view(1, -1, 1, 1)
+    n = None if n is None else n.to(sdt)
+    eager = lambda *a: _pool_sharpen_train_eager(*a, pool)[0]  # noqa: E731
+    if sgeom is None:
+        return eager(c, n, pv, eps, sdt)
+    return _fused(_make_window_sharpen, sgeom, (c, n, pv, eps, sdt), eager, c)
 
 
 def max_abs_pool(x: torch.Tensor, pool) -> torch.Tensor:
-    """MaxAbsPool2d for inference: one pooling pass over the key with indices and a gather, no autograd."""
+    """MaxAbsPool2d for inference, no autograd: compiled, `windows.pooled_strided`; eager, one pooling pass over
+    the key with indices and a gather."""
     _, kernel_size, stride, padding, dilation, ceil_mode = pool
-    idx = F.max_pool2d(max_abs_key(x), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)[1]
-    return x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+
+    def eager(x):
+        idx = F.max_pool2d(max_abs_key(x), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)[1]
+        return x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+    sgeom = windows.strided_geometry(pool, x.shape[-2:]) if _use_compiled(x) else None
+    if sgeom is None:
+        return eager(x)
+    return _fused(_make_window_pool, sgeom, (x,), eager, x)
 
 
 def pool_sharpen_train(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float, pool):
-    """Training forward of a pooled sharpened layer: (output, indices, c and n at the winners, n per channel)."""
+    """Training forward of a pooled sharpened layer: (output, where the winners are, a, b) for
+    `pool_sharpen_backward`. Non-overlapping windows, compiled: the winners' offsets in their windows (floats,
+    `windows.winners`), y at them and the full n; otherwise max pooling's flat int64 indices, c at the winners
+    and n (per channel) there."""
     sdt = _sharpen_dtype(c)
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
     args = (c, n, pv, eps, sdt)
-    if _use_compiled(c):
-        try:
-            return _compiled_made(_make_pool_sharpen_train, tuple(pool), args)(*args)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as e:
-            _mark_failed(e)
-    return _pool_sharpen_train_eager(*args, pool)
+    eager = lambda *a: _pool_sharpen_train_eager(*a, pool)  # noqa: E731
+    geom = _window_geometry(c, pool)
+    if geom is not None:
+        out = _fused(_make_window_sharpen_train, geom, args, eager, c)
+        if out[1].is_floating_point():  # compiled: window offsets and y at the winners, the backward needs n
+            return (*out, n)
+        return out
+    return _fused(_make_pool_sharpen_train, tuple(pool), args, eager, c)
 
 
 def _pool_sharpen_train_eager(c, n, pv, eps, sdt, pool):
@@ -410,20 +512,24 @@ def _sharpen_eager_per_channel(c, n, pv, eps, sdt):
     return y.abs_().add_(eps).pow_(pv).mul_(sign).to(c.dtype)
 
 
-def pool_sharpen_backward(g, cg, ng, p, idx, size, groups: int, eps: float, pool):
+def pool_sharpen_backward(g, cg, ng, p, where, size, groups: int, eps: float, pool):
     """Backward of `pool_sharpen_train`: (d L / d c [B, C, H, W], d L / d n [B, groups, H, W] or None, d L / d p)."""
     sdt = _sharpen_dtype(cg)
     pv = p.to(sdt).view(1, -1, 1, 1)
+    numel = cg.shape[0] * cg.shape[1] * size[0] * size[1]  # the unpooled grid's, as in the forward pass
+    if where.is_floating_point():  # window offsets (`windows.winners`); cg is y there, ng the full n
+        geom = windows.geometry(pool, size)
+        gc, gn, u = _fused(_make_window_sharpen_backward, geom, (g, cg, ng, pv, where, eps, sdt),
+                           lambda *a: _window_sharpen_backward_eager(*a, geom), cg, numel)
+        return gc, gn, u.sum(dim=0)
     like = g.new_empty((*cg.shape[:2], *size), dtype=sdt)
-    args = (g, cg, ng, pv, idx, like, groups, eps, sdt)
-    if _use_compiled(cg):
-        try:
-            gc, gn, u = _compiled_made(_make_pool_sharpen_backward, tuple(pool), args)(*args)
-            return gc, gn, u.sum(dim=0)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as e:
-            _mark_failed(e)
+    gc, gn, u = _fused(_make_pool_sharpen_backward, tuple(pool), (g, cg, ng, pv, where, like, groups, eps, sdt),
+                       lambda g, cg, ng, pv, idx, like, groups, eps, sdt: _pool_sharpen_backward_eager(
+                           g, cg, ng, pv, idx, size, groups, eps, sdt), cg, numel)
+    return gc, gn, u.sum(dim=0)
+
+
+def _pool_sharpen_backward_eager(g, cg, ng, pv, idx, size, groups, eps, sdt):
     gc, t, u = _sharpen_backward_eager(g, cg, ng, pv, eps, sdt)
     b = g.shape[0]
     hw = size[0] * size[1]
@@ -433,4 +539,4 @@ def pool_sharpen_backward(g, cg, ng, p, idx, size, groups: int, eps: float, pool
         t = t.div_(ng).neg_()
         gn = t.new_zeros((b, groups, hw)).scatter_add_(2, idx.reshape(b, groups, -1), t.reshape(b, groups, -1))
         gn = gn.view(b, groups, *size)
-    return gfull.view(b, gc.shape[1], *size), gn, u.sum(dim=0)
+    return gfull.view(b, gc.shape[1], *size), gn, u

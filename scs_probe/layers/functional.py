@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import backend
 
@@ -93,9 +94,25 @@ def _scatter(t: torch.Tensor, idx: torch.Tensor, groups: int, size) -> torch.Ten
 
 def _unit_kernels(weight: torch.Tensor, eps: float):
     """Each output channel's kernel scaled to unit L2 norm (with eps), and the norms."""
-    w = weight.to(torch.promote_types(weight.dtype, torch.float32))
-    norm = w.square().sum(dim=(1, 2, 3), keepdim=True).add_(eps).sqrt_()
-    return w / norm, norm
+    if torch.compiler.is_compiling():
+        return backend._unit_kernels_math(weight, eps)
+    return backend.unit_kernels(weight, eps)
+
+
+_INFERENCE_KERNELS = WeakIdKeyDictionary()  # weights -> (their version, unit kernels); a copy of the weights
+
+
+def _inference_unit_kernels(weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The unit kernels for inference, computed once per version of the weights (an optimizer step, a
+    `load_state_dict` or any in-place change bumps it): evaluating resnet18 re-normalised its 11 M weights for
+    every batch."""
+    key = (weight._version, weight.data_ptr(), weight.dtype, weight.device, eps)
+    hit = _INFERENCE_KERNELS.get(weight)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    w_hat = _unit_kernels(weight, eps)[0]
+    _INFERENCE_KERNELS[weight] = (key, w_hat)
+    return w_hat
 
 
 class _SharpenedFunction(torch.autograd.Function):
@@ -155,18 +172,23 @@ class _SharpenedFunction(torch.autograd.Function):
                         grad_x.addcmul_(xc, _expand_groups(gsq, xc.shape[1]), value=2.0)
                     grad_x = grad_x.to(x_dtype)
                 if need_w:
-                    if normalize:  # through w_hat = w / norm: (g - w_hat * sum(g * w_hat)) / norm per kernel
-                        gw = gw.to(w_hat.dtype)
-                        gw = (gw - w_hat * (gw * w_hat).sum(dim=(1, 2, 3), keepdim=True)) / w_norm
+                    if normalize:  # through w_hat = w / norm
+                        gw = backend.unit_kernels_backward(gw, w_hat, w_norm)
                     grad_w = gw.to(w_dtype)
         return grad_x, grad_w, grad_p, grad_q, None, None, None, None, None, None, None
 
 
-def _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps, dtype):
+def _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps, dtype, inference=False):
     """The convolution c of x (in the compute dtype) with the unit kernels (SCS) or the raw ones (SDP), and for SCS
     the patch norm's root sqrt(|s|^2 + eps) and n = root + q ([B, groups, H', W'], float32 at least)."""
     xc = x.to(dtype)
-    wc = (_unit_kernels(weight, eps)[0] if normalize else weight).to(dtype)
+    if not normalize:
+        wc = weight
+    elif inference:
+        wc = _inference_unit_kernels(weight, eps)
+    else:
+        wc = _unit_kernels(weight, eps)[0]
+    wc = wc.to(dtype)
     c = F.conv2d(xc, wc, None, stride, padding, dilation, groups)
     if not normalize:
         return xc, c, None, None
@@ -207,7 +229,8 @@ def _sharpened(x, weight, p, q, stride, padding, dilation, groups, normalize, ep
         return _SharpenedFunction.apply(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool)
     dtype = _compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
-        _, c, _, n = _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps, dtype)
+        _, c, _, n = _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps, dtype,
+                                        inference=True)
         if pool is None:
             return backend.sharpen(c, n, p, eps)
         return backend.pool_sharpen(c, n, p, eps, pool)

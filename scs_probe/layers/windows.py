@@ -1,0 +1,145 @@
+"""Pooled sharpening over non-overlapping windows (kernel == stride, no padding or dilation: the scs-gallery
+models' 2x2 and 4x4 pools) written as plain elementwise code for TorchInductor; for evaluation, any undilated
+pool (resnet18's 3x3 stride-2 stem pool too).
+
+Each window's k*k elements are k*k strided views of the layer's output grid, so picking the winner and sharpening
+it is one elementwise loop over the pooled grid: no pooling op, no int64 indices. Compiled with every size but
+the batch fixed, that loop runs several times faster on a CPU than ATen's max pooling of a convolution's output
+(benchmarks/README.md). Training keeps each winner's offset in its window (0 to k*k - 1, as a float) and the pre-
+sharpening values there; the backward pass puts the gradients back with one elementwise loop over the input grid.
+
+Winners are exact: the largest value (max) or the largest magnitude, the positive value on a tie (max-abs); a
+nan propagates, as in max pooling; on exact ties the first element of the window (row-major) wins. Positions
+that ceil_mode adds past the edge never win.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def geometry(pool, size) -> tuple | None:
+    """(absolute, kh, kw, oh, ow, h, w) of `pool` (see `functional.pool_spec`) over an output grid of `size`, or
+    None where its windows overlap, pad or dilate (those run through max pooling with indices)."""
+    absolute, kernel_size, stride, padding, dilation, ceil_mode = pool
+    h, w = size
+    (kh, kw) = kernel_size
+    if tuple(kernel_size) != tuple(stride) or tuple(padding) != (0, 0) or tuple(dilation) != (1, 1) \
+            or h < kh or w < kw:
+        return None
+    rounding = (lambda a, b: -(-a // b)) if ceil_mode else (lambda a, b: a // b)
+    return bool(absolute), kh, kw, rounding(h, kh), rounding(w, kw), h, w
+
+
+def _out_size(n: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    """ATen's pooling output size (a ceil_mode window must start inside the input or its left padding)."""
+    span = n + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    return out - 1 if ceil_mode and (out - 1) * s >= n + p else out
+
+
+def strided_geometry(pool, size) -> tuple | None:
+    """(absolute, kh, kw, sh, sw, ph, pw, oh, ow) of any undilated pool over a grid of `size`, for the values only
+    (`pooled_strided`: evaluation, overlapping windows too), or None (dilation, a window past the grid)."""
+    absolute, kernel_size, stride, padding, dilation, ceil_mode = pool
+    if tuple(dilation) != (1, 1) or any(2 * p > k for p, k in zip(padding, kernel_size)) \
+            or any(n + 2 * p < k for n, p, k in zip(size, padding, kernel_size)):
+        return None
+    oh, ow = (_out_size(n, k, s, p, ceil_mode) for n, k, s, p in zip(size, kernel_size, stride, padding))
+    return (bool(absolute), *kernel_size, *stride, *padding, oh, ow)
+
+
+def pooled_strided(y: torch.Tensor, sgeom) -> torch.Tensor:
+    """Max or max-abs pooling of y, values only, for any `strided_geometry`: the padding and ceil_mode's edge
+    hold copies of the nearest element, which lies in the same window, so they change no window's value."""
+    absolute, kh, kw, sh, sw, ph, pw, oh, ow = sgeom
+    h, w = y.shape[-2:]
+    end_h, end_w = max((oh - 1) * sh + kh - ph - h, 0), max((ow - 1) * sw + kw - pw - w, 0)
+    if ph or pw or end_h or end_w:
+        y = F.pad(y, (pw, end_w, ph, end_h), mode="replicate")
+    views = [y[..., i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw] for i in range(kh) for j in range(kw)]
+    return _pick(views, absolute)
+
+
+def _views(t: torch.Tensor, geom) -> list[torch.Tensor]:
+    """The kh*kw strided views [..., oh, ow] of t [..., h, w]: element (i, j) of every window, row-major; past
+    the edge (ceil_mode) the last row or column repeated, which never wins (a tie goes to the first element)
+    and lets the loop run without masks (with a constant pad, inductor vectorised across channels and ran 14x
+    slower on a 15x15 grid), or cut (floor)."""
+    _, kh, kw, oh, ow, h, w = geom
+    pad_h, pad_w = max(oh * kh - h, 0), max(ow * kw - w, 0)
+    if pad_h or pad_w:
+        t = F.pad(t, (0, pad_w, 0, pad_h), mode="replicate")
+    t = t[..., :oh * kh, :ow * kw]
+    return [t[..., i::kh, j::kw] for i in range(kh) for j in range(kw)]
+
+
+def _pick(views, absolute: bool) -> torch.Tensor:
+    """The winning value: the window's max, or for max-abs its max and min side by side and the larger
+    magnitude (the max on a tie); a nan propagates (torch.maximum)."""
+    hi = views[0]
+    for v in views[1:]:
+        hi = torch.maximum(hi, v)
+    if not absolute:
+        return hi
+    lo = views[0]
+    for v in views[1:]:
+        lo = torch.minimum(lo, v)
+    return torch.where(hi >= -lo, hi, lo)
+
+
+def winners(y: torch.Tensor, geom):
+    """Per window, the winning value and its offset in the window: the first element equal to it, found from the
+    last element back (comparisons and selects only: inductor vectorises them; a chain of boolean ors and ands
+    ran as scalar code, 3x slower). The offset is a float (0., 1., ...), in the loop's own vector type; a nan
+    window gives offset 0."""
+    views = _views(y, geom)
+    best = _pick(views, geom[0])
+    offset = torch.zeros_like(best)
+    for i in reversed(range(len(views))):
+        offset = torch.where(views[i] == best, float(i), offset)
+    return best, offset
+
+
+def unpool(t: torch.Tensor, offset: torch.Tensor, geom) -> torch.Tensor:
+    """Adjoint of picking the winners: t [B, C, oh, ow] put at each window's winner on the [B, C, h, w] grid,
+    0 elsewhere (and past the edge cut off, or 0 where floor mode left rows or columns out)."""
+    _, kh, kw, oh, ow, h, w = geom
+    b, c = t.shape[:2]
+    full = (b, c, oh, kh, ow, kw)
+    te = t[:, :, :, None, :, None].expand(full).reshape(b, c, oh * kh, ow * kw)
+    oe = offset[:, :, :, None, :, None].expand(full).reshape(b, c, oh * kh, ow * kw)
+    rows = torch.arange(oh * kh, device=t.device) % kh
+    cols = torch.arange(ow * kw, device=t.device) % kw
+    here = (rows[:, None] * kw + cols[None, :]).to(offset.dtype)
+    out = torch.where(oe == here, te, torch.zeros((), dtype=t.dtype, device=t.device))
+    out = out[..., :h, :w]
+    if out.shape[-2] < h or out.shape[-1] < w:
+        out = F.pad(out, (0, w - out.shape[-1], 0, h - out.shape[-2]))
+    return out
+
+
+def unpool_channel_sum(t: torch.Tensor, offset: torch.Tensor, groups: int, geom) -> torch.Tensor:
+    """`unpool` of t, summed over the channels of each group: [B, groups, h, w]. Summed on the pooled grid, one
+    sum per window position (k*k reductions over contiguous rows), then spread out: summing the unpooled grid
+    over channels made inductor read it across channels, element by element."""
+    _, kh, kw, oh, ow, h, w = geom
+    b, c = t.shape[:2]
+    tg, og = t.unflatten(1, (groups, c // groups)), offset.unflatten(1, (groups, c // groups))
+    zero = torch.zeros((), dtype=t.dtype, device=t.device)
+    sums = [torch.where(og == float(i), tg, zero).sum(dim=2) for i in range(kh * kw)]  # each [B, groups, oh, ow]
+    full = torch.stack(sums, dim=-1).view(b, groups, oh, ow, kh, kw).permute(0, 1, 2, 4, 3, 5)
+    out = full.reshape(b, groups, oh * kh, ow * kw)[..., :h, :w]
+    if out.shape[-2] < h or out.shape[-1] < w:
+        out = F.pad(out, (0, w - out.shape[-1], 0, h - out.shape[-2]))
+    return out
+
+
+def offsets_to_indices(offset: torch.Tensor, geom) -> torch.Tensor:
+    """Window offsets -> the flat (row * w + col) indices max pooling returns (the eager backward's input)."""
+    _, kh, kw, oh, ow, h, w = geom
+    off = offset.long()
+    rows = torch.arange(oh, device=off.device).view(-1, 1) * kh + off // kw
+    cols = torch.arange(ow, device=off.device).view(1, -1) * kw + off % kw
+    return rows * w + cols
