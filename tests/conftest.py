@@ -61,6 +61,17 @@ def _backend_choice_per_test():
     backend._state["backend"] = before
 
 
+@pytest.fixture
+def backend():
+    """`set_backend` for one test; the previous backend restored and compilation failures forgotten after it."""
+    from scs_probe.layers import backend as backend_module
+    from scs_probe.layers import get_backend, set_backend
+    before = get_backend()
+    yield set_backend
+    set_backend(before)
+    backend_module._state["failed"] = None
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """A throwaway PostgreSQL server (Debian's `postgresql` package; `.ci/run` installs it) in a temp dir, started

@@ -8,7 +8,7 @@ import torch
 
 from scs_probe.layers import SharpenedCosineSimilarity2d, SharpenedSDP2d, get_backend, pool_spec, set_backend
 from scs_probe.layers import backend as backend_module
-from scs_probe.layers.reference import max_abs_pool_reference, scs_reference, sdp_reference
+from scs_probe.layers.reference import layer_reference, max_abs_pool_reference
 
 pytestmark = [pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")),
                                  reason="TorchInductor's CPU backend needs a C++ compiler"),
@@ -18,15 +18,6 @@ CASES = [(SharpenedCosineSimilarity2d, 1), (SharpenedCosineSimilarity2d, 4), (Sh
          (SharpenedSDP2d, 2)]
 
 
-@pytest.fixture
-def backend():
-    """Set a backend for one test; restore the previous one and forget compilation failures afterwards."""
-    before = get_backend()
-    yield set_backend
-    set_backend(before)
-    backend_module._state["failed"] = None
-
-
 def _grads(layer, x, backend_name, amp=False, pool=None):
     set_backend(backend_name)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
@@ -34,14 +25,6 @@ def _grads(layer, x, backend_name, amp=False, pool=None):
     weights = torch.linspace(-1, 1, y.numel()).view_as(y)
     params = [x] + list(layer.parameters())
     return [y.float()] + list(torch.autograd.grad((y.float() * weights).sum(), params))
-
-
-def _reference(layer, x):
-    args = (layer.stride, layer.padding, layer.dilation, layer.groups)
-    xd, wd, pd = x.double(), layer.weight.double(), layer.effective_p().double()
-    if isinstance(layer, SharpenedCosineSimilarity2d):
-        return scs_reference(xd, wd, pd, layer.effective_q().double(), *args)
-    return sdp_reference(xd, wd, pd, *args)
 
 
 @pytest.mark.parametrize("pool", [None, pool_spec(True, 2, None, 0, 1, True), pool_spec(False, 3, 2, 1, 1, False)],
@@ -58,7 +41,7 @@ def test_compiled_matches_eager_and_reference(backend, cls, groups, pool):
         warnings.filterwarnings("error", message="scs_probe")
         compiled = _grads(layer, x, "compiled", pool=pool)
     assert backend_module._state["failed"] is None
-    ref = _reference(layer, x)
+    ref = layer_reference(layer, x)
     if pool is not None:
         ref = (max_abs_pool_reference if pool[0] else torch.nn.functional.max_pool2d)(
             ref, pool[1], pool[2], pool[3], ceil_mode=pool[5])
@@ -99,7 +82,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(backend, monkeypat
     x = torch.randn(2, 4, 7, 7, requires_grad=True)
     with pytest.warns(RuntimeWarning, match="compiled kernels unavailable .*no C\\+\\+ compiler"):
         y = layer(x)
-    torch.testing.assert_close(y.double(), _reference(layer, x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(y.double(), layer_reference(layer, x), rtol=1e-4, atol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer(x).sum().backward()  # warned once; the backward runs eager too

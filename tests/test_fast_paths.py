@@ -12,12 +12,10 @@ from scs_probe.layers import (
     PoolFusedSequential,
     SharpenedCosineSimilarity2d,
     SharpenedSDP2d,
-    get_backend,
     pool_spec,
-    set_backend,
 )
 from scs_probe.layers import backend as backend_module
-from scs_probe.layers.reference import max_abs_pool_reference, scs_reference, sdp_reference
+from scs_probe.layers.reference import layer_reference, max_abs_pool_reference
 
 HAS_CXX = any(shutil.which(c) for c in ("g++", "clang++", "c++"))
 BACKENDS = ["eager", pytest.param("compiled", marks=[
@@ -25,29 +23,6 @@ BACKENDS = ["eager", pytest.param("compiled", marks=[
 # the zoo's pools: rohrer 2x2 and 4x4 with ceil_mode, resnet18's 3x3 stride 2 padding 1; max and max-abs
 ZOO_POOLS = [(True, 2, None, 0, True), (True, 4, 4, 0, True), (True, 3, 2, 1, False), (False, 2, None, 0, True),
              (False, 3, 2, 1, False)]
-
-
-@pytest.fixture
-def backend():
-    before = get_backend()
-    yield set_backend
-    set_backend(before)
-    backend_module._state["failed"] = None
-
-
-def _reference(layer, x):
-    args = (layer.stride, layer.padding, layer.dilation, layer.groups)
-    xd, wd, pd = x.double(), layer.weight.double(), layer.effective_p().double()
-    if isinstance(layer, SharpenedCosineSimilarity2d):
-        return scs_reference(xd, wd, pd, layer.effective_q().double(), *args)
-    return sdp_reference(xd, wd, pd, *args)
-
-
-def _pooled_reference(ref, pool):
-    absolute, k, s, pad, ceil = pool
-    if absolute:
-        return max_abs_pool_reference(ref, k, s, pad, ceil_mode=ceil)
-    return nn.functional.max_pool2d(ref, k, s, pad, ceil_mode=ceil)
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -67,9 +42,7 @@ def test_inference_equals_training_forward_and_reference(backend, name, pool, cl
     slow = layer(x.requires_grad_(), pool=spec)  # the autograd function
     assert slow.grad_fn is not None
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-6, atol=1e-7)
-    ref = _reference(layer, x.detach())
-    if spec is not None:
-        ref = _pooled_reference(ref, pool)
+    ref = layer_reference(layer, x.detach(), pool)
     torch.testing.assert_close(fast.double(), ref, rtol=1e-4, atol=1e-5)
     assert backend_module._state["failed"] is None
 

@@ -16,7 +16,7 @@ from scs_probe.layers import (
     set_backend,
 )
 from scs_probe.layers import backend as backend_module
-from scs_probe.layers.reference import max_abs_pool_reference, scs_reference, sdp_reference
+from scs_probe.layers.reference import layer_reference, max_abs_pool_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 DEV = "cuda"
@@ -34,23 +34,6 @@ def backend(request):
     backend_module._state["failed"] = None
 
 
-def _reference(layer, x):
-    args = (layer.stride, layer.padding, layer.dilation, layer.groups)
-    xd, wd, pd = x.double(), layer.weight.double(), layer.effective_p().double()
-    if isinstance(layer, SharpenedCosineSimilarity2d):
-        return scs_reference(xd, wd, pd, layer.effective_q().double(), *args)
-    return sdp_reference(xd, wd, pd, *args)
-
-
-def _pool(ref, pool):
-    if pool is None:
-        return ref
-    absolute, k, s, pad, ceil = pool
-    if absolute:
-        return max_abs_pool_reference(ref, k, s, pad, ceil_mode=ceil)
-    return nn.functional.max_pool2d(ref, k, s, pad, ceil_mode=ceil)
-
-
 @pytest.mark.parametrize("pool", POOLS, ids=["unpooled", "maxabs2", "maxabs3s2p1", "max2"])
 @pytest.mark.parametrize("cls,groups", LAYERS, ids=["scs", "scs-g4", "sdp", "cos"])
 def test_layer_matches_reference_on_cuda(backend, cls, groups, pool):
@@ -59,7 +42,7 @@ def test_layer_matches_reference_on_cuda(backend, cls, groups, pool):
     x = torch.randn(4, 8, 13, 11, device=DEV, requires_grad=True)
     spec = None if pool is None else pool_spec(*pool[:4], 1, pool[4])
     out = layer(x, pool=spec)
-    ref = _pool(_reference(layer, x), pool)
+    ref = layer_reference(layer, x, pool)
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(layer(x, pool=spec), out.detach(), rtol=1e-5, atol=1e-6)

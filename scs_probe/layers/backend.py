@@ -214,6 +214,39 @@ def patch_norm(x: torch.Tensor, ref: torch.Tensor, q: torch.Tensor, eps: float, 
     return _fused(_make_patch_norm, geometry, (x, q, eps, _sharpen_dtype(x)), _make_patch_norm(geometry), ref)
 
 
+def _make_patch_norm_backward(geometry):
+    """(gx, gn, root, x, sdt) -> d L / d x: the convolution's input gradient gx plus the patch norm's,
+    2 x * box_sum_backward(gn / (2 root)) per group, in one graph (eager: five passes over the input)."""
+    from .functional import _box_sum_backward, _expand_groups  # functional imports this module
+
+    kernel_size, stride, padding, dilation, groups = geometry
+
+    def patch_norm_backward(gx, gn, root, x, sdt: torch.dtype):
+        gs = gn / root * 0.5
+        gsq = _box_sum_backward(gs, (x.shape[0], groups, *x.shape[-2:]), kernel_size, stride, padding, dilation,
+                                groups, sdt)
+        return gx.to(sdt) + 2.0 * x.to(sdt) * _expand_groups(gsq, x.shape[1])
+    return patch_norm_backward
+
+
+def _patch_norm_backward_eager(gx, gn, root, x, sdt, geometry):
+    from .functional import _box_sum_backward, _expand_groups
+
+    kernel_size, stride, padding, dilation, groups = geometry
+    gs = gn.div(root).mul_(0.5)
+    gsq = _box_sum_backward(gs, (x.shape[0], groups, *x.shape[-2:]), kernel_size, stride, padding, dilation, groups,
+                            sdt)
+    return gx.to(sdt).addcmul_(x, _expand_groups(gsq, x.shape[1]), value=2.0)
+
+
+def patch_norm_backward(gx: torch.Tensor, gn: torch.Tensor, root: torch.Tensor, x: torch.Tensor, geometry):
+    """d L / d x of an SCS layer from the convolution's input gradient and d L / d n (float32 at least)."""
+    geometry = tuple(geometry)
+    args = (gx, gn, root, x, _sharpen_dtype(gn))
+    return _fused(_make_patch_norm_backward, geometry, args,
+                  lambda *a: _patch_norm_backward_eager(*a, geometry), gx)
+
+
 def _make_pool_sharpen_train(pool):
     """(c, n, p, eps, sdt) -> (pooled sharpened output, flat indices of the winners, c and n (per channel) at
     them): what the backward pass needs, from one pooling pass over the key and one gather."""

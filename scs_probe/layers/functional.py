@@ -164,12 +164,10 @@ class _SharpenedFunction(torch.autograd.Function):
                     gc.to(dtype), xc, wc, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
                     [need_x, need_w, False])
                 if need_x:
-                    grad_x = gx.to(gn.dtype if normalize else gx.dtype)
-                    if normalize:
-                        gs = gn.div_(root).mul_(0.5)  # d root / d s = 1 / (2 root)
-                        gsq = _box_sum_backward(gs, (xc.shape[0], groups, *xc.shape[-2:]), wc.shape[-2:], stride,
-                                                padding, dilation, groups, gs.dtype)
-                        grad_x.addcmul_(xc, _expand_groups(gsq, xc.shape[1]), value=2.0)
+                    grad_x = gx
+                    if normalize:  # plus the patch norm's: d root / d s = 1 / (2 root)
+                        grad_x = backend.patch_norm_backward(gx, gn, root, xc, (tuple(wc.shape[-2:]), stride,
+                                                                                padding, dilation, groups))
                     grad_x = grad_x.to(x_dtype)
                 if need_w:
                     if normalize:  # through w_hat = w / norm

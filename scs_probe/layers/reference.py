@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .functional import EPS, to_pair
+from .sharpened import SharpenedCosineSimilarity2d
 
 
 def _patches(x, kernel_size, stride, padding, dilation, groups):
@@ -69,3 +70,21 @@ def scs_naive_autograd(x, weight, p, q, stride=1, padding=0, dilation=1, groups=
         s = s.repeat_interleave(weight.shape[0] // groups, dim=1)
     y = c / (torch.sqrt(s + eps) + q)
     return torch.sign(y) * (y.abs() + eps) ** p.view(1, -1, 1, 1)
+
+
+def layer_reference(layer, x: torch.Tensor, pool=None) -> torch.Tensor:
+    """What a SharpenedCosineSimilarity2d or SharpenedSDP2d module (CosineSimilarity2d: p = 1) computes for x, in
+    float64 from its parameters, then pooled where `pool` is (absolute, kernel, stride, padding, ceil_mode): max-abs
+    pooling when absolute, else max pooling. The yardstick of the fast paths' tests, eager, compiled or on CUDA."""
+    args = (layer.stride, layer.padding, layer.dilation, layer.groups)
+    xd, wd, pd = x.double(), layer.weight.double(), layer.effective_p().double()
+    if isinstance(layer, SharpenedCosineSimilarity2d):
+        out = scs_reference(xd, wd, pd, layer.effective_q().double(), *args)
+    else:
+        out = sdp_reference(xd, wd, pd, *args)
+    if pool is None:
+        return out
+    absolute, k, s, pad, ceil = pool
+    if absolute:
+        return max_abs_pool_reference(out, k, s, pad, ceil_mode=ceil)
+    return F.max_pool2d(out, k, s, pad, ceil_mode=ceil)
