@@ -39,7 +39,7 @@ def test_window_values_and_winners_match_pooling(absolute, k, ceil, h, w):
     geom = windows.geometry(spec, (h, w))
     want = _pool(y, absolute, k, ceil)
     assert torch.equal(windows.pooled_strided(y, windows.strided_geometry(spec, (h, w))), want)
-    best, offset = windows.winners(y, geom)
+    best, offset, _ = windows.winners(y, geom)
     assert torch.equal(best, want)
     idx = windows.offsets_to_indices(offset, geom)
     assert torch.equal(y.flatten(2).gather(2, idx.flatten(2)).view_as(want), want)  # the winner holds the value
@@ -66,7 +66,7 @@ def test_nan_propagates_and_its_window_keeps_a_real_position():
     y = torch.zeros(1, 1, 3, 3)
     y[0, 0, 2, 2] = float("nan")
     geom = windows.geometry(pool_spec(True, 2, None, 0, 1, True), (3, 3))
-    best, offset = windows.winners(y, geom)
+    best, offset, _ = windows.winners(y, geom)
     assert torch.isnan(best[0, 0, 1, 1]) and not torch.isnan(best[0, 0, 0, 0])
     assert int(windows.offsets_to_indices(offset, geom).max()) < 9
 
@@ -77,7 +77,7 @@ def test_unpool_is_max_pooling_backward(k, ceil, h, w, groups):
     y = _data(h, w, seed=k)
     spec = pool_spec(True, k, None, 0, 1, ceil)
     geom = windows.geometry(spec, (h, w))
-    _, offset = windows.winners(y, geom)
+    _, offset, _ = windows.winners(y, geom)
     t = torch.randn(*offset.shape, dtype=torch.float64)
     idx = windows.offsets_to_indices(offset, geom)
     want = torch.zeros(3, 4, h * w, dtype=torch.float64).scatter_add_(2, idx.flatten(2), t.flatten(2))

@@ -439,40 +439,49 @@ def _make_window_pool(sgeom):
 
 
 def _make_window_sharpen_train(geom):
-    """(c, n, p, eps, sdt) -> (pooled sharpened output, the winners' offsets in their windows, y = c / n at them),
-    in one loop over the pooled grid (`windows.winners`)."""
+    """(c, n, p, eps, sdt) -> (pooled sharpened output, the winners' offsets in their windows, y = c / n and n
+    at them), in one loop over the pooled grid (`windows.winners`)."""
     def window_sharpen_train(c, n, p, eps: float, sdt: torch.dtype):
-        y, offset = windows.winners(_y(c, n, sdt), geom)
-        return _sharpen_values(y, p, eps).to(c.dtype), offset, y
+        per_channel = None if n is None else _per_channel(n, c.shape[1])
+        y, offset, nw = windows.winners(_y(c, n, sdt), geom, per_channel)
+        return _sharpen_values(y, p, eps).to(c.dtype), offset, y, nw
     return window_sharpen_train
 
 
 def _make_window_sharpen_backward(geom):
-    """Backward of `_make_window_sharpen_train` from the pooled y and the full n ([B, groups, H, W]): the pooled
-    sharpening's backward, its gradients put back at the winners and divided by n there, in one graph."""
-    def window_sharpen_backward(g, y, n, p, offset, eps: float, sdt: torch.dtype):
+    """Backward of `_make_window_sharpen_train` on the pooled grid, from y and n at the winners: (d L / d c at
+    them, -t / n there (d L / d n's terms) or None, u, the winners' flat indices). `pool_sharpen_backward`
+    scatters them onto the grid as max pooling's backward does: inductor's loop over the full grid (w // 2
+    indexing) does not vectorise."""
+    def window_sharpen_backward(g, y, nw, p, offset, eps: float, sdt: torch.dtype):
         gy, _, u = _sharpen_backward_math(g, y, None, p, eps, sdt)  # d L / d y, pooled
-        gc = windows.unpool(gy, offset, geom)
-        if n is None:
-            return gc, None, u
-        groups = n.shape[1]
-        gc = (_grouped(gc, groups) / n.unsqueeze(2)).flatten(1, 2)
-        return gc, -windows.unpool_channel_sum(gy * y, offset, groups, geom) / n, u
+        idx = windows.offsets_to_indices(offset, geom)
+        if nw is None:
+            return gy, None, u, idx
+        return gy / nw, -(gy * y) / nw, u, idx
     return window_sharpen_backward
 
 
-def _window_sharpen_backward_eager(g, y, n, pv, offset, eps, sdt, geom):
+def _window_sharpen_backward_eager(g, y, nw, pv, offset, eps, sdt, geom):
     gy, _, u = _sharpen_backward_eager(g, y, None, pv, eps, sdt)
-    idx = windows.offsets_to_indices(offset, geom).flatten(2)
-    b, c, size = g.shape[0], g.shape[1], geom[-2:]
-    gc = gy.new_zeros((b, c, size[0] * size[1])).scatter_(2, idx, gy.flatten(2)).view(b, c, *size)
-    if n is None:
-        return gc, None, u
-    groups = n.shape[1]
-    t = gy.mul_(y).flatten(2)
-    gn = t.new_zeros((b, groups, size[0] * size[1])).scatter_add_(2, idx.reshape(b, groups, -1),
-                                                                   t.reshape(b, groups, -1))
-    return (_grouped(gc, groups) / n.unsqueeze(2)).flatten(1, 2), gn.view(b, groups, *size).div_(n).neg_(), u
+    idx = windows.offsets_to_indices(offset, geom)
+    if nw is None:
+        return gy, None, u, idx
+    t = gy.mul(y).div_(nw).neg_()
+    return gy.div_(nw), t, u, idx
+
+
+def _scatter_to_grid(gc, t, idx, groups: int, size):
+    """The winners' gradients onto the [B, C, H, W] grid and d L / d n [B, groups, H, W] (the sum over each
+    group's channels of t at its winners), as max pooling's backward does: zeros, then a scatter."""
+    b, c = gc.shape[:2]
+    hw = size[0] * size[1]
+    flat = idx.flatten(2)
+    gfull = gc.new_zeros((b, c, hw)).scatter_(2, flat, gc.flatten(2)).view(b, c, *size)
+    if t is None:
+        return gfull, None
+    gn = t.new_zeros((b, groups, hw)).scatter_add_(2, flat.reshape(b, groups, -1), t.reshape(b, groups, -1))
+    return gfull, gn.view(b, groups, *size)
 
 
 def _window_geometry(c: torch.Tensor, pool):
@@ -511,7 +520,7 @@ def max_abs_pool(x: torch.Tensor, pool) -> torch.Tensor:
 def pool_sharpen_train(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float, pool):
     """Training forward of a pooled sharpened layer: (output, where the winners are, a, b) for
     `pool_sharpen_backward`. Non-overlapping windows, compiled: the winners' offsets in their windows (floats,
-    `windows.winners`), y at them and the full n; otherwise max pooling's flat int64 indices, c at the winners
+    `windows.winners`), y and n (per channel) at them; otherwise max pooling's flat int64 indices, c at the winners
     and n (per channel) there."""
     sdt = _sharpen_dtype(c)
     pv = p.to(sdt).view(1, -1, 1, 1)
@@ -520,10 +529,7 @@ def pool_sharpen_train(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor,
     eager = lambda *a: _pool_sharpen_train_eager(*a, pool)  # noqa: E731
     geom = _window_geometry(c, pool)
     if geom is not None:
-        out = _fused(_make_window_sharpen_train, geom, args, eager, c)
-        if out[1].is_floating_point():  # compiled: window offsets and y at the winners, the backward needs n
-            return (*out, n)
-        return out
+        return _fused(_make_window_sharpen_train, geom, args, eager, c)
     return _fused(_make_pool_sharpen_train, tuple(pool), args, eager, c)
 
 
@@ -550,11 +556,11 @@ def pool_sharpen_backward(g, cg, ng, p, where, size, groups: int, eps: float, po
     sdt = _sharpen_dtype(cg)
     pv = p.to(sdt).view(1, -1, 1, 1)
     numel = cg.shape[0] * cg.shape[1] * size[0] * size[1]  # the unpooled grid's, as in the forward pass
-    if where.is_floating_point():  # window offsets (`windows.winners`); cg is y there, ng the full n
+    if where.is_floating_point():  # window offsets (`windows.winners`); cg is y there, ng n there
         geom = windows.geometry(pool, size)
-        gc, gn, u = _fused(_make_window_sharpen_backward, geom, (g, cg, ng, pv, where, eps, sdt),
-                           lambda *a: _window_sharpen_backward_eager(*a, geom), cg, numel)
-        return gc, gn, u.sum(dim=0)
+        gc, t, u, idx = _fused(_make_window_sharpen_backward, geom, (g, cg, ng, pv, where, eps, sdt),
+                               lambda *a: _window_sharpen_backward_eager(*a, geom), cg, numel)
+        return (*_scatter_to_grid(gc, t, idx, groups, size), u.sum(dim=0))
     like = g.new_empty((*cg.shape[:2], *size), dtype=sdt)
     gc, gn, u = _fused(_make_pool_sharpen_backward, tuple(pool), (g, cg, ng, pv, where, like, groups, eps, sdt),
                        lambda g, cg, ng, pv, idx, like, groups, eps, sdt: _pool_sharpen_backward_eager(

@@ -89,17 +89,22 @@ def _pick(views, absolute: bool) -> torch.Tensor:
     return torch.where(hi >= -lo, hi, lo)
 
 
-def winners(y: torch.Tensor, geom):
-    """Per window, the winning value and its offset in the window: the first element equal to it, found from the
-    last element back (comparisons and selects only: inductor vectorises them; a chain of boolean ors and ands
-    ran as scalar code, 3x slower). The offset is a float (0., 1., ...), in the loop's own vector type; a nan
-    window gives offset 0."""
+def winners(y: torch.Tensor, geom, other: torch.Tensor | None = None):
+    """Per window, the winning value, its offset in the window and `other` (shaped like y, or broadcasting
+    against it) there: the first element equal to the winner, found from the last element back (comparisons and
+    selects only; a chain of boolean ors and ands ran 3x slower). The offset is a float (0., 1., ...), in the
+    loop's own type; a nan window gives offset 0 and other's first element."""
     views = _views(y, geom)
     best = _pick(views, geom[0])
     offset = torch.zeros_like(best)
+    others = None if other is None else _views(other, geom)
+    at = None if other is None else others[0]
     for i in reversed(range(len(views))):
-        offset = torch.where(views[i] == best, float(i), offset)
-    return best, offset
+        hit = views[i] == best
+        offset = torch.where(hit, float(i), offset)
+        if other is not None:
+            at = torch.where(hit, others[i], at)
+    return best, offset, at
 
 
 def unpool(t: torch.Tensor, offset: torch.Tensor, geom) -> torch.Tensor:
@@ -137,9 +142,14 @@ def unpool_channel_sum(t: torch.Tensor, offset: torch.Tensor, groups: int, geom)
 
 
 def offsets_to_indices(offset: torch.Tensor, geom) -> torch.Tensor:
-    """Window offsets -> the flat (row * w + col) indices max pooling returns (the eager backward's input)."""
+    """Window offsets (floats) -> the flat (row * w + col) int64 indices max pooling returns. Counted in the
+    offsets' float type (exact below 2^24, checked) and converted last: int64 division has no vector
+    instructions, and doing it per element made the backward graph 4x slower."""
     _, kh, kw, oh, ow, h, w = geom
-    off = offset.long()
-    rows = torch.arange(oh, device=off.device).view(-1, 1) * kh + off // kw
-    cols = torch.arange(ow, device=off.device).view(1, -1) * kw + off % kw
-    return rows * w + cols
+    if h * w >= 1 << 24:
+        offset = offset.double()
+    row = torch.div(offset, kw, rounding_mode="floor")
+    col = offset - row * kw
+    rows = torch.arange(oh, device=offset.device, dtype=offset.dtype).view(-1, 1) * kh + row
+    cols = torch.arange(ow, device=offset.device, dtype=offset.dtype).view(1, -1) * kw + col
+    return (rows * w + cols).long()
