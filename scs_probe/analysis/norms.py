@@ -108,7 +108,9 @@ def _norm_grid(d: pd.DataFrame, x: str, out: Path, stem: str, title: str, per_ru
                     integer_epochs(ax)
     axes[0, 0].set_ylabel("weight L2 norm", fontsize=8)
     axes[1, 0].set_ylabel("grad L2 norm" + ("\n(mean over the epoch's batches)" if x == "epoch" else ""), fontsize=8)
-    fig.suptitle(title + ("; \u25bc on the bottom edge: a norm of 0 (no gradient)" if zeros else ""), fontsize=10)
+    zero_note = ("; \u25bc on the bottom edge: a norm of 0 (no gradient"
+                 + ("" if per_run else "; left out of the mean") + ")")
+    fig.suptitle(title + (zero_note if zeros else ""), fontsize=10)
     legend_below(fig, list(handles.values()), list(handles))
     return save(fig, out, stem)
 
