@@ -484,9 +484,10 @@ def trial_rows(study) -> list[dict]:
 
 def near_chance_warning(rows: list[dict], out=None) -> str:
     """'' unless every trial that reported a validation accuracy stayed near chance (its best epoch below
-    1.5 / classes, `analysis.provenance`): then the best trial is the least bad of runs that did not train, its p
-    means nothing, and the warning says so. The classes come from a trial's run (else CIFAR-10's 10)."""
-    from ..analysis.provenance import near_chance_threshold
+    1.5 / classes, the rule `analysis.provenance` applies to runs): then the best trial is the least bad of runs
+    that did not train, its p means nothing, and the warning says so. The classes come from a trial's run (else
+    CIFAR-10's 10)."""
+    from ..data import near_chance_threshold
     seen = [r for r in rows if r.get("best_val_acc", "") not in ("", None)]
     if not seen:
         return ""
