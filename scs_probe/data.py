@@ -29,6 +29,19 @@ DEFAULT_DATA_DIR = "./data"
 FOLDER = "cifar-10-batches-py"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 N_TRAIN_BATCHES = 5
+NEAR_CHANCE_FACTOR = 1.5  # final accuracy below 1.5 x chance (1 / classes): the run did not train
+
+
+def near_chance_threshold(num_classes) -> float:
+    """1.5 / classes: 0.15 for 10 classes, 0.015 for 100, 0.5 for 3 (unknown: CIFAR-10's 10). Here, beside the
+    data sets, so that training (the tune summary) and the analyses use one rule."""
+    try:
+        k = int(num_classes)
+    except (TypeError, ValueError):
+        k = 10
+    return NEAR_CHANCE_FACTOR / max(k, 2)
+
+
 _WARNED: set[Path] = set()
 
 

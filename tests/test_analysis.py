@@ -458,3 +458,141 @@ def test_seeds_share_their_variant_colour_and_log_ticks_read_plainly(tmp_path):
     labels = [t.get_text() for t in ax.get_yticklabels(which="both") if t.get_text()]
     plt.close(fig)
     assert labels and all(re.fullmatch(r"[0-9.]+", t) for t in labels), labels
+
+
+# ------------------------------------------------------------------------------------------- figure layouts
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions make, drawn and kept open instead of saved: stem -> Figure."""
+    from scs_probe.analysis.figures import plt
+    figures = {}
+
+    def keep(fig, out, stem, svg=True):
+        fig.canvas.draw()
+        figures[stem] = fig
+        return out / f"{stem}.png"
+
+    monkeypatch.setattr("scs_probe.analysis.figures.save", keep)
+    yield figures
+    for fig in figures.values():
+        plt.close(fig)
+
+
+def layout_problems(fig) -> list[str]:
+    """What a reader would trip over: text of one axes over another's (a title on the row above's x label),
+    tick labels of one axis on each other or in several sizes, a log axis with fewer than two labelled ticks,
+    a legend over an axes' data area."""
+    renderer = fig.canvas.get_renderer()
+    problems, texts = [], []
+    for i, ax in enumerate(fig.axes):
+        for kind, t in (("title", ax.title), ("xlabel", ax.xaxis.label), ("ylabel", ax.yaxis.label)):
+            if t.get_text() and t.get_visible():
+                texts.append((i, f"{kind} {t.get_text()!r}", t.get_window_extent(renderer)))
+        frame = ax.get_window_extent(renderer)
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            labels, boxes = [], []
+            for t in axis.get_ticklabels(which="both"):  # those of ticks in view, where text was drawn
+                box = t.get_window_extent(renderer)
+                inside = frame.x0 - 1 <= (box.x0 + box.x1) / 2 <= frame.x1 + 1 if name == "x" else \
+                    frame.y0 - 1 <= (box.y0 + box.y1) / 2 <= frame.y1 + 1
+                if t.get_text() and t.get_visible() and inside:
+                    labels.append(t)
+                    boxes.append(box)
+            if any(a.overlaps(b) for k, a in enumerate(boxes) for b in boxes[k + 1:]):
+                problems.append(f"axes {i}: {name} tick labels overlap ({[t.get_text() for t in labels]})")
+            if len({t.get_fontsize() for t in labels}) > 1:
+                problems.append(f"axes {i}: {name} tick labels in several sizes")
+            if axis.get_scale() == "log" and len(labels) < 2:
+                problems.append(f"axes {i}: log {name} axis with {len(labels)} labelled tick(s)")
+    for k, (i, what, box) in enumerate(texts):
+        for j, other, obox in texts[k + 1:]:
+            if i != j and box.overlaps(obox):
+                problems.append(f"{what} (axes {i}) overlaps {other} (axes {j})")
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    for legend in legends:
+        lbox = legend.get_window_extent(renderer)
+        for i, ax in enumerate(fig.axes):
+            if lbox.overlaps(ax.get_window_extent(renderer)):
+                problems.append(f"a legend covers the data of axes {i}")
+    return problems
+
+
+def fake_norms():
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    rows = []
+    for variant, grow in (("arch-conv-relu-max", 1.6), ("arch-scs-none-maxabs", 6.0)):
+        for seed in (0, 1):
+            run = f"{variant}-seed{seed}"
+            for layer, start in (("conv1", 5.2), ("conv2", 5.0), ("conv3", 3.6), ("conv4", 3.6), ("fc", 1.8)):
+                for epoch in range(3):
+                    rows.append((epoch, pd.NA, layer, "weight", start * grow ** min(epoch, 1) * rng.uniform(0.9, 1.3),
+                                 run, variant))
+                    if epoch:
+                        dead = variant.startswith("arch-conv") and seed == 0 and epoch == 2
+                        rows.append((epoch, pd.NA, layer, "grad", 0.0 if dead else 10 ** rng.uniform(-4, -0.5), run,
+                                     variant))
+    d = pd.DataFrame(rows, columns=["epoch", "batch", "layer", "kind", "l2", "run", "variant"])
+    d["batch"] = d["batch"].astype("string")
+    return d
+
+
+def test_norms_and_exponents_figures_are_readable(drawn, tmp_path):
+    import pandas as pd
+
+    from scs_probe.analysis.norms import plot_exponents, plot_norms
+    plot_norms(fake_norms(), tmp_path)
+    rng = np.random.default_rng(1)
+    exps = pd.DataFrame([(e, layer, c, 2 + rng.normal(0, 0.5) + 0.2 * e, f"arch-scs-none-maxabs-seed{s}")
+                         for s in (0, 1) for layer in ("conv1", "conv2", "conv3", "conv4") for c in range(16)
+                         for e in range(3)], columns=["epoch", "layer", "channel", "p", "run"])
+    plot_exponents(exps, tmp_path)
+    for stem in ("norms", "exponents"):
+        assert layout_problems(drawn[stem]) == [], stem
+    # one colour per variant in the norms, and the run whose gradient died is marked, not a line to the bottom
+    colours = {tuple(np.round(line.get_color(), 3)) if not isinstance(line.get_color(), str) else line.get_color()
+               for ax in drawn["norms"].axes for line in ax.get_lines()}
+    assert len(colours) == 2, colours
+    assert "norm of 0" in drawn["norms"].get_suptitle()
+
+
+def test_deletion_and_pgd_figures_show_variants_and_their_seeds(drawn, tmp_path):
+    """Seeds of a variant share its colour (thin lines), their mean is drawn thick with a band over seeds; the
+    robustness figure gets that band (it had none once more than 4 curves were drawn)."""
+    from matplotlib.colors import to_hex
+
+    from scs_probe.analysis.robustness import plot_curves
+    from scs_probe.analysis.saliency import SaliencyResult, plot_deletion
+    variants = {f"{v}-seed{s}": v for v in ("conv", "scs") for s in (0, 1, 2)}
+    fr = torch.linspace(0, 1, 6)
+    results = [SaliencyResult(m, None, None, None, None, None, torch.stack([fr, 1 - fr * k / 10], 1), fr,
+                              torch.full((4,), 0.3), torch.full((4,), 0.9)) for k, m in enumerate(variants)]
+    plot_deletion(results, tmp_path, variants)
+    rows, summary = [], []
+    for k, m in enumerate(variants):
+        for e in (0.0, 2 / 255, 4 / 255):
+            acc = 0.6 - k * 0.02 - e * 30
+            rows.append({"model": m, "attack": "pgd", "eps": e, "robust_acc": acc, "acc_lo": acc - 0.05,
+                         "acc_hi": acc + 0.05, "rel_acc": acc / 0.6})
+        summary.append({"model": m, "attack": "pgd", "auc": 0.5})
+    plot_curves(rows, summary, tmp_path, variants)
+    for stem in ("deletion", "pgd"):
+        fig = drawn[stem]
+        assert layout_problems(fig) == [], stem
+        ax = fig.axes[0]
+        colours = {to_hex(line.get_color()) for line in ax.get_lines()}
+        assert len(colours) == 2, (stem, colours)                         # one colour per variant
+        widths = sorted({line.get_linewidth() for line in ax.get_lines()})
+        assert len(ax.get_lines()) == 8 and widths[0] < widths[-1], stem   # 3 thin seeds + 1 thick mean each
+        assert len(ax.collections) >= 2, stem                             # a band per variant
+        legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+        assert len(legend) == 2 and all("3 seeds" in t for t in legend), legend
+
+
+def test_log_ticks_are_plain_and_neither_too_few_nor_too_many():
+    from scs_probe.analysis.figures import _log_ticks, plain_number
+    for lo, hi in ((2.4, 4.6), (3.5, 40), (1e-5, 3), (0.9, 1.1), (1e-12, 1), (5, 6)):
+        ticks = _log_ticks(lo, hi)
+        assert 2 <= len(ticks) <= 7 and all(lo <= t <= hi for t in ticks), (lo, hi, ticks)
+    assert [plain_number(v) for v in (1e-4, 0.001, 2.5, 40, 3e6)] == ["1e-4", "0.001", "2.5", "40", "3e6"]

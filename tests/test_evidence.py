@@ -434,3 +434,62 @@ def test_robustness_claim_verdicts(tmp_path, conv_keep, scs_keep, flags, verdict
     assert claim(runs, 4, pgd=tmp_path / "nothing").verdict == "not tested"
     no_clean = _pgd_files(tmp_path / "b", runs, conv_keep, scs_keep, eps=(2 / 255, 8 / 255))
     assert "needs eps 0" in claim(runs, 4, pgd=no_clean).evidence
+
+
+# ------------------------------------------------------------------------------------ feasible ranges, columns
+
+def test_pooled_accuracy_difference_is_clipped_to_the_feasible_range_and_says_so(tmp_path, capsys):
+    """Two seeds that disagree wildly (SCS right on every image in one, wrong on every one in the other): the
+    t interval with 1 df reaches far beyond [-1, 1], where no difference of accuracies lies; it is cut to it,
+    and the table says so. `n` counts images in every row, `seeds` the seeds, tau is printed."""
+    from scs_probe.cli import main
+    ok, wrong = np.ones(200, dtype=bool), np.zeros(200, dtype=bool)
+    runs = [fake_run(tmp_path, CONV, 0, wrong), fake_run(tmp_path, SCS, 0, ok),
+            fake_run(tmp_path, CONV, 1, ok | (np.arange(200) < 100)), fake_run(tmp_path, SCS, 1, wrong)]
+    rows = compare(runs, CONV.name, SCS.name, n_boot=200)
+    pooled = rows[-1]
+    assert pooled["seed"] == "all" and pooled["seeds"] == 2 and pooled["n"] == 200, pooled
+    assert [r["seeds"] for r in rows[:2]] == [1, 1] and [r["n"] for r in rows[:2]] == [200, 200]
+    assert -1 <= pooled["lo"] and pooled["hi"] <= 1 and "clipped to the feasible [-1, 1]" in pooled["interval"]
+    assert "clipped" not in rows[0]["interval"]
+    assert main(["compare", str(tmp_path), "--n-boot", "200"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header[:5] == ["a", "b", "seed", "seeds", "n"] and "tau" in header, header
+    all_row = next(line.split() for line in out.splitlines() if line.split()[2:3] == ["all"])
+    assert all_row[3] == "2" and all_row[4] == "200", all_row        # seeds, then images: never the seeds as n
+    assert float(all_row[header.index("tau")]) > 0.5
+    assert "interval clipped to the feasible [-1, 1]" in out
+
+
+def test_robustness_intervals_stay_within_minus_one_and_one(tmp_path):
+    """Robust/clean accuracy of SCS minus conv: +1 at one seed, -1 at the other. The pooled interval used to read
+    [-12.7, +12.7]; it is cut to [-1, 1] and the evidence says it was."""
+    import re
+
+    from scs_probe.analysis.claims import claim_robustness
+    from scs_probe.analysis.sources import run_labels
+    from scs_probe.storage import atomic_write, write_csv
+    ok, none = np.ones(50, dtype=bool), np.zeros(50, dtype=bool)
+    runs = [fake_run(tmp_path, v, s, ok) for s in (0, 1) for v in (CONV, SCS)]
+    labels = run_labels(runs)
+    robust = {labels[0]: [ok, none], labels[1]: [ok, ok], labels[2]: [ok, ok], labels[3]: [ok, none]}
+    pgd = tmp_path / "pgd"
+    atomic_write(pgd / "pgd_per_image.npz", lambda f: np.savez(
+        f, models=np.array(labels), attacks=np.array(["pgd"] * 4), eps=np.array([0, 0.03]),
+        robust=np.stack([np.stack(robust[m]) for m in labels])))
+    write_csv(pgd / "pgd_summary.csv", [{"model": m, "attack": "pgd", "masking_flags": ""} for m in labels])
+    v = claim_robustness(runs, CONV.name, SCS.name, pgd)
+    bounds = [float(x) for x in re.search(r"\[([-+0-9.]+), ([-+0-9.]+)\]", v.evidence).groups()]
+    assert bounds == [-1.0, 1.0] and "clipped to the feasible [-1, 1]" in v.evidence, v.evidence
+    assert v.verdict == "inconclusive"
+
+
+def test_interval_clipping_is_never_silent():
+    from scs_probe.stats import Interval
+    inside = Interval(0.5, 0.2, 0.8, "t", 3)
+    assert inside.clipped(0, 1) is inside and "clipped" not in inside.describe()
+    cut = Interval(0.05, -0.3, 0.4, "t", 2).clipped(0, 1)
+    assert (cut.lo, cut.hi, cut.estimate) == (0, 0.4, 0.05) and "clipped to the feasible [0, 1]" in cut.describe()
+    nan = Interval(0.1, float("nan"), float("nan"), "t", 1)
+    assert nan.clipped(0, 1) is nan

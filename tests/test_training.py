@@ -238,3 +238,20 @@ def test_sweep_over_seeds_summarises_each_variant(fake_cifar, tmp_path, capsys):
     a = load_checkpoint(tmp_path / "rohrer100k-conv-relu-max-seed0")["model"]["conv1.weight"]
     b = load_checkpoint(tmp_path / "rohrer100k-conv-relu-max-seed1")["model"]["conv1.weight"]
     assert not torch.equal(a, b)
+
+
+def test_variant_summary_says_where_its_interval_was_clipped():
+    """Test accuracies 0.10 and 0.30 over 2 seeds: the t interval (12.7 x the standard error) reaches far below
+    0 and above 1; it is cut to [0, 1], and the row names what was cut instead of cutting silently."""
+    from scs_probe.training.sweep import summarize_variants
+    axes = dict(arch="rohrer25k", layer="scs", activation="none", pool="maxabs", norm="none", image_size=32,
+                dataset="cifar10", status="finished")
+    runs = [dict(axes, variant="v", seed=s, test_acc=acc, val_acc="", test_acc_at_best="", train_seconds_mean=t,
+                 eval_seconds_mean=1.0) for s, acc, t in ((0, 0.1, 5.0), (1, 0.3, 50.0))]
+    (row,) = summarize_variants(runs)
+    assert (row["test_acc_ci_lo"], row["test_acc_ci_hi"]) == (0.0, 1.0)
+    assert row["clipped"].split() == ["test_acc", "train_seconds_mean"]   # eval seconds agree: not cut
+    assert "clipped to the feasible range" in row["interval"] and "test_acc" in row["interval"]
+    runs[1]["test_acc"] = 0.11
+    (row,) = summarize_variants(runs)
+    assert row["clipped"] == "train_seconds_mean" and 0 < row["test_acc_ci_lo"] < row["test_acc_ci_hi"] < 1

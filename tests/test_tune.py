@@ -129,3 +129,27 @@ def test_tune_workers_on_ray_fill_one_study(fake_cifar, tmp_path, capsys):
     assert 4 <= len(rows) <= 5 and all(r["state"] == "complete" for r in rows)
     assert len({r["p"] for r in rows}) == len(rows)  # workers draw different points
     assert "best: trial" in capsys.readouterr().out
+
+
+def test_tune_warns_when_every_trial_stayed_near_chance(tmp_path, capsys, monkeypatch):
+    """Trials whose best validation accuracy stayed below 1.5 / classes did not train: the summary says so rather
+    than present the least bad of them as the best p."""
+    from optuna.distributions import FloatDistribution
+
+    def study_of(*accs):
+        study = optuna.create_study(direction="maximize")
+        for acc in accs:
+            study.add_trial(optuna.trial.create_trial(
+                params={"p": 1.5}, distributions={"p": FloatDistribution(0.5, 4.0, log=True)}, value=acc,
+                intermediate_values={0: acc}, user_attrs={"test_acc": acc, "n_val": 150}))
+        return study
+
+    low = study_of(0.11, 0.14)
+    warning = tune_module.near_chance_warning(tune_module.trial_rows(low), tmp_path)
+    assert warning.startswith("warning: all 2 trials stayed near chance") and "0.140 < 0.150" in warning
+    assert tune_module.near_chance_warning(tune_module.trial_rows(study_of(0.11, 0.4)), tmp_path) == ""
+    assert tune_module.near_chance_warning([], tmp_path) == ""
+    monkeypatch.setattr(tune_module, "tune", lambda *a, **k: low)
+    assert main(["tune", "--n-trials", "2", "--quiet", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "best: trial 1" in out and "warning: all 2 trials stayed near chance" in out, out

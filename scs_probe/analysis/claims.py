@@ -229,6 +229,7 @@ def claim_saliency(runs, conv: str, scs: str, saliency_dir: Path) -> Verdict:
         return Verdict(CLAIMS[3], pair, "the saliency analysis does not cover both", NOT_TESTED,
                        hypothesis=h.describe())
     pooled = pool_paired(diffs)
+    pooled = replace(pooled, interval=pooled.interval.clipped(-1.0, 1.0))  # Gini indices lie in [0, 1]
     text = f"Gini sparseness {scs} - {conv}: {pooled.interval.describe()}; {_seeds_text(pooled)}"
     verdict = _decide(CLAIMS[3], pair, h, pooled, text, _test_split(runs, pooled.n_images), images="saliency images")
     flags = {r["model"]: r.get("rand_flag", "") for r in read_csv(Path(saliency_dir) / "saliency_summary.csv")}
@@ -271,6 +272,9 @@ def claim_robustness(runs, conv: str, scs: str, pgd_dir: Path) -> Verdict:
     for k in range(1, len(eps)):
         stats = [ratio_difference(rb[k], rb[0], ra[k], ra[0]) for ra, rb in robust.values()]
         pooled = pool_seeds([m for m, _ in stats], [v for _, v in stats], n_images, level=level)
+        # robust/clean accuracies lie in [0, 1], their difference in [-1, 1]: an interval reaching beyond (a few
+        # seeds that disagree, t with 1 or 2 df) is cut to it, and says so in its evidence
+        pooled = replace(pooled, interval=pooled.interval.clipped(-1.0, 1.0))
         if not any((ra[k] != rb[k]).any() for ra, rb in robust.values()):  # nothing to tell them apart
             pooled = replace(pooled, interval=Interval(pooled.interval.estimate, math.nan, math.nan,
                                                        "identical on every image", pooled.interval.n))

@@ -4,7 +4,7 @@ differences (`stats.pooling`) where several seeds exist."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -97,23 +97,28 @@ def accuracy_pool(runs: list[RunDir], a: str, b: str) -> Pooled | None:
     pairs = paired_correct(runs, a, b)
     if not pairs:
         return None
-    return pool_paired([rb.astype(float) - ra.astype(float) for _, ra, rb in pairs.values()])
+    pooled = pool_paired([rb.astype(float) - ra.astype(float) for _, ra, rb in pairs.values()])
+    # a difference of accuracies lies in [-1, 1]; the t interval over a few spread seeds can reach beyond it
+    return replace(pooled, interval=pooled.interval.clipped(-1.0, 1.0))
 
 
 def compare(runs: list[RunDir], a: str, b: str, n_boot: int = 2000, seed: int = 0) -> list[dict]:
-    """Rows for b minus a: one per seed both have, and one pooled over seeds ('all') where there are several."""
+    """Rows for b minus a: one per seed both have, and one pooled over seeds ('all') where there are several.
+    seeds: how many seeds the row rests on; n: the test images of each seed (for 'all': the fewest of any
+    seed); tau: the spread between seeds (random effects; 'all' only); interval: its kind, and whether it was
+    clipped to the feasible [-1, 1]."""
     pairs = paired_correct(runs, a, b)
     rows = []
     label = "95% paired bootstrap over this seed's test images" + (f" ({ONE_SEED})" if len(pairs) == 1 else "")
     for s, (common, ra, rb) in pairs.items():
         d, m = paired_difference(ra, rb, n_boot=n_boot, seed=seed), mcnemar_exact(ra, rb)
-        rows.append({"a": a, "b": b, "seed": s, "n": len(common), "acc_a": ra.mean(), "acc_b": rb.mean(),
+        rows.append({"a": a, "b": b, "seed": s, "seeds": 1, "n": len(common), "acc_a": ra.mean(), "acc_b": rb.mean(),
                      "diff": d.estimate, "lo": d.lo, "hi": d.hi, "tau": "", "interval": label,
                      "only_a": m.only_a, "only_b": m.only_b, "mcnemar_p": m.p_value,
                      "within_noise": d.covers(0) or m.p_value >= 0.05})  # the exact test must agree
     if len(pairs) > 1:
         p = accuracy_pool(runs, a, b)
-        rows.append({"a": a, "b": b, "seed": "all", "n": p.k,
+        rows.append({"a": a, "b": b, "seed": "all", "seeds": p.k, "n": p.n_images,
                      "acc_a": float(np.mean([ra.mean() for _, ra, _ in pairs.values()])),
                      "acc_b": float(np.mean([rb.mean() for _, _, rb in pairs.values()])),
                      "diff": p.interval.estimate, "lo": p.interval.lo, "hi": p.interval.hi,
@@ -125,7 +130,8 @@ def compare(runs: list[RunDir], a: str, b: str, n_boot: int = 2000, seed: int = 
 def plot_comparisons(rows: list[dict], out: Path):
     from .figures import plt, save
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4))
-    labels = [f"{r['b']} - {r['a']} (seed {r['seed']})" for r in rows]
+    labels = [f"{r['b']} - {r['a']} (seed {r['seed']})" + (" [clipped to -1, 1]" if "clipped" in r["interval"] else "")
+              for r in rows]
     for i, r in enumerate(rows):
         color = "tab:gray" if r["within_noise"] else ("tab:green" if r["diff"] > 0 else "tab:red")
         ax.errorbar(r["diff"], i, xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]], fmt="o", color=color,
@@ -147,7 +153,8 @@ class ComparisonAnalysis(Analysis):
     summary_file = "comparisons.csv"
     figure_stems = ("comparisons",)
     reads_predictions = True
-    stored_columns = {"comparisons.csv": ("tau",)}  # seeds pooled by random effects
+    # tau: seeds pooled by random effects; seeds: n counts images in every row (it once held the seeds of 'all')
+    stored_columns = {"comparisons.csv": ("tau", "seeds")}
 
     def _run(self, runs, out: Path, context: Context) -> AnalysisResult:
         pairs = self.config.pairs if self.config.pairs is not None else study_pairs(runs)

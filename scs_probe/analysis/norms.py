@@ -63,41 +63,88 @@ def _shown_layers(layers: list[str]) -> list[str]:
     return [layers[round(k * (len(layers) - 1) / (MAX_PANELS - 1))] for k in range(MAX_PANELS)]
 
 
-def plot_norms(norms: pd.DataFrame, out: Path):
-    """Per-epoch weight (top row) and gradient (bottom row) norms as small multiples: a panel per layer, a line
-    per run, the legend below the panels."""
-    from .figures import integer_epochs, plain_log_axis, plt, run_styles, save
-    per_epoch = norms[norms["batch"].isna() | (norms["batch"] == "")]
-    layers = _shown_layers(list(dict.fromkeys(per_epoch["layer"])))
-    runs = list(dict.fromkeys(per_epoch["run"]))
-    variant_of = dict(zip(per_epoch["run"], per_epoch["variant"]))
-    styles = run_styles(runs, [variant_of[r] for r in runs])
-    fig, axes = plt.subplots(2, len(layers), figsize=(2.9 * len(layers) + 0.8, 5.6), squeeze=False)
+def _variant_curves(d: pd.DataFrame, x: str, runs: list[str]):
+    """(x values, [run, x] array of l2, nan where a run lacks that x) for the runs given."""
+    table = d.pivot_table(index="run", columns=x, values="l2", aggfunc="mean").reindex(runs)
+    return table.columns.to_numpy(), table.to_numpy(dtype=float)
+
+
+def _mark_zeros(ax, x, curves, color, small: bool = False) -> bool:
+    """A norm of exactly 0 (no gradient: dead units) has no place on a log axis: a triangle on the bottom edge
+    says where it is (small: many x, as mini-batches are). Returns whether there was one."""
+    import numpy as np
+    zero = np.asarray(curves == 0).any(axis=0)
+    if zero.any():
+        ax.plot(np.asarray(x)[zero], [0.0] * int(zero.sum()), linestyle="none", marker="v", ms=3 if small else 6,
+                mew=0, color=color, transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+    return bool(zero.any())
+
+
+def _norm_grid(d: pd.DataFrame, x: str, out: Path, stem: str, title: str, per_run: bool):
+    """Weight (top row) and gradient (bottom row) norms, a column per layer (at most MAX_PANELS), one colour
+    per variant; per_run: every run a thin line (mini-batches), else each variant's seeds as thin lines with
+    their mean and range."""
+    import numpy as np
+
+    from .figures import integer_epochs, legend_below, plain_log_axis, plt, save, seed_band, shorten, variant_palette
+    layers = _shown_layers(list(dict.fromkeys(d["layer"])))
+    runs = list(dict.fromkeys(d["run"]))
+    variant_of = dict(zip(d["run"], d["variant"]))
+    variants = list(dict.fromkeys(variant_of[r] for r in runs))
+    pal = variant_palette(variants)
+    width = max(2.5 * len(layers) + 0.9, 6.0)
+    fig, axes = plt.subplots(2, len(layers), figsize=(width, 5.2), squeeze=False, sharex="col",
+                             layout="constrained")
+    handles, zeros = {}, False
     for row, kind in enumerate(("weight", "grad")):
         for col, layer in enumerate(layers):
             ax = axes[row, col]
-            d = per_epoch[(per_epoch["kind"] == kind) & (per_epoch["layer"] == layer)]
-            for run in runs:
-                r = d[d["run"] == run].sort_values("epoch")
-                ax.plot(r["epoch"], r["l2"], marker="o", ms=2.5, **styles[run])
+            sel = d[(d["kind"] == kind) & (d["layer"] == layer)]
+            for variant in variants:
+                mine = [r for r in runs if variant_of[r] == variant and r in set(sel["run"])]
+                if not mine:
+                    continue
+                xs, curves = _variant_curves(sel, x, mine)
+                label = f"{variant} ({len(mine)} seeds: mean, band = range)" if len(mine) > 1 and not per_run \
+                    else variant
+                if per_run:
+                    for c in curves:
+                        line = ax.plot(xs, np.where(c > 0, c, np.nan), color=pal[variant], lw=0.6, alpha=0.7,
+                                       label=label)[0]
+                else:
+                    line = seed_band(ax, xs, np.where(curves > 0, curves, np.nan), pal[variant], label)
+                handles.setdefault(label, line)
+                zeros |= _mark_zeros(ax, xs, curves, pal[variant], small=per_run)
             plain_log_axis(ax)
-            ax.set_title(f"{layer}: {kind}" + (" (mean over batches)" if kind == "grad" else ""), fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.set_xlabel("epoch" if row == 1 else "", fontsize=8)
-            integer_epochs(ax)
-        axes[row, 0].set_ylabel(f"{kind} L2 norm", fontsize=8)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7,
-               bbox_to_anchor=(0.5, -0.03 - 0.03 * ((len(labels) - 1) // 4)))
-    fig.tight_layout()
-    return save(fig, out, "norms")
+            ax.tick_params(which="both", labelsize=7)
+            if row == 0:
+                ax.set_title(shorten(layer, 24), fontsize=9)
+            if row == 1:
+                ax.set_xlabel(x if x != "step" else "mini-batch (global step)", fontsize=8)
+                if x == "epoch":
+                    integer_epochs(ax)
+    axes[0, 0].set_ylabel("weight L2 norm", fontsize=8)
+    axes[1, 0].set_ylabel("grad L2 norm" + ("\n(mean over the epoch's batches)" if x == "epoch" else ""), fontsize=8)
+    zero_note = ("; \u25bc on the bottom edge: a norm of 0 (no gradient"
+                 + ("" if per_run else "; left out of the mean") + ")")
+    fig.suptitle(title + (zero_note if zeros else ""), fontsize=10)
+    legend_below(fig, list(handles.values()), list(handles))
+    return save(fig, out, stem)
+
+
+def plot_norms(norms: pd.DataFrame, out: Path):
+    """Per-epoch weight (top row) and gradient (bottom row) norms as small multiples: a column per layer, a
+    colour per variant (its seeds thin, their mean thick, the range a band), the legend below the panels."""
+    per_epoch = norms[norms["batch"].isna() | (norms["batch"] == "")]
+    shown = len(_shown_layers(list(dict.fromkeys(per_epoch["layer"]))))
+    layers = per_epoch["layer"].nunique()
+    return _norm_grid(per_epoch, "epoch", out, "norms", "L2 norms per epoch (log scale)"
+                      + (f"; {shown} of {layers} layers, evenly spaced" if shown < layers else ""), per_run=False)
 
 
 def plot_batch_norms(norms: pd.DataFrame, out: Path):
-    """Per-mini-batch norms where recorded (TrainOptions.norms_every_batch), against the global step."""
-    import seaborn as sns
-
-    from .figures import plain_log_axis, plt, save
+    """Per-mini-batch norms where recorded (TrainOptions.norms_every_batch), against the global step: the same
+    grid as `plot_norms`, every run a thin line."""
     d = norms[norms["batch"].notna() & (norms["batch"] != "")].copy()
     if d.empty:
         return None
@@ -105,35 +152,48 @@ def plot_batch_norms(norms: pd.DataFrame, out: Path):
     per_epoch = d.groupby(["run", "epoch"])["batch"].max().add(1).groupby(level=0).cumsum()
     offsets = per_epoch.groupby(level=0).shift(fill_value=0)
     d["step"] = d["batch"] + [offsets.loc[(r, e)] for r, e in zip(d["run"], d["epoch"])]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, kind in zip(axes, ("weight", "grad")):
-        sns.lineplot(data=d[d["kind"] == kind], x="step", y="l2", hue="layer",
-                     style="run" if d["run"].nunique() > 1 else None, ax=ax, linewidth=0.8)
-        plain_log_axis(ax)
-        ax.set_title(f"{kind} L2 norm per mini-batch")
-        ax.legend(fontsize=6)
-    return save(fig, out, "norms_per_batch")
+    return _norm_grid(d, "step", out, "norms_per_batch", "L2 norms per mini-batch (log scale; each run a line)",
+                      per_run=True)
 
 
 def plot_exponents(exps: pd.DataFrame, out: Path):
-    """p per kernel over epochs: the first sharpened layer's kernels one line each, later layers mean +- sd."""
-    import seaborn as sns
+    """p per kernel over epochs, a row per run: the first sharpened layer's kernels one line each (left), every
+    sharpened layer's mean +- sd over its kernels (right, layers side by side at each epoch)."""
+    import numpy as np
 
-    from .figures import integer_epochs, plt, save
+    from .figures import integer_epochs, legend_below, plt, save, shorten
     if exps.empty:
         return None
     runs = list(dict.fromkeys(exps["run"]))
-    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.6 * len(runs)), squeeze=False)
+    layers = list(dict.fromkeys(exps["layer"]))
+    colors = dict(zip(layers, plt.get_cmap("viridis")(np.linspace(0, 0.85, len(layers)))))
+    fig, axes = plt.subplots(len(runs), 2, figsize=(10, 2.7 * len(runs) + 0.9), squeeze=False, sharey=True,
+                             layout="constrained")
+    handles = {}
     for i, run in enumerate(runs):
         e = exps[exps["run"] == run]
         first = e["layer"].iloc[0]
-        d = e[e["layer"] == first]
-        sns.lineplot(data=d, x="epoch", y="p", units="channel", estimator=None, ax=axes[i, 0], linewidth=0.7,
-                     alpha=0.7, color="tab:blue")
-        axes[i, 0].set_title(f"{run}: p of each kernel of {first}", fontsize=9)
-        sns.lineplot(data=e, x="epoch", y="p", hue="layer", errorbar="sd", ax=axes[i, 1])
-        axes[i, 1].set_title(f"{run}: p per layer (mean, sd band)", fontsize=9)
-        integer_epochs(axes[i, 0], axes[i, 1])
+        kernels = e[e["layer"] == first].pivot_table(index="epoch", columns="channel", values="p")
+        axes[i, 0].plot(kernels.index, kernels.to_numpy(), color="tab:blue", lw=0.6, alpha=0.45)
+        axes[i, 0].set_title(f"{shorten(first, 20)}: p of each of its {kernels.shape[1]} kernels", fontsize=8)
+        mine = [layer for layer in layers if layer in set(e["layer"])]
+        width = 0.5 / max(len(mine), 1)
+        for k, layer in enumerate(mine):
+            stats = e[e["layer"] == layer].groupby("epoch")["p"].agg(["mean", "std"])
+            x = stats.index.to_numpy() + (k - (len(mine) - 1) / 2) * width
+            h = axes[i, 1].errorbar(x, stats["mean"], yerr=stats["std"].fillna(0), color=colors[layer], marker="o",
+                                    ms=3.5, lw=1.2, capsize=2, elinewidth=0.8)
+            handles.setdefault(shorten(layer, 24), h)
+        axes[i, 1].set_title("p per layer: mean \u00b1 sd over its kernels", fontsize=8)
+        axes[i, 0].set_ylabel(f"{shorten(run, 34)}\np", fontsize=8)
+        for ax in axes[i]:
+            ax.tick_params(labelsize=7)
+            integer_epochs(ax)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
+    fig.suptitle("Learned exponents p of the sharpened layers", fontsize=10)
+    legend_below(fig, list(handles.values()), [f"layer {name}" for name in handles],
+                 ncol=min(len(handles), 6))
     return save(fig, out, "exponents")
 
 

@@ -3,17 +3,9 @@ whether two runs ran alike (the SCS backend actually used, threads, host, device
 
 from __future__ import annotations
 
-NEAR_CHANCE_FACTOR = 1.5  # final test accuracy below 1.5 x chance (1 / classes): the run did not train
+from ..data import near_chance_threshold  # 1.5 / classes: one rule for training's summaries and the analyses
+
 ENVIRONMENT_KEYS = ("backend", "threads", "host", "device", "gpu", "cuda", "torch")
-
-
-def near_chance_threshold(num_classes) -> float:
-    """1.5 / classes: 0.15 for 10 classes, 0.015 for 100, 0.5 for 3 (unknown: CIFAR-10's 10)."""
-    try:
-        k = int(num_classes)
-    except (TypeError, ValueError):
-        k = 10
-    return NEAR_CHANCE_FACTOR / max(k, 2)
 
 
 def near_chance(row: dict) -> bool:

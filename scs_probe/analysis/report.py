@@ -183,7 +183,8 @@ def image_sources(rows: list[dict], configs: dict) -> dict[str, str]:
 
 def study_summary(study: StudyDir, root: Path) -> dict:
     """What the report shows of one fixed-p search: trial counts by state, the best complete trial, the range of
-    p tried, the settings the trials shared, and its figure."""
+    p tried, the settings the trials shared, its figure, and a warning where every trial stayed near chance."""
+    from ..training.tune import near_chance_warning
     rows = study.read_trials()
     done = [r for r in rows if r["state"] == "complete" and r.get("val_acc", "") != ""]
     best = max(done, key=lambda r: float(r["val_acc"]), default=None)  # chosen on validation, as tune chose
@@ -197,6 +198,7 @@ def study_summary(study: StudyDir, root: Path) -> dict:
                          for k in ("arch", "layer", "activation", "pool", "dataset", "epochs", "max_lr", "batch_size",
                                    "limit_train")} if options else {},
             "rows": sorted(done, key=lambda r: float(r["p"])),
+            "warning": near_chance_warning(rows, study.path).removeprefix("warning: "),
             "figure": data_uri(study.figure_path) if study.figure_path.is_file() else None}
 
 

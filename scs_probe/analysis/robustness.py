@@ -239,37 +239,47 @@ def masking_checks(models: list[LoadedModel], images, labels, rows: list[dict], 
 
 
 def plot_curves(rows, summary, out: Path, variants: dict | None = None):
-    """Raw robust accuracy (with its interval) and robust accuracy relative to clean, eps in x/255; one colour
-    per variant (`variants`: model label -> variant name; seeds as thin lines)."""
-    from .figures import plt, run_styles, save
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    """Robust accuracy and robust accuracy relative to clean against eps (x/255): one colour per variant
+    (`variants`: model label -> variant name), a line style per attack. A variant of one seed: its line with the
+    95% exact binomial band over images; of several: each seed a thin line, their mean thick and the range over
+    seeds a band. The legend, below the axes, gives each curve's area (mean over seeds)."""
+    import numpy as np
+
+    from .figures import legend_below, plt, save, seed_band, variant_palette
     variants = variants or {}
-    styles = run_styles(models, [variants.get(m, m) for m in models])
-    pal = {m: styles[m]["color"] for m in models}
-    line = {"pgd": "-", "square": "--", "autoattack": ":"}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    groups: dict[tuple[str, str], list[str]] = {}
     for s in summary:
-        sel = sorted((r for r in rows if r["model"] == s["model"] and r["attack"] == s["attack"]),
-                     key=lambda r: r["eps"])
-        x = [r["eps"] * 255 for r in sel]
-        kw = dict(marker="o", ms=3, color=pal[s["model"]], linestyle=line[s["attack"]],
-                  lw=styles[s["model"]]["lw"], alpha=styles[s["model"]]["alpha"])
-        legend = styles[s["model"]]["label"]
-        shown = legend != "_nolegend_"
-        axes[0].plot(x, [r["robust_acc"] for r in sel], **kw,
-                     label=f"{legend} {s['attack']}" + ("" if " seeds)" in legend else f" (area {s['auc']:.3f})")
-                     if shown else legend)
-        if len(summary) <= 4:  # more bands only pile up; the intervals are in pgd.csv
-            axes[0].fill_between(x, [r["acc_lo"] for r in sel], [r["acc_hi"] for r in sel], color=pal[s["model"]],
-                                 alpha=0.12, linewidth=0)
-        axes[1].plot(x, [r["rel_acc"] for r in sel], label=f"{legend} {s['attack']}" if shown else legend, **kw)
-    axes[0].set(xlabel="eps (x/255, L-inf)", ylabel="robust accuracy", ylim=(-0.02, 1.02),
-                title="Robust accuracy" + (" (95% exact binomial band)" if len(summary) <= 4 else ""))
-    axes[1].set(xlabel="eps (x/255, L-inf)", ylabel="robust / clean accuracy", ylim=(-0.02, 1.05),
-                title="Relative to clean accuracy")
-    fig.tight_layout()
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=2, fontsize=7,
-               bbox_to_anchor=(0.5, 0.0))  # below the axes and their labels
+        groups.setdefault((variants.get(s["model"], s["model"]), s["attack"]), []).append(s["model"])
+    pal = variant_palette(list(dict.fromkeys(v for v, _ in groups)))
+    area = {(s["model"], s["attack"]): s["auc"] for s in summary}
+    line = {"pgd": "-", "square": "--", "autoattack": ":"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
+    handles, labels = [], []
+    for (variant, attack), models in groups.items():
+        per = [sorted((r for r in rows if r["model"] == m and r["attack"] == attack), key=lambda r: r["eps"])
+               for m in models]
+        x = [r["eps"] * 255 for r in per[0]]
+        acc = np.array([[r["robust_acc"] for r in sel] for sel in per], dtype=float)
+        rel = np.array([[r["rel_acc"] for r in sel] for sel in per], dtype=float)
+        kw = dict(color=pal[variant], linestyle=line.get(attack, "-"))
+        handles.append(seed_band(axes[0], x, acc, label=variant, **kw))
+        seed_band(axes[1], x, rel, label=variant, **kw)
+        if len(models) == 1:  # one seed: the images' uncertainty
+            axes[0].fill_between(x, [r["acc_lo"] for r in per[0]], [r["acc_hi"] for r in per[0]],
+                                 color=pal[variant], alpha=0.12, linewidth=0)
+        mean_area = float(np.mean([area[(m, attack)] for m in models]))
+        labels.append(f"{variant} {attack}: area {mean_area:.3f}" + (
+            f" (mean of {len(models)} seeds; band: range over seeds)" if len(models) > 1
+            else " (band: 95% exact binomial over images)"))
+    ticks = sorted({r["eps"] * 255 for r in rows})
+    for ax in axes:
+        ax.set_xlabel("eps (x/255, L-inf)")
+        if len(ticks) <= 9:  # ticks at the eps attacked; more would crowd: the default ticks then
+            ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+            ax.tick_params(axis="x", labelrotation=45 if max(len(f"{t:.3g}") for t in ticks) > 3 else 0)
+    axes[0].set(ylabel="robust accuracy", ylim=(-0.02, 1.02), title="Robust accuracy")
+    axes[1].set(ylabel="robust / clean accuracy", ylim=(-0.02, 1.05), title="Relative to clean accuracy")
+    legend_below(fig, handles, labels, ncol=1 if len(labels) < 4 else 2)
     return save(fig, out, "pgd")
 
 

@@ -14,7 +14,7 @@ from ..stats import ratio_interval, t_interval
 from ..storage import atomic_write, write_csv
 from .base import Analysis, AnalysisConfig, AnalysisResult, Context
 from .metrics import COMPLEXITY, DELETION_AUC, SPARSENESS, entropy, gini
-from .sources import LoadedModel, check_classes, load_models, runs_dataset, select_test_images
+from .sources import LoadedModel, check_classes, load_models, run_labels, runs_dataset, select_test_images
 
 TARGETS = ("label", "pred")
 
@@ -181,18 +181,33 @@ def plot_grid(results: list[SaliencyResult], images, labels, out: Path, per_imag
     return save(fig, out, "saliency")
 
 
-def plot_deletion(results: list[SaliencyResult], out: Path):
-    from .figures import plt, save, variant_palette
-    pal = variant_palette([r.model for r in results])
-    fig, ax = plt.subplots(figsize=(6, 4))
+def plot_deletion(results: list[SaliencyResult], out: Path, variants: dict | None = None):
+    """Mean target probability as the most salient pixels are removed: one colour per variant (`variants`: model
+    label -> variant name), its seeds thin lines with their mean thick and their range a band; the legend,
+    below the axes, gives each variant's area relative to its start (sum / sum over images) per seed."""
+    import numpy as np
+
+    from .figures import legend_below, plt, save, seed_band, variant_palette
+    variants = variants or {}
+    groups: dict[str, list[SaliencyResult]] = {}
     for r in results:
-        ax.plot(r.fractions.numpy(), r.deletion[:, 1].numpy(), marker="o", ms=3, color=pal[r.model],
-                label=f"{r.model} (AUC {r.deletion_auc.mean():.3f}, "
-                      f"/ start {normalised_deletion(r.deletion_auc, r.start_prob).estimate:.3f})")
+        groups.setdefault(variants.get(r.model, r.model), []).append(r)
+    pal = variant_palette(list(groups))
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
+    handles, labels = [], []
+    for variant, rs in groups.items():
+        curves = np.stack([r.deletion[:, 1].numpy() for r in rs])
+        ratios = ", ".join(f"{normalised_deletion(r.deletion_auc, r.start_prob).estimate:.3f}" for r in rs)
+        many = len(rs) > 1
+        handles.append(seed_band(ax, rs[0].fractions.numpy(), curves, pal[variant], variant))
+        labels.append(f"{variant}: area / start {ratios}" + (f" ({len(rs)} seeds: mean, band = range)" if many
+                                                             else ""))
     ax.set_xlabel("fraction of most salient pixels removed")
     ax.set_ylabel("mean target probability")
-    ax.set_title("Deletion curves (lower area: the map found what the model uses)")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below, off the curves
+    ax.set_xlim(0, 1)
+    ax.set_title("Deletion curves (lower area relative to the start: the map found what the model uses)",
+                 fontsize=10)
+    legend_below(fig, handles, labels, ncol=1)
     return save(fig, out, "deletion")
 
 
@@ -311,7 +326,7 @@ class SaliencyAnalysis(Analysis):
         results = run_saliency(models, images, labels, c.target, c.deletion_steps, context.device)
         summary = write_outputs(results, images, labels, idx, out, classes)
         figures = {"saliency": plot_grid(results, images, labels, out, c.per_image_scale, c.grid_images, classes),
-                   "deletion": plot_deletion(results, out)}
+                   "deletion": plot_deletion(results, out, dict(zip(run_labels(runs), (r.name for r in runs))))}
         if not c.per_image_scale:
             plot_grid(results, images, labels, out / "per_image", per_image_scale=True, n_images=c.grid_images,
                       classes=classes)

@@ -162,8 +162,14 @@ def compare(directory, pairs, n_boot, out):
     result, dest = _run_analysis(analysis, runs, out, directory)
     if not result.summary:  # an empty table is never the answer without its reason
         raise NoRunsError(_empty_comparison(runs, analysis.config.pairs))
-    print_table(result.summary, ("a", "b", "seed", "n", "acc_a", "acc_b", "diff", "lo", "hi", "mcnemar_p",
-                                 "within_noise"))
+    print_table(result.summary, ("a", "b", "seed", "seeds", "n", "acc_a", "acc_b", "diff", "lo", "hi", "tau",
+                                 "mcnemar_p", "within_noise"))
+    click.echo("seeds: the seeds a row rests on; n: test images of each seed; lo, hi: 95% interval of diff (b - a); "
+               "tau: the spread of diff between seeds (seed all)")
+    for r in result.summary:
+        if "clipped" in str(r.get("interval", "")):
+            click.echo(f"{r['b']} - {r['a']} (seed {r['seed']}): interval {r['interval'].split('; ')[-1]} (it "
+                       "reached beyond what a difference of accuracies can be)")
     click.echo(f"outputs: {dest}")
 
 

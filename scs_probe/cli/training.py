@@ -107,14 +107,15 @@ def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_na
     trial and its test accuracy on stdout."""
     from ..rundir import StudyDir
     from ..training import TrainOptions
-    from ..training.tune import TuneConfig, trial_rows
+    from ..training.tune import TuneConfig, near_chance_warning, trial_rows
     from ..training.tune import tune as run_tune
     config = TuneConfig(n_trials=n_trials, p_range=p_range, lr_range=lr_range, search=tuple(search),
                         pruner=pruner, storage=storage, study_name=study_name, seed=tune_seed)
     base = TrainOptions(variant=variant, **kw)
     out_dir = Path(out or Path("tune") / arch_dir(variant.arch))
     study = run_tune(base, out_dir, config, progress=not quiet, executor=executor)
-    print_table(trial_rows(study), ("number", "p", "max_lr", "state", "val_acc", "test_acc", "epochs"))
+    rows = trial_rows(study)
+    print_table(rows, ("number", "p", "max_lr", "state", "val_acc", "test_acc", "epochs"))
     try:
         best = study.best_trial
         test = best.user_attrs.get("test_acc")
@@ -125,4 +126,7 @@ def tune(variant, n_trials, p_range, search, lr_range, pruner, storage, study_na
                    + f"({StudyDir(out_dir).trial(best.number)})")
     except ValueError:
         click.echo("best: no trial completed")
+    warning = near_chance_warning(rows, out_dir)
+    if warning:
+        click.echo(warning)
     click.echo(f"trials: {StudyDir(out_dir).trials_path}")

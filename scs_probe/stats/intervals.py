@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats as sps
@@ -30,10 +30,23 @@ class Interval:
     def defined(self) -> bool:
         return math.isfinite(self.lo) and math.isfinite(self.hi)
 
+    def clipped(self, lo: float, hi: float) -> Interval:
+        """The interval cut to the feasible range [lo, hi] (a difference of accuracies lies in [-1, 1]), never
+        silently: a bound that reached beyond it is cut and the method says so (`describe` shows it)."""
+        if not self.defined or (self.lo >= lo and self.hi <= hi):
+            return self
+        return replace(self, lo=max(self.lo, lo), hi=min(self.hi, hi),
+                       method=f"{self.method}; {clip_note(lo, hi)}")
+
     def describe(self, fmt: str = ".3f") -> str:
         if not self.defined:
             return f"{self.estimate:{fmt}} (no interval, n={self.n})"
         return f"{self.estimate:{fmt}} [{self.lo:{fmt}}, {self.hi:{fmt}}] ({self.method}, n={self.n})"
+
+
+def clip_note(lo: float, hi: float) -> str:
+    """What a cut interval says of itself: 'clipped to the feasible [-1, 1]'."""
+    return f"clipped to the feasible [{lo:g}, {hi:g}]"
 
 
 def t_interval(values, level: float = LEVEL) -> Interval:

@@ -4,6 +4,7 @@ after another, or in parallel on an executor (`executors`)."""
 from __future__ import annotations
 
 import fnmatch
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +44,9 @@ def summarize_variants(rows: list[dict]) -> list[dict]:
     """Per variant, over its finished runs (one per seed): mean, standard deviation and a 95 % Student-t
     interval of final test and validation accuracy, of the test accuracy at the best validation epoch (empty
     without a validation split) and of seconds per epoch. Runs still training or diverged are
-    counted apart and left out of the statistics."""
+    counted apart and left out of the statistics. An interval reaching beyond what the quantity can be
+    (accuracies [0, 1], seconds above 0; a t interval over 2 or 3 spread seeds easily does) is cut to it, and
+    never silently: `clipped` names the quantities cut, `interval` says so."""
     out = []
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
@@ -51,18 +54,22 @@ def summarize_variants(rows: list[dict]) -> list[dict]:
         row = {"variant": variant, **{k: mine[0][k] for k in ("arch", "layer", "activation", "pool", "norm",
                                                              "image_size", "dataset")},
                "runs": len(mine), "finished": len(done), "seeds": " ".join(str(r["seed"]) for r in done)}
+        clipped = []
         for key in SUMMARIZED:
             values = [float(r[key]) for r in done if r.get(key, "") != ""]
-            ci = t_interval(values)
-            if ci.defined:  # accuracies live in [0, 1], seconds above 0
-                ci = type(ci)(ci.estimate, max(ci.lo, 0.0), min(ci.hi, 1.0) if "acc" in key else ci.hi, ci.method,
-                              ci.n)
+            raw = t_interval(values)
+            ci = raw.clipped(0.0, 1.0 if "acc" in key else math.inf)  # accuracies live in [0, 1], seconds above 0
+            if ci is not raw:
+                clipped.append(key)
             sd = float(np.std(values, ddof=1)) if len(values) > 1 else ""
             row |= {f"{key}_mean": round(ci.estimate, 6) if values else "",
                     f"{key}_sd": round(sd, 6) if sd != "" else "",
                     f"{key}_ci_lo": round(ci.lo, 6) if ci.defined else "",
                     f"{key}_ci_hi": round(ci.hi, 6) if ci.defined else ""}
-        row["interval"] = "95% Student t over seeds"
+        row["clipped"] = " ".join(clipped)
+        row["interval"] = "95% Student t over seeds" + (
+            f"; clipped to the feasible range (accuracies [0, 1], seconds >= 0): {', '.join(clipped)}" if clipped
+            else "")
         out.append(row)
     return out
 

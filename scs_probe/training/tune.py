@@ -529,6 +529,30 @@ def trial_rows(study) -> list[dict]:
     return rows
 
 
+def near_chance_warning(rows: list[dict], out=None) -> str:
+    """'' unless every trial that reported a validation accuracy stayed near chance (its best epoch below
+    1.5 / classes, the rule `analysis.provenance` applies to runs): then the best trial is the least bad of runs
+    that did not train, its p means nothing, and the warning says so. The classes come from a trial's run (else
+    CIFAR-10's 10)."""
+    from ..data import near_chance_threshold
+    seen = [r for r in rows if r.get("best_val_acc", "") not in ("", None)]
+    if not seen:
+        return ""
+    classes = None
+    if out is not None:
+        for r in seen:
+            classes = StudyDir(out).trial(int(r["number"])).read_config().get("data", {}).get("num_classes")
+            if classes:
+                break
+    limit = near_chance_threshold(classes)
+    best = max(float(r["best_val_acc"]) for r in seen)
+    if best >= limit:
+        return ""
+    return (f"warning: all {len(seen)} trial{'s' if len(seen) > 1 else ''} stayed near chance (best validation "
+            f"accuracy {best:.3f} < {limit:.3f}, 1.5 / {classes or 10} classes): none trained, so the best p "
+            "says nothing; give the trials more epochs, training images or another max LR (--search p,max_lr)")
+
+
 def _retried(trial):
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
