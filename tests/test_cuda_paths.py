@@ -52,7 +52,7 @@ def test_out_of_memory_does_not_switch_the_compiled_backend_off(monkeypatch):
     monkeypatch.setattr(backend, "_state", {"backend": "compiled", "failed": None, "fns": {}})
     monkeypatch.setattr(backend, "_use_compiled", lambda ref, numel=None: True)
 
-    def compiled_oom(make, static, args):
+    def compiled_oom(make, static, args, fixed=True):
         def run(*a):
             raise torch.OutOfMemoryError("out of memory")
         return run
@@ -73,6 +73,7 @@ def test_compiled_graphs_are_keyed_by_device_and_layout():
     assert len(sigs) == 4
     assert backend._signature((x,)) == backend._signature((torch.ones(3, 4, 5, 5),))  # the batch stays symbolic
     assert backend._signature((x,)) != backend._signature((torch.ones(2, 4, 6, 6),))  # other sizes: a graph each
+    assert backend._signature((x,), fixed=False) == backend._signature((torch.ones(3, 4, 6, 6),), fixed=False)
 
 
 def test_amp_on_cpu_is_bfloat16_and_off_is_float32():

@@ -106,13 +106,13 @@ def test_compiled_training_uses_the_window_kernels_and_reuses_them_for_other_bat
     backend.set_backend("compiled")
     try:
         torch.manual_seed(0)
-        layer = SharpenedCosineSimilarity2d(3, 8, 3)
+        layer = SharpenedCosineSimilarity2d(3, 16, 3)
         spec = pool_spec(True, 2, None, 0, 1, True)
-        c, n = torch.randn(4, 8, 15, 15), torch.rand(4, 1, 15, 15) + 0.5
+        c, n = torch.randn(4, 16, 15, 15), torch.rand(4, 1, 15, 15) + 0.5
         _, where, _, _ = backend.pool_sharpen_train(c, n, layer.p.detach(), 1e-6, spec)
         assert where.is_floating_point()  # offsets in windows, not max pooling's int64 indices
-        def step(batch):
-            x = torch.rand(batch, 3, 17, 17, requires_grad=True)
+        def step(batch):  # inputs and outputs of 2^16 elements or more: sizes fixed, the batch symbolic
+            x = torch.rand(batch, 3, 68, 68, requires_grad=True)
             layer(x, pool=spec).sum().backward()
             with torch.no_grad():
                 layer(x, pool=spec)
@@ -121,6 +121,7 @@ def test_compiled_training_uses_the_window_kernels_and_reuses_them_for_other_bat
         for batch in (6, 7, 32):  # the batch is symbolic: no graph of its own
             step(batch)
         assert counters["stats"]["unique_graphs"] == graphs
+        assert any(key[2] for key in backend._state["fns"])  # compiled with fixed sizes
         assert backend._state["failed"] is None
     finally:
         backend.set_backend(before)

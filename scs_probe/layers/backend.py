@@ -289,15 +289,17 @@ def _make_pool_sharpen_backward(pool):
     return pool_sharpen_backward
 
 
-def _layout(a: torch.Tensor) -> tuple:
+def _layout(a: torch.Tensor, fixed: bool) -> tuple:
     """What a compiled graph is specialised to: dtype, device (with its index), memory format (channels_last or
-    not) and every size but the batch's (only whether the batch is 1)."""
+    not) and, `fixed`, every size but the batch's (only whether the batch is 1), else which sizes are 1 (symbolic
+    sizes still specialise on those)."""
     channels_last = a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
-    return a.dtype, str(a.device), channels_last, (a.dim() and a.shape[0] == 1, *a.shape[1:])
+    sizes = (a.dim() and a.shape[0] == 1, *a.shape[1:]) if fixed else tuple(s == 1 for s in a.shape)
+    return a.dtype, str(a.device), channels_last, sizes
 
 
-def _signature(args) -> tuple:
-    return tuple(_layout(a) if isinstance(a, torch.Tensor) else a for a in args)
+def _signature(args, fixed: bool = True) -> tuple:
+    return tuple(_layout(a, fixed) if isinstance(a, torch.Tensor) else a for a in args)
 
 
 class _NoCudaRuntime(logging.Filter):
@@ -318,20 +320,21 @@ def _itself(fn):
     return fn
 
 
-def _compiled(make, static, args):
+def _compiled(make, static, args, fixed: bool = True):
     """A compiled `make(static)` per static value (pool sizes, geometry: constants in the graph) and argument
-    signature (`_layout`). Every size but the batch is fixed: with symbolic sizes Inductor's CPU loops lose their
-    vectorisation over small rows (a 2x2 max-abs pool of a [256, 64, 15, 15] output ran 11x slower, 74 ms against
-    6.7 ms). Each graph gets a code object with a name of its own, because dynamo keeps its recompilation count
-    and its automatic-dynamic record per (file, line, name): shared, a second layer's sizes would turn the first
-    one's symbolic too."""
-    key = (make.__name__, static, _signature(args))
+    signature (`_layout`). `fixed`: every size but the batch is fixed, as for a model's layers: with symbolic sizes
+    Inductor's CPU loops lose their vectorisation over small rows (a 2x2 max-abs pool of a [256, 64, 15, 15]
+    output ran 11x slower, 74 ms against 6.7 ms). Otherwise (small tensors under the `compiled` backend: tests,
+    tiny models) all sizes are symbolic, one graph for many shapes. Each graph gets a code object with a name of
+    its own, because dynamo keeps its recompilation count and its automatic-dynamic record per (file, line,
+    name): shared, a second layer's sizes would turn the first one's symbolic too."""
+    key = (make.__name__, static, fixed, _signature(args, fixed))
     if key not in _state["fns"]:
         _quiet_cuda_probe()
         fn = make(static)
         code = fn.__code__.replace(co_name=f"{fn.__name__}_{len(_state['fns'])}")
         clone = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-        _state["fns"][key] = torch.compile(clone, dynamic=None, fullgraph=True)
+        _state["fns"][key] = torch.compile(clone, dynamic=None if fixed else True, fullgraph=True)
     return _state["fns"][key]
 
 
@@ -349,9 +352,11 @@ def _fused(make, static, args, eager, ref: torch.Tensor, numel: int | None = Non
     compilation switches the process to eager (once, with a warning); running out of memory is the run's failure,
     not the compiler's, and is raised."""
     if _use_compiled(ref, numel):
+        fixed = (ref.numel() if numel is None else numel) >= AUTO_MIN_NUMEL
         try:
-            _batch_dynamic(args)
-            return _compiled(make, static, args)(*args)
+            if fixed:
+                _batch_dynamic(args)
+            return _compiled(make, static, args, fixed)(*args)
         except torch.OutOfMemoryError:
             raise
         except Exception as e:
@@ -476,11 +481,12 @@ def _window_sharpen_backward_eager(g, y, nw, pv, offset, eps, sdt, geom):
 
 def _scatter_to_grid(gc, t, idx, groups: int, size):
     """The winners' gradients onto the [B, C, H, W] grid and d L / d n [B, groups, H, W] (the sum over each
-    group's channels of t at its winners), as max pooling's backward does: zeros, then a scatter."""
+    group's channels of t at its winners), as max pooling's backward does: zeros, then a scatter (adding: where
+    windows overlap, one element can win several)."""
     b, c = gc.shape[:2]
     hw = size[0] * size[1]
     flat = idx.flatten(2)
-    gfull = gc.new_zeros((b, c, hw)).scatter_(2, flat, gc.flatten(2)).view(b, c, *size)
+    gfull = gc.new_zeros((b, c, hw)).scatter_add_(2, flat, gc.flatten(2)).view(b, c, *size)
     if t is None:
         return gfull, None
     gn = t.new_zeros((b, groups, hw)).scatter_add_(2, flat.reshape(b, groups, -1), t.reshape(b, groups, -1))
@@ -573,12 +579,4 @@ def pool_sharpen_backward(g, cg, ng, p, where, size, groups: int, eps: float, po
 
 def _pool_sharpen_backward_eager(g, cg, ng, pv, idx, size, groups, eps, sdt):
     gc, t, u = _sharpen_backward_eager(g, cg, ng, pv, eps, sdt)
-    b = g.shape[0]
-    hw = size[0] * size[1]
-    gfull = gc.new_zeros((b, gc.shape[1], hw)).scatter_add_(2, idx.flatten(2), gc.flatten(2))
-    gn = None
-    if ng is not None:
-        t = t.div_(ng).neg_()
-        gn = t.new_zeros((b, groups, hw)).scatter_add_(2, idx.reshape(b, groups, -1), t.reshape(b, groups, -1))
-        gn = gn.view(b, groups, *size)
-    return gfull.view(b, gc.shape[1], *size), gn, u
+    return (*_scatter_to_grid(gc, None if ng is None else t.div_(ng).neg_(), idx, groups, size), u)
