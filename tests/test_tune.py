@@ -153,3 +153,14 @@ def test_tune_warns_when_every_trial_stayed_near_chance(tmp_path, capsys, monkey
     assert main(["tune", "--n-trials", "2", "--quiet", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "best: trial 1" in out and "warning: all 2 trials stayed near chance" in out, out
+
+
+def test_only_a_table_creation_race_is_retried():
+    from scs_probe.training.tune import _creation_race
+
+    def error(name, message):
+        return type(name, (Exception,), {})(message)
+    assert _creation_race(error("IntegrityError", 'duplicate key value violates unique constraint "pg_type"'))
+    assert _creation_race(error("ProgrammingError", '(psycopg.errors.DuplicateTable) relation "studies" already exists'))
+    assert not _creation_race(error("ProgrammingError", "permission denied for schema public"))
+    assert not _creation_race(error("OperationalError", "connection refused"))

@@ -139,6 +139,15 @@ def _pruner(name: str):
             "none": optuna.pruners.NopPruner()}[name]
 
 
+def _creation_race(e: Exception) -> bool:
+    """Whether `e` is another process creating the same tables first: PostgreSQL reports it as a unique
+    violation (IntegrityError) or as a table or type that already exists (ProgrammingError: DuplicateTable)."""
+    text = f"{type(e).__name__} {str(e)[:300]}"
+    if "IntegrityError" in text:
+        return True
+    return "ProgrammingError" in text and ("already exists" in text or "duplicate" in text.lower())
+
+
 def open_study(out, config: TuneConfig, worker: int = 0):
     """Create or continue the study (Optuna's storage holds its trials, TPE's history and heartbeats)."""
     import optuna
@@ -168,7 +177,7 @@ def open_study(out, config: TuneConfig, worker: int = 0):
             except ScsProbeError:
                 raise
             except Exception as e:  # two processes creating one database's tables at once: one wins, retry
-                if attempt == 4 or "IntegrityError" not in type(e).__name__ + str(e)[:200]:
+                if attempt == 4 or not _creation_race(e):
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except ScsProbeError:
