@@ -458,25 +458,26 @@ def _make_window_sharpen_train(geom):
 
 def _make_window_sharpen_backward(geom):
     """Backward of `_make_window_sharpen_train` on the pooled grid, from y and n at the winners: (d L / d c at
-    them, -t / n there (d L / d n's terms) or None, u, the winners' flat indices). `pool_sharpen_backward`
-    scatters them onto the grid as max pooling's backward does: inductor's loop over the full grid (w // 2
-    indexing) does not vectorise."""
-    def window_sharpen_backward(g, y, nw, p, offset, eps: float, sdt: torch.dtype):
+    them, d L / d n [B, groups, H, W] or None, u, the winners' flat indices). `pool_sharpen_backward` scatters
+    d L / d c onto the grid as max pooling's backward does (inductor's loop over the full grid, w // 2 indexing,
+    does not vectorise); d L / d n is summed over channels on the pooled grid (`windows.unpool_channel_sum`: ATen's
+    scatter_add of it took 17 ms on two threads where this graph takes 5)."""
+    def window_sharpen_backward(g, y, nw, p, offset, groups: int, eps: float, sdt: torch.dtype):
         gy, _, u = _sharpen_backward_math(g, y, None, p, eps, sdt)  # d L / d y, pooled
         idx = windows.offsets_to_indices(offset, geom)
         if nw is None:
             return gy, None, u, idx
-        return gy / nw, -(gy * y) / nw, u, idx
+        return gy / nw, windows.unpool_channel_sum(-(gy * y) / nw, offset, groups, geom), u, idx
     return window_sharpen_backward
 
 
-def _window_sharpen_backward_eager(g, y, nw, pv, offset, eps, sdt, geom):
+def _window_sharpen_backward_eager(g, y, nw, pv, offset, groups, eps, sdt, geom):
     gy, _, u = _sharpen_backward_eager(g, y, None, pv, eps, sdt)
     idx = windows.offsets_to_indices(offset, geom)
     if nw is None:
         return gy, None, u, idx
     t = gy.mul(y).div_(nw).neg_()
-    return gy.div_(nw), t, u, idx
+    return gy.div_(nw), _scatter_to_grid(t, t, idx, groups, geom[-2:])[1], u, idx
 
 
 def _scatter_to_grid(gc, t, idx, groups: int, size):
@@ -567,9 +568,9 @@ def pool_sharpen_backward(g, cg, ng, p, where, size, groups: int, eps: float, po
     numel = cg.shape[0] * cg.shape[1] * size[0] * size[1]  # the unpooled grid's, as in the forward pass
     if where.is_floating_point():  # window offsets (`windows.winners`); cg is y there, ng n there
         geom = windows.geometry(pool, size)
-        gc, t, u, idx = _fused(_make_window_sharpen_backward, geom, (g, cg, ng, pv, where, eps, sdt),
-                               lambda *a: _window_sharpen_backward_eager(*a, geom), cg, numel)
-        return (*_scatter_to_grid(gc, t, idx, groups, size), u.sum(dim=0))
+        gc, gn, u, idx = _fused(_make_window_sharpen_backward, geom, (g, cg, ng, pv, where, groups, eps, sdt),
+                                lambda *a: _window_sharpen_backward_eager(*a, geom), cg, numel)
+        return _scatter_to_grid(gc, None, idx, groups, size)[0], gn, u.sum(dim=0)
     like = g.new_empty((*cg.shape[:2], *size), dtype=sdt)
     gc, gn, u = _fused(_make_pool_sharpen_backward, tuple(pool), (g, cg, ng, pv, where, like, groups, eps, sdt),
                        lambda g, cg, ng, pv, idx, like, groups, eps, sdt: _pool_sharpen_backward_eager(
