@@ -159,7 +159,7 @@ training_options = stack(
                       "at most 5,000]."),
     click.option("--limit-train", type=click.IntRange(min=1), default=None,
                  help="Use the first N training images (of those left after --val-split)."),
-    click.option("--limit-test", type=click.IntRange(min=1), default=None, help="Use the first N images."),
+    click.option("--limit-test", type=click.IntRange(min=1), default=None, help="Use the first N test images."),
     click.option("--norms-every-batch", is_flag=True, help="Also record weight/grad norms per mini-batch."),
     click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
                  help="DataLoader worker processes."),
@@ -229,8 +229,10 @@ def arch_dir(arch: str) -> str:
 
 
 def print_table(rows: list[dict], columns) -> None:
-    def fmt(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
+    def fmt(v):  # a tiny non-zero value (a McNemar p of 7e-12) keeps its digits instead of reading 0.0000
+        if not isinstance(v, float):
+            return str(v)
+        return f"{v:.2g}" if 0 < abs(v) < 5e-5 else f"{v:.4f}"
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))

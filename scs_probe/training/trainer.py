@@ -42,7 +42,7 @@ from ..rundir import RunDir
 from ..zoo import build_model, count_params, get_arch
 from .devices import amp_dtype, describe_device, out_of_memory_as_error, resolve_device
 from .options import TrainOptions
-from .records import exponent_rows, tracked_layers, weight_norm_rows
+from .records import exponent_rows, sharpened_layers, tracked_layers, weight_norm_rows
 from .tensorboard_log import TensorBoardLog, final_metrics, run_hparams
 from .tensorboard_log import require as require_tensorboard
 
@@ -333,7 +333,8 @@ class Trainer:
         every batch size the loaders will give (the compiled SCS kernels, cuDNN's algorithm choice and the
         allocator's first blocks alike, for conv and SCS models). On a throwaway copy of the model, random
         batches and a forked RNG: the run's weights, data order and random draws stay untouched. TorchInductor's
-        compilation takes about 10 s per direction once, then comes from its disk cache."""
+        compilation takes seconds per layer shape and direction once (about a minute for a rohrer model on two
+        busy CPU cores), then comes from its disk cache."""
         o = self.options
         size = o.variant.image_size
 
@@ -344,6 +345,9 @@ class Trainer:
         gen = torch.Generator().manual_seed(0)
         batches = lambda n: torch.rand((n, 3, size, size), generator=gen).to(self.device)  # noqa: E731
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        if o.compile or (sharpened_layers(self.model) and not backend_used().startswith("eager")):
+            self.log("warming up: compiling kernels for new layer shapes (up to a minute or more the first time, "
+                     "cached on disk; not timed)")
         t0 = time.perf_counter()
         # torch.compile's graphs belong to the compiled module: warm that one (its state restored after: BatchNorm's
         # running statistics must not see the random batches), else a throwaway copy
