@@ -6,7 +6,10 @@ Each window's k*k elements are k*k strided views of the layer's output grid, so 
 it is one elementwise loop over the pooled grid: no pooling op, no int64 indices. Compiled with every size but
 the batch fixed, that loop runs several times faster on a CPU than ATen's max pooling of a convolution's output
 (benchmarks/README.md). Training keeps each winner's offset in its window (0 to k*k - 1, as a float) and the pre-
-sharpening values there; the backward pass puts the gradients back with one elementwise loop over the input grid.
+sharpening values there; the backward pass works on the pooled grid, sums d L / d n over each group's channels
+there (`unpool_channel_sum`), and the caller puts d L / d c back at the winners' flat indices
+(`offsets_to_indices`) with a scatter, as max pooling's backward does (an elementwise loop over the input grid,
+`unpool`, did not vectorise; the layers no longer use it).
 
 Winners are exact: the largest value (max) or the largest magnitude, the positive value on a tie (max-abs); a
 nan propagates, as in max pooling; on exact ties the first element of the window (row-major) wins. Positions
