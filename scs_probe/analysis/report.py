@@ -24,7 +24,7 @@ from ..zoo import get_arch
 from .base import Analysis, AnalysisResult, Context
 from .claims import evaluate_claims
 from .compare import ComparisonAnalysis
-from .figures import data_uri, integer_epochs, plain_log_axis, plt, run_styles, save
+from .figures import data_uri, integer_epochs, legend_below, plain_log_axis, plt, run_styles, save
 from .formatting import FILTERS
 from .metrics import SHOWN, arrow
 from .norms import NormsAnalysis
@@ -62,8 +62,9 @@ def training_curves(runs: list[RunDir], names, out: Path) -> Path:
     as a thick one."""
     styles = run_styles(names, [r.name for r in runs])
     color_of = {r.name: styles[n]["color"] for r, n in zip(runs, names)}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     curves: dict[str, list] = {}
+    means = False
     for run, name in zip(runs, names):
         h = run.read("history")
         if not h:
@@ -80,14 +81,15 @@ def training_curves(runs: list[RunDir], names, out: Path) -> Path:
         for ax, k in ((axes[0], 1), (axes[1], 2)):
             ax.plot(common, [np.mean([s[k][s[0].index(e)] for s in seeds]) for e in common], color=color_of[variant],
                     lw=2.4)
+        means = True
     axes[0].set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy")
     axes[1].set(xlabel="epoch", ylabel="train loss", title="Training loss")
     losses = [float(r["train_loss"]) for run in runs for r in run.read("history")]
     if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
         plain_log_axis(axes[1])  # a first epoch many times the rest would flatten every later one
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=7,
-               bbox_to_anchor=(0.5, -0.04 - 0.035 * ((len(labels) - 1) // 3)))  # below the axes, off the data
+    if means:
+        fig.suptitle("thin: each seed; thick: mean over seeds", fontsize=9)
+    legend_below(fig, *axes[0].get_legend_handles_labels(), fontsize=7)  # under the axes and their labels
     integer_epochs(*axes)
     return save(fig, out, "training_curves", svg=False)
 
