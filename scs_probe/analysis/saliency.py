@@ -148,12 +148,20 @@ def write_outputs(results: list[SaliencyResult], images, labels, indices, out: P
     return summary
 
 
+def _title_room(fig, inches: float = 0.75) -> None:
+    """Keep a fixed margin above a grid of maps for its row titles and the suptitle: matplotlib's default top
+    (12 % of the height) left two inches of blank paper above a tall grid."""
+    height = fig.get_figheight()
+    fig.subplots_adjust(top=1 - min(0.12, inches / height))
+
+
 def plot_grid(results: list[SaliencyResult], images, labels, out: Path, per_image_scale: bool = False,
               n_images: int = 8, classes=CLASSES):
     """The first `n_images` images as columns, models as rows; one shared colour scale unless per_image_scale."""
     from .figures import plt, save
     n_img, n_rows = min(n_images, images.shape[0]), len(results) + 1
     fig, axes = plt.subplots(n_rows, n_img, figsize=(1.45 * n_img + 1.6, 1.5 * n_rows), squeeze=False)
+    _title_room(fig)
     allmaps = torch.stack([r.maps[:n_img] for r in results])
     vmax_shared = torch.quantile(allmaps.flatten().float(), 0.995).item() or 1.0
     for j in range(n_img):
@@ -177,7 +185,7 @@ def plot_grid(results: list[SaliencyResult], images, labels, out: Path, per_imag
         # taken from every column of every row alike, so that each map stays under its image
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="|gradient| (shared scale)")
     fig.suptitle("Vanilla-gradient saliency" + (" (per-image scale)" if per_image_scale else " (shared scale)"),
-                 fontsize=10)
+                 fontsize=10, y=1 - 0.2 / fig.get_figheight())
     return save(fig, out, "saliency")
 
 
@@ -289,6 +297,7 @@ def plot_randomisation(cascades: dict, image, out: Path):
     n_cols = max(len(v) for v in cascades.values()) + 1
     fig, axes = plt.subplots(len(cascades), n_cols, figsize=(1.3 * n_cols + 1.5, 1.45 * len(cascades)),
                              squeeze=False)
+    _title_room(fig)
     for i, (model, stages) in enumerate(cascades.items()):
         axes[i, 0].imshow(image.permute(1, 2, 0).cpu().numpy().clip(0, 1))
         axes[i, 0].set_ylabel(model, fontsize=7, rotation=0, ha="right", va="center")
@@ -301,7 +310,7 @@ def plot_randomisation(cascades: dict, image, out: Path):
         if not ax.images:
             ax.axis("off")
     fig.suptitle("Randomisation check: maps as weights are re-drawn from the output layer down (last: all at once)",
-                 fontsize=9)
+                 fontsize=9, y=1 - 0.2 / fig.get_figheight())
     return save(fig, out, "randomisation")
 
 
