@@ -68,7 +68,10 @@ def _check_out(path, what: str = "folder") -> None:
 def _eps(eps_range, eps_list, required: bool):
     if eps_range is not None and eps_list is not None or (required and eps_range is None and eps_list is None):
         raise click.UsageError("give exactly one of --eps-range START:STOP:NUM and --eps LIST")
-    return eps_range if eps_range is not None else eps_list
+    eps = eps_range if eps_range is not None else eps_list
+    if eps is not None and max(eps) <= 0:  # eps 0 alone: no attack, and an "area" that is the clean accuracy
+        raise click.UsageError("give at least one eps above 0 (eps 0 is the clean accuracy)")
+    return eps
 
 
 @command()
@@ -106,7 +109,7 @@ def saliency(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model
 @command()
 @model_sources
 @click.option("--eps-range", type=EpsRange(), default=None,
-              help="NUM evenly spaced eps from START to STOP; fractions allowed (0:8/255:5).")
+              help="NUM evenly spaced eps from START to STOP; fractions allowed [default: 0:8/255:5].")
 @click.option("--eps", "eps_list", type=EpsList(), default=None,
               help="Explicit comma-separated eps values (e.g. 0,2/255,8/255).")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True)
@@ -133,7 +136,8 @@ def pgd(ckpts, sweep_dir, data_dir, dataset, model, model_activation, model_pool
         **config):
     """Robust accuracy under PGD (L-inf) over a range of eps, one curve per model, with the area under it."""
     from ..analysis import RobustnessAnalysis
-    analysis = RobustnessAnalysis(eps=_eps(eps_range, eps_list, required=True), **config)
+    eps = _eps(eps_range, eps_list, required=False)
+    analysis = RobustnessAnalysis(**({} if eps is None else {"eps": eps}), **config)
     runs = _runs(ckpts, sweep_dir, model, dataset, model_activation, model_pool)
     result, dest = _run_analysis(analysis, runs, out, sweep_dir, data_dir, device, dataset)
     print_table(result.summary, ("model", "attack", "auc", "auc_lo", "auc_hi", "auc_rel", "clean_acc",
