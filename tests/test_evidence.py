@@ -493,3 +493,18 @@ def test_interval_clipping_is_never_silent():
     assert (cut.lo, cut.hi, cut.estimate) == (0, 0.4, 0.05) and "clipped to the feasible [0, 1]" in cut.describe()
     nan = Interval(0.1, float("nan"), float("nan"), "t", 1)
     assert nan.clipped(0, 1) is nan
+
+
+def test_compare_warns_about_runs_near_chance(capsys):
+    from types import SimpleNamespace
+
+    from scs_probe.cli.analyses import _warn_near_chance
+
+    def run(variant, seed, acc):
+        return SimpleNamespace(summary=lambda: {"variant": variant, "seed": seed, "test_acc": acc, "num_classes": 10})
+    runs = [run("conv", 0, 0.45), run("scs", 0, 0.10), run("other", 0, 0.05)]
+    _warn_near_chance(runs, [{"a": "conv", "b": "scs", "seed": 0}])
+    out = capsys.readouterr().out
+    assert "near chance" in out and "scs seed 0 (0.100)" in out and "other" not in out and "conv" not in out
+    _warn_near_chance(runs[:1], [{"a": "conv", "b": "scs", "seed": 0}])
+    assert capsys.readouterr().out == ""

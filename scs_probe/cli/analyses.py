@@ -170,11 +170,24 @@ def compare(directory, pairs, n_boot, out):
                                  "mcnemar_p", "within_noise"))
     click.echo("seeds: the seeds a row rests on; n: test images of each seed; lo, hi: 95% interval of diff (b - a); "
                "tau: the spread of diff between seeds (seed all)")
+    _warn_near_chance(runs, result.summary)
     for r in result.summary:
         if "clipped" in str(r.get("interval", "")):
             click.echo(f"{r['b']} - {r['a']} (seed {r['seed']}): interval {r['interval'].split('; ')[-1]} (it "
                        "reached beyond what a difference of accuracies can be)")
     click.echo(f"outputs: {dest}")
+
+
+def _warn_near_chance(runs, rows) -> None:
+    """Say where a compared run stayed near chance: such a run did not train, and a 'significant' difference to
+    it says nothing about the architectures (the report's claims leave those seeds out)."""
+    from ..analysis.provenance import near_chance
+    compared = {r.get(side) for r in rows for side in ("a", "b")}
+    low = sorted({f"{row['variant']} seed {row['seed']} ({float(row['test_acc']):.3f})"
+                  for row in (r.summary() for r in runs) if row.get("variant") in compared and near_chance(row)})
+    if low:
+        click.echo(f"warning: near chance (test accuracy below 1.5 / classes), did not train: {'; '.join(low)}; "
+                   "their differences say nothing about the architectures")
 
 
 def _empty_comparison(runs, pairs) -> str:
