@@ -13,6 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 RETRY_SECONDS = 1.0  # `holder` takes a shared lock for an instant: an acquirer that meets it tries again
+# a crafted lock file is never followed (a symlink would have its target truncated and written) nor waited on
+# (opening a FIFO to read waits for a writer)
+_SAFE = os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 class FileLock:
@@ -55,9 +58,9 @@ class FileLock:
 
     def _open(self) -> int:
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | _SAFE, 0o666)
         except PermissionError:  # another user's lock file on shared storage: lockable, not writable
-            return os.open(self.path, os.O_RDONLY)
+            return os.open(self.path, os.O_RDONLY | _SAFE)
 
     def _record(self) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(UTC).isoformat()}
@@ -85,8 +88,8 @@ def holder(path) -> dict | None:
     """Who holds the lock on `path`: {'pid', 'host', 'since'} as its holder recorded them ({} where unreadable);
     None where nobody does. It takes a shared lock for an instant to tell (see `RETRY_SECONDS`)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # no lock file: never locked
+        fd = os.open(path, os.O_RDONLY | _SAFE)
+    except OSError:  # no lock file (or a symlink, not followed): never locked
         return None
     try:
         try:

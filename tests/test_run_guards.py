@@ -117,6 +117,26 @@ def test_a_sweep_fails_only_the_run_another_process_trains(fake_cifar, tmp_path,
     assert RunDir(out / busy).status == "finished"
 
 
+def test_a_lock_file_that_is_a_symlink_or_a_fifo_is_never_followed_or_waited_on(tmp_path):
+    """A crafted train.lock: a symlink is not followed (its target is not truncated and written), a FIFO does not
+    make `holder` (inspect, summaries) wait forever for a writer."""
+    from scs_probe.locks import FileLock, holder
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    link = tmp_path / "link.lock"
+    link.symlink_to(victim)
+    lock = FileLock(link)
+    with pytest.raises(OSError):  # the trainer warns and trains unprotected
+        lock.acquire()
+    assert victim.read_text() == "precious" and holder(link) is None
+    fifo = tmp_path / "fifo.lock"
+    os.mkfifo(fifo)
+    code = (f"from scs_probe.locks import holder; print(holder({str(fifo)!r}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
+
+
 # ------------------------------------------------------------------------------------ 2. killed between writes
 
 @pytest.mark.slow
