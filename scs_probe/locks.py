@@ -84,6 +84,23 @@ class FileLock:
             pass
 
 
+def _plain(info) -> dict:
+    """What a lock file records of its holder, as far as it is plain: a pid (a positive int), a host and a since
+    (printable text, no longer than a host name may be); anything else, written by another hand, is dropped (it
+    reaches messages and the terminal)."""
+    if not isinstance(info, dict):
+        return {}
+    out = {}
+    pid = info.get("pid")
+    if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**63:
+        out["pid"] = pid
+    for key in ("host", "since"):
+        text = info.get(key)
+        if isinstance(text, str) and 0 < len(text) <= 255 and text.isprintable():
+            out[key] = text
+    return out
+
+
 def holder(path) -> dict | None:
     """Who holds the lock on `path`: {'pid', 'host', 'since'} as its holder recorded them ({} where unreadable);
     None where nobody does. It takes a shared lock for an instant to tell (see `RETRY_SECONDS`)."""
@@ -99,7 +116,7 @@ def holder(path) -> dict | None:
                 info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
             except (OSError, ValueError):
                 info = {}
-            return info if isinstance(info, dict) else {}
+            return _plain(info)
         except OSError:  # a file system without locks: nobody can hold one
             return None
         fcntl.flock(fd, fcntl.LOCK_UN)
