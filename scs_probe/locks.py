@@ -13,6 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 RETRY_SECONDS = 1.0  # `holder` takes a shared lock for an instant: an acquirer that meets it tries again
+# a crafted lock file is never followed (a symlink would have its target truncated and written) nor waited on
+# (opening a FIFO to read waits for a writer)
+_SAFE = os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 class FileLock:
@@ -55,9 +58,9 @@ class FileLock:
 
     def _open(self) -> int:
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | _SAFE, 0o666)
         except PermissionError:  # another user's lock file on shared storage: lockable, not writable
-            return os.open(self.path, os.O_RDONLY)
+            return os.open(self.path, os.O_RDONLY | _SAFE)
 
     def _record(self) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(UTC).isoformat()}
@@ -81,12 +84,29 @@ class FileLock:
             pass
 
 
+def _plain(info) -> dict:
+    """What a lock file records of its holder, as far as it is plain: a pid (a positive int), a host and a since
+    (printable text, no longer than a host name may be); anything else, written by another hand, is dropped (it
+    reaches messages and the terminal)."""
+    if not isinstance(info, dict):
+        return {}
+    out = {}
+    pid = info.get("pid")
+    if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**63:
+        out["pid"] = pid
+    for key in ("host", "since"):
+        text = info.get(key)
+        if isinstance(text, str) and 0 < len(text) <= 255 and text.isprintable():
+            out[key] = text
+    return out
+
+
 def holder(path) -> dict | None:
     """Who holds the lock on `path`: {'pid', 'host', 'since'} as its holder recorded them ({} where unreadable);
     None where nobody does. It takes a shared lock for an instant to tell (see `RETRY_SECONDS`)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # no lock file: never locked
+        fd = os.open(path, os.O_RDONLY | _SAFE)
+    except OSError:  # no lock file (or a symlink, not followed): never locked
         return None
     try:
         try:
@@ -96,7 +116,7 @@ def holder(path) -> dict | None:
                 info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
             except (OSError, ValueError):
                 info = {}
-            return info if isinstance(info, dict) else {}
+            return _plain(info)
         except OSError:  # a file system without locks: nobody can hold one
             return None
         fcntl.flock(fd, fcntl.LOCK_UN)

@@ -148,7 +148,7 @@ OPTIONS = mapping({
 DATA = mapping({
     "dataset": TEXT, "name": TEXT, "root": TEXT, "official_files": FLAG, "n_train": integer(0), "n_test": integer(0),
     "num_classes": integer(1), "classes": sequence(SCALAR), "channels": integer(1), "test_split": integer(0),
-    "val_split": optional(mapping({"n": integer(1), "seed": integer(0), "indices_sha256": TEXT}))})
+    "fingerprint": TEXT, "val_split": optional(mapping({"n": integer(1), "seed": integer(0), "indices_sha256": TEXT}))})
 DIVERGED = mapping({"epoch": integer(0), "reason": TEXT})
 # the columns every reader of a history row uses (inspect, the best epoch, the report's tables)
 HISTORY_USED = ("epoch", "train_acc", "test_acc", "train_seconds", "eval_seconds")

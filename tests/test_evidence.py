@@ -95,6 +95,19 @@ def test_claims_compare_only_matched_and_trained_runs(tmp_path):
     assert speed.verdict == "inconclusive" and speed.to_decide.startswith("1 seed cannot separate")
 
 
+def test_claims_when_the_scs_run_stayed_near_chance(tmp_path):
+    """Every SCS run near chance (left out of the claims): the activation claim says so, no KeyError."""
+    ok, chance = np.ones(100, dtype=bool), np.arange(100) % 10 == 0
+    runs = [fake_run(tmp_path, CONV, 0, ok), fake_run(tmp_path, SCS, 0, chance)]
+    verdicts = evaluate_claims(runs, tmp_path, tmp_path)
+    assert {v.verdict for v in verdicts} == {"not tested"}
+    assert "needs the same variant with a ReLU" in verdicts[2].evidence
+    runs.append(fake_run(tmp_path, SCS_RELU, 0, ok))
+    activation = evaluate_claims(runs, tmp_path, tmp_path)[2]
+    assert activation.verdict == "not tested" and \
+        f"every finished run of {SCS.name} stayed near chance" in activation.evidence
+
+
 class Quantized(torch.nn.Module):
     """Gradients masked on purpose: the input is rounded to 4 levels, so d logits / d x = 0 everywhere while
     the prediction still moves when a pixel crosses a level."""

@@ -266,3 +266,25 @@ def test_in_place_ops_on_the_output_leave_the_gradients_right(cls, pooled):
         grads.append([t.grad.clone() for t in (layer.weight, layer.p)])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_an_empty_batch_has_an_empty_gradient(pooled):
+    """A batch of 0 images (as conv and max pooling allow) backpropagates, pooled and by MaxAbsPool2d too."""
+    layer = SharpenedCosineSimilarity2d(3, 4, 3, padding=1)
+    x = torch.zeros(0, 3, 8, 8, requires_grad=True)
+    out = layer(x, pool=pool_spec(True, 2) if pooled else None)
+    (MaxAbsPool2d(2)(out) if not pooled else out).sum().backward()
+    assert x.grad.shape == x.shape and layer.weight.grad.abs().sum() == 0
+
+
+def test_a_layer_made_under_inference_mode_evaluates():
+    """Parameters created under torch.inference_mode track no version, which the inference cache of unit
+    kernels keys on: such a layer is evaluated without the cache."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        layer = SharpenedCosineSimilarity2d(3, 4, 3)
+        x = torch.randn(2, 3, 6, 6)
+        out = layer(x)
+    from scs_probe.layers.reference import layer_reference
+    assert torch.allclose(out.double(), layer_reference(layer, x), atol=1e-5)

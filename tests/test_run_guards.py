@@ -117,6 +117,46 @@ def test_a_sweep_fails_only_the_run_another_process_trains(fake_cifar, tmp_path,
     assert RunDir(out / busy).status == "finished"
 
 
+def test_a_lock_file_that_is_a_symlink_or_a_fifo_is_never_followed_or_waited_on(tmp_path):
+    """A crafted train.lock: a symlink is not followed (its target is not truncated and written), a FIFO does not
+    make `holder` (inspect, summaries) wait forever for a writer."""
+    from scs_probe.locks import FileLock, holder
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    link = tmp_path / "link.lock"
+    link.symlink_to(victim)
+    lock = FileLock(link)
+    with pytest.raises(OSError):  # the trainer warns and trains unprotected
+        lock.acquire()
+    assert victim.read_text() == "precious" and holder(link) is None
+    fifo = tmp_path / "fifo.lock"
+    os.mkfifo(fifo)
+    code = (f"from scs_probe.locks import holder; print(holder({str(fifo)!r}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
+
+
+def test_what_a_crafted_lock_file_says_of_its_holder_is_shown_only_where_plain(tmp_path, capsys):
+    """A lock's pid and host reach messages (Busy, inspect): a held lock whose file holds terminal escapes, a
+    huge or non-integer pid or a non-text host names its holder no further than is plain."""
+    from scs_probe.errors import Busy
+    from scs_probe.locks import holder
+    lock = tmp_path / "train.lock"
+    for record, shown in (({"pid": "\x1b]0;owned\x07", "host": "h"}, {"host": "h"}),
+                          ({"pid": 7, "host": "a\x1b[31mb"}, {"pid": 7}),
+                          ({"pid": 2**80, "host": ["x"]}, {}),
+                          ({"pid": True, "host": "h"}, {"host": "h"}),
+                          ({"pid": 12, "host": "node-1", "since": "2026-01-01T00:00:00"},
+                           {"pid": 12, "host": "node-1", "since": "2026-01-01T00:00:00"})):
+        with held_by_another_process(lock) as proc:
+            lock.write_text(json.dumps(record))
+            found = holder(lock)
+            assert found == shown, (record, found)
+            assert "\x1b" not in str(Busy(tmp_path, "being trained", found))
+        assert proc.returncode == 0
+
+
 # ------------------------------------------------------------------------------------ 2. killed between writes
 
 @pytest.mark.slow

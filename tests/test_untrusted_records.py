@@ -499,6 +499,7 @@ CHECKPOINT_DAMAGE = [
     ({"model": {"w": 1}}, "model.w must be a tensor, got 1"),
     ({"options": {"seed": 2**64}}, "options.seed must be an integer from 0 to 4294967295, got 18446744073709551616"),
     ({"params": 2**70}, "params must be an integer >= 0, got 1180591620717411303424"),
+    ({"data": {"fingerprint": 5}}, "data.fingerprint must be text, got 5"),  # resume sliced it: a TypeError
 ]
 
 
@@ -530,6 +531,7 @@ CONFIG_DAMAGE = [
     ({"options": {"seed": 0, "dataset": 5}}, "options.dataset must be non-empty text, got 5"),
     ({"environment": 5}, "environment must be an object, got 5"),
     ({"node": 5}, "node must be text, got 5"),
+    ({"data": {"n_test": N_TEST, "fingerprint": [1]}}, "data.fingerprint must be text, got a list"),
 ]
 
 

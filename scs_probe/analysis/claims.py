@@ -192,7 +192,7 @@ def claim_speed(runs, conv: str, scs: str) -> Verdict:
 
 def claim_no_activation(runs, conv: str, scs: str, left_out: list[RunDir] = ()) -> Verdict:
     h = HYPOTHESES["activation"]
-    axes = {r.name: variant_axes(r) for r in runs}
+    axes = {r.name: variant_axes(r) for r in [*left_out, *runs]}  # near-chance runs too: _problems names them
     v = axes[scs]
     relu = [n for n, w in axes.items() if w.get("layer") == "scs" and w.get("activation") == "relu"
             and all(w.get(k) == v.get(k) for k in ("arch", "pool", "norm", "image_size", "fixed_p", "dataset"))]

@@ -490,7 +490,8 @@ def _scatter_to_grid(gc, t, idx, groups: int, size):
     gfull = gc.new_zeros((b, c, hw)).scatter_add_(2, flat, gc.flatten(2)).view(b, c, *size)
     if t is None:
         return gfull, None
-    gn = t.new_zeros((b, groups, hw)).scatter_add_(2, flat.reshape(b, groups, -1), t.reshape(b, groups, -1))
+    gn = t.new_zeros((b, groups, hw)).scatter_add_(2, flat.flatten(1).unflatten(1, (groups, -1)),  # batch 0 too
+                                                  t.flatten(1).unflatten(1, (groups, -1)))
     return gfull, gn.view(b, groups, *size)
 
 

@@ -89,7 +89,9 @@ def _scatter(t: torch.Tensor, idx: torch.Tensor, groups: int, size) -> torch.Ten
     """Adjoint of `_gather`, summed over the channels of each group: [B, C, H', W'] -> [B, groups, H, W]."""
     b = t.shape[0]
     out = t.new_zeros((b, groups, size[0] * size[1]))
-    return out.scatter_add_(2, idx.reshape(b, groups, -1), t.reshape(b, groups, -1)).view(b, groups, *size)
+    # unflatten, not reshape(b, groups, -1): a batch of 0 leaves reshape's -1 undetermined
+    return out.scatter_add_(2, idx.flatten(1).unflatten(1, (groups, -1)),
+                            t.flatten(1).unflatten(1, (groups, -1))).view(b, groups, *size)
 
 
 def _unit_kernels(weight: torch.Tensor, eps: float):
@@ -106,6 +108,8 @@ def _inference_unit_kernels(weight: torch.Tensor, eps: float) -> torch.Tensor:
     """The unit kernels for inference, computed once per version of the weights (an optimizer step, a
     `load_state_dict` or any in-place change bumps it): evaluating resnet18 re-normalised its 11 M weights for
     every batch."""
+    if weight.is_inference():  # made under torch.inference_mode: no version to key on
+        return _unit_kernels(weight, eps)[0]
     key = (weight._version, weight.data_ptr(), weight.dtype, weight.device, eps)
     hit = _INFERENCE_KERNELS.get(weight)
     if hit is not None and hit[0] == key:
