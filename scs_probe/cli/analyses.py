@@ -68,10 +68,7 @@ def _check_out(path, what: str = "folder") -> None:
 def _eps(eps_range, eps_list, required: bool):
     if eps_range is not None and eps_list is not None or (required and eps_range is None and eps_list is None):
         raise click.UsageError("give exactly one of --eps-range START:STOP:NUM and --eps LIST")
-    eps = eps_range if eps_range is not None else eps_list
-    if eps is not None and max(eps) <= 0:  # eps 0 alone: no attack, and an "area" that is the clean accuracy
-        raise click.UsageError("give at least one eps above 0 (eps 0 is the clean accuracy)")
-    return eps
+    return eps_range if eps_range is not None else eps_list
 
 
 @command()
