@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from .choices import SEED_MAX
+from .choices import SEED_MAX, WORKERS_MAX
 
 Check = Callable[[object, str], None]  # check(value, field) raises _Wrong
 
@@ -143,7 +143,7 @@ OPTIONS = mapping({
     "data_dir": optional(TEXT), "out": optional(TEXT), "limit_train": optional(integer(1)),
     "limit_test": optional(integer(1)), "val_seed": integer(0, SEED_MAX),
     "val_split": optional(either(integer(1), that(lambda v: v == "auto", "auto"), expected="an integer >= 1 or auto")),
-    "init_from": optional(TEXT), "workers": integer(0),
+    "init_from": optional(TEXT), "workers": integer(0, WORKERS_MAX),
     **dict.fromkeys(("norms_every_batch", "amp", "tensorboard", "compile", "channels_last"), FLAG)})
 DATA = mapping({
     "dataset": TEXT, "name": TEXT, "root": TEXT, "official_files": FLAG, "n_train": integer(0), "n_test": integer(0),

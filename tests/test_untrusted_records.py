@@ -500,6 +500,7 @@ CHECKPOINT_DAMAGE = [
     ({"options": {"seed": 2**64}}, "options.seed must be an integer from 0 to 4294967295, got 18446744073709551616"),
     ({"params": 2**70}, "params must be an integer >= 0, got 1180591620717411303424"),
     ({"data": {"fingerprint": 5}}, "data.fingerprint must be text, got 5"),  # resume sliced it: a TypeError
+    ({"options": {"workers": 10**6}}, "options.workers must be an integer from 0 to 256, got 1000000"),  # forks
 ]
 
 
