@@ -517,6 +517,28 @@ def test_inspect_names_a_checkpoint_field_of_the_wrong_type(tmp_path, capsys, da
     assert f"{bad}: malformed ({words})" in err, err
 
 
+def test_a_checkpoint_nested_too_deep_is_one_line(tmp_path, capsys):
+    """A field this scs-probe does not know is let through, but not one nested thousands deep: printing it
+    (inspect's options line) was a RecursionError traceback."""
+    import sys
+
+    from scs_probe.checkpoint import save_checkpoint
+    deep = []
+    for _ in range(5000):
+        deep = [deep]
+    payload = _checkpoint_payload()
+    payload["options"]["extra"] = deep
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # for torch.save's pickler; a crafted file needs no recursion at all
+    try:
+        save_checkpoint(tmp_path / "deep.pt", payload)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert main(["inspect", str(tmp_path / "deep.pt")]) == 1
+    err = one_line_error(capsys)
+    assert "malformed (options.extra is nested deeper than" in err, err
+
+
 CONFIG_DAMAGE = [
     ({"options": {"epochs": "x", "seed": 0}}, "options.epochs must be an integer >= 1, got 'x'"),
     ({"options": {"seed": "a"}}, "options.seed must be an integer from 0 to 4294967295, got 'a'"),
