@@ -221,6 +221,39 @@ def test_resuming_from_a_training_state_that_does_not_fit_is_one_line(fake_cifar
     assert str(run.checkpoint_path) in err and words in err, err
 
 
+def test_a_run_directory_that_cannot_be_written_is_one_line(fake_cifar, tmp_path, capsys, monkeypatch):
+    """A read-only (or full) run directory: resuming it says which file could not be written and why, in one
+    line, and the checkpoint stays as it was (as root, chmod would not stop the test: the OS error is made)."""
+    import errno
+    import tempfile
+
+    from scs_probe import storage
+    run = interrupted_after_epoch_1(fake_cifar, tmp_path / "cut", monkeypatch)
+    before = run.checkpoint_path.read_bytes()
+    mkstemp = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if Path(dir) == run.path:
+            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(Path(dir) / ".x.tmp"))
+        return mkstemp(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(storage.tempfile, "mkstemp", read_only)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run.path), "--data-dir", str(fake_cifar), "--quiet"]) == 1
+    err = one_line_error(capsys)
+    assert str(run.path) in err and "Read-only file system" in err, err
+    assert run.checkpoint_path.read_bytes() == before
+    from scs_probe.locks import FileLock
+    real_open = os.open
+
+    def no_create(path, flags, *args):  # the lock file in a folder that cannot be written: why, not ENOENT
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, flags, *args)
+    monkeypatch.setattr(os, "open", no_create)
+    with pytest.raises(PermissionError, match="Read-only file system"):
+        FileLock(tmp_path / "new.lock").acquire()
+
+
 # ------------------------------------------------------------------------------------ 4. the data it was trained on
 
 @pytest.mark.slow
