@@ -59,8 +59,11 @@ class FileLock:
     def _open(self) -> int:
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT | _SAFE, 0o666)
-        except PermissionError:  # another user's lock file on shared storage: lockable, not writable
-            return os.open(self.path, os.O_RDONLY | _SAFE)
+        except PermissionError as e:  # another user's lock file on shared storage: lockable, not writable
+            try:
+                return os.open(self.path, os.O_RDONLY | _SAFE)
+            except FileNotFoundError:  # none to lock: the folder is what cannot be written
+                raise e from None
 
     def _record(self) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(UTC).isoformat()}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from .choices import SEED_MAX
+from .choices import SEED_MAX, WORKERS_MAX
 
 Check = Callable[[object, str], None]  # check(value, field) raises _Wrong
 
@@ -143,7 +143,7 @@ OPTIONS = mapping({
     "data_dir": optional(TEXT), "out": optional(TEXT), "limit_train": optional(integer(1)),
     "limit_test": optional(integer(1)), "val_seed": integer(0, SEED_MAX),
     "val_split": optional(either(integer(1), that(lambda v: v == "auto", "auto"), expected="an integer >= 1 or auto")),
-    "init_from": optional(TEXT), "workers": integer(0),
+    "init_from": optional(TEXT), "workers": integer(0, WORKERS_MAX),
     **dict.fromkeys(("norms_every_batch", "amp", "tensorboard", "compile", "channels_last"), FLAG)})
 DATA = mapping({
     "dataset": TEXT, "name": TEXT, "root": TEXT, "official_files": FLAG, "n_train": integer(0), "n_test": integer(0),
@@ -163,11 +163,37 @@ CHECKPOINT = mapping({**COMMON, "format_version": integer(0), "epoch": integer(0
                       "model": mapping(values=TENSOR), "optimizer": mapping(), "scheduler": mapping()})
 
 
+MAX_DEPTH = 32  # how deep a record's values may nest (ours: 4); a field nested thousands deep is crafted, and
+# printing or comparing it recurses until Python gives up
+
+
+def _nested(record, limit: int = MAX_DEPTH) -> None:
+    """Every value of `record` within `limit` levels of containers (walked without recursion), else _Wrong
+    naming the outermost fields above where it goes too deep."""
+    stack = [(record, "", 0)]
+    while stack:
+        value, field, depth = stack.pop()
+        if isinstance(value, dict):
+            items = value.items()
+        elif isinstance(value, list | tuple | set | frozenset):
+            items = enumerate(value)
+        else:
+            continue
+        if depth >= limit:
+            raise _Wrong(field, "deep", value)
+        for key, sub in items:
+            if isinstance(sub, dict | list | tuple | set | frozenset):
+                where = field if depth >= 2 else _where(field, key) if isinstance(value, dict) else f"{field}[{key}]"
+                stack.append((sub, where, depth + 1))
+
+
 def check(record, schema: Check, source, error: type[Exception]) -> None:
     """`record` (read from `source`) fits `schema`, else `error` naming the file and the first wrong field."""
     try:
+        _nested(record)
         schema(record, "")
     except _Wrong as e:
         what = (f"{e.field} is missing" if e.expected == "present" else
+                f"{e.field or 'the whole file'} is nested deeper than {MAX_DEPTH} levels" if e.expected == "deep" else
                 f"{e.field or 'the whole file'} must be {e.expected}, got {_shown(e.value)}")
         raise error(f"{source}: malformed ({what})") from None

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from scs_probe.cli import main
 from scs_probe.rundir import RunDir, RunsDir
@@ -191,6 +192,66 @@ def test_a_running_run_nobody_trains_is_interrupted_and_its_config_repaired(fake
     assert main(["sweep", "--only", SCS.name, *small(fake_cifar, sweep)]) == 0
     assert read_json(path)["status"] == "finished" and read_json(path)["epochs_done"] == 1
     assert [r["status"] for r in read_csv(sweep / "summary.csv")] == ["finished"]
+
+
+RESUME_DAMAGE = [  # a checkpoint whose training state does not fit the run it names (crafted, or another run's)
+    ({"optimizer": {}}, "its optimizer state does not fit the model"),
+    ({"optimizer": {"state": {}, "param_groups": [{"params": [0]}]}}, "its optimizer state does not fit the model"),
+    ({"scheduler": {"total_steps": 1}}, "its learning-rate schedule does not fit"),
+    ({"scheduler": {"_step_count": "x"}}, "its learning-rate schedule does not fit"),
+    ({"epoch": 0}, "its learning-rate schedule does not fit"),  # the schedule is one epoch further
+    ({"model": {"net.0.weight": torch.zeros(1)}}, "its weights do not fit the model"),
+]
+
+
+@pytest.mark.parametrize("damage, words", RESUME_DAMAGE)
+def test_resuming_from_a_training_state_that_does_not_fit_is_one_line(fake_cifar, tmp_path, capsys, monkeypatch,
+                                                                       damage, words):
+    """Optimizer, schedule and weights are checked when loaded, not found out by a traceback epochs later."""
+    from scs_probe.checkpoint import save_checkpoint
+    run = interrupted_after_epoch_1(fake_cifar, tmp_path / "cut", monkeypatch)
+    ckpt = run.load_checkpoint()
+    if "optimizer" in damage and damage["optimizer"]:  # a state of the right structure for another model
+        damage = {"optimizer": ckpt["optimizer"] | damage["optimizer"]}
+    save_checkpoint(run.checkpoint_path, {k: v for k, v in ckpt.items() if k not in ("format", "format_version")}
+                    | damage)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run.path), "--data-dir", str(fake_cifar), "--quiet"]) == 1
+    err = one_line_error(capsys)
+    assert str(run.checkpoint_path) in err and words in err, err
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line(fake_cifar, tmp_path, capsys, monkeypatch):
+    """A read-only (or full) run directory: resuming it says which file could not be written and why, in one
+    line, and the checkpoint stays as it was (as root, chmod would not stop the test: the OS error is made)."""
+    import errno
+    import tempfile
+
+    from scs_probe import storage
+    run = interrupted_after_epoch_1(fake_cifar, tmp_path / "cut", monkeypatch)
+    before = run.checkpoint_path.read_bytes()
+    mkstemp = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if Path(dir) == run.path:
+            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(Path(dir) / ".x.tmp"))
+        return mkstemp(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(storage.tempfile, "mkstemp", read_only)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run.path), "--data-dir", str(fake_cifar), "--quiet"]) == 1
+    err = one_line_error(capsys)
+    assert str(run.path) in err and "Read-only file system" in err, err
+    assert run.checkpoint_path.read_bytes() == before
+    from scs_probe.locks import FileLock
+    real_open = os.open
+
+    def no_create(path, flags, *args):  # the lock file in a folder that cannot be written: why, not ENOENT
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, flags, *args)
+    monkeypatch.setattr(os, "open", no_create)
+    with pytest.raises(PermissionError, match="Read-only file system"):
+        FileLock(tmp_path / "new.lock").acquire()
 
 
 # ------------------------------------------------------------------------------------ 4. the data it was trained on

@@ -175,7 +175,8 @@ def test_inspect_and_bad_checkpoints(fake_cifar, tmp_path, capsys):
 
 def test_cli_usage_errors_are_one_line(capsys):
     for argv in (["train", "--arch", "vgg"], ["train", "--epochs", "zero"], ["train", "--arch", "rohrer100k",
-                                                                              "--norm", "bn", "--epochs", "1"]):
+                                                                              "--norm", "bn", "--epochs", "1"],
+                 ["train", "--workers", "1000000"]):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("scs-probe: error:"), err

@@ -500,6 +500,7 @@ CHECKPOINT_DAMAGE = [
     ({"options": {"seed": 2**64}}, "options.seed must be an integer from 0 to 4294967295, got 18446744073709551616"),
     ({"params": 2**70}, "params must be an integer >= 0, got 1180591620717411303424"),
     ({"data": {"fingerprint": 5}}, "data.fingerprint must be text, got 5"),  # resume sliced it: a TypeError
+    ({"options": {"workers": 10**6}}, "options.workers must be an integer from 0 to 256, got 1000000"),  # forks
 ]
 
 
@@ -514,6 +515,28 @@ def test_inspect_names_a_checkpoint_field_of_the_wrong_type(tmp_path, capsys, da
     assert main(["inspect", str(bad)]) == 1
     err = one_line_error(capsys)
     assert f"{bad}: malformed ({words})" in err, err
+
+
+def test_a_checkpoint_nested_too_deep_is_one_line(tmp_path, capsys):
+    """A field this scs-probe does not know is let through, but not one nested thousands deep: printing it
+    (inspect's options line) was a RecursionError traceback."""
+    import sys
+
+    from scs_probe.checkpoint import save_checkpoint
+    deep = []
+    for _ in range(5000):
+        deep = [deep]
+    payload = _checkpoint_payload()
+    payload["options"]["extra"] = deep
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # for torch.save's pickler; a crafted file needs no recursion at all
+    try:
+        save_checkpoint(tmp_path / "deep.pt", payload)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert main(["inspect", str(tmp_path / "deep.pt")]) == 1
+    err = one_line_error(capsys)
+    assert "malformed (options.extra is nested deeper than" in err, err
 
 
 CONFIG_DAMAGE = [

@@ -84,6 +84,12 @@ def _error(text: str) -> None:
     click.echo(f"scs-probe: error: {' '.join(text.split())}", err=True)
 
 
+def argv_command(argv) -> str | None:
+    """The subcommand named on the command line (`argv`, else the process'), or None."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return next((a for a in args if a in COMMANDS), None)
+
+
 def main(argv=None) -> int:
     # Large CPU tensors on transparent huge pages: without this, every fresh activation costs thousands of page
     # faults, which on a VM can take longer than the elementwise pass that fills it. Set it to 0 to opt out.
@@ -113,4 +119,10 @@ def main(argv=None) -> int:
         return 2
     except errors.ScsProbeError as e:
         _error(_message(e))
+        return 1
+    except OSError as e:  # a folder that cannot be written (read-only, full, another user's): what, where, and why
+        where = f"{e.filename}: " if e.filename else ""
+        _error(f"{where}{e.strerror or e}" + ("; the checkpoints written so far are intact"
+                                                                     if argv_command(argv) in ("train", "sweep", "tune")
+                                                                     else ""))
         return 1

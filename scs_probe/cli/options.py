@@ -11,7 +11,7 @@ import importlib.util
 
 import click
 
-from ..choices import DATA_ENV, DEFAULT_ARCH, DEVICES
+from ..choices import DATA_ENV, DEFAULT_ARCH, DEVICES, WORKERS_MAX
 from ..zoo import AXES, Variant, axis_choices, list_archs, trust_model_code
 from .types import SEED_MAX, FiniteFloatRange, GivenPath, Name, OutPath
 
@@ -161,7 +161,7 @@ training_options = stack(
                  help="Use the first N training images (of those left after --val-split)."),
     click.option("--limit-test", type=click.IntRange(min=1), default=None, help="Use the first N test images."),
     click.option("--norms-every-batch", is_flag=True, help="Also record weight/grad norms per mini-batch."),
-    click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+    click.option("--workers", type=click.IntRange(0, WORKERS_MAX), default=0, show_default=True,
                  help="DataLoader worker processes."),
     click.option("--amp", is_flag=True, help="bfloat16 autocast where the device supports it."),
     click.option("--tensorboard/--no-tensorboard", default=False, callback=_check_tensorboard,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from ..choices import DEFAULT_ARCH, DEVICES
+from ..choices import DEFAULT_ARCH, DEVICES, WORKERS_MAX
 from ..data import VAL_SPLIT_SEED, check_dataset
 from ..errors import OptionError
 from ..zoo import Variant, get_arch
@@ -54,8 +54,8 @@ class TrainOptions:
             raise OptionError("val_split", f"must be an integer >= 1 (or 'auto'), got {self.val_split!r}")
         if self.max_lr is not None and not self.max_lr > 0:
             raise OptionError("max_lr", f"must be > 0, got {self.max_lr!r}")
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise OptionError("workers", f"must be an integer >= 0, got {self.workers!r}")
+        if not isinstance(self.workers, int) or not 0 <= self.workers <= WORKERS_MAX:
+            raise OptionError("workers", f"must be an integer from 0 to {WORKERS_MAX}, got {self.workers!r}")
         self.dataset = check_dataset(self.dataset)
         if self.dataset.startswith("imagefolder:"):  # recorded absolute: analyses run from elsewhere find it
             self.dataset = "imagefolder:" + str(Path(self.dataset.split(":", 1)[1]).expanduser().resolve())

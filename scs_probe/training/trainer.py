@@ -39,6 +39,7 @@ from ..errors import (
 from ..layers import backend_used
 from ..progress import progress_bar, write_line
 from ..rundir import RunDir
+from ..schema import _shown
 from ..zoo import build_model, count_params, get_arch
 from .devices import amp_dtype, describe_device, out_of_memory_as_error, resolve_device
 from .options import TrainOptions
@@ -212,9 +213,7 @@ class Trainer:
         self.history: list[dict] = []
         self.start_epoch = 0
         if self.ckpt is not None:
-            self.model.load_state_dict(self.ckpt["model"])
-            self.optimizer.load_state_dict(self.ckpt["optimizer"])
-            self.scheduler.load_state_dict(self.ckpt["scheduler"])
+            self._load_training_state()
             self.history = list(self.ckpt.get("history", []))
             self.start_epoch = int(self.ckpt["epoch"])
             self.run_dir.truncate_records(self.start_epoch)
@@ -233,6 +232,43 @@ class Trainer:
             self.run_dir.append("norms", weight_norm_rows(0, self.layers))
             self.run_dir.append("exponents", exponent_rows(0, self.model))
             self._save(0, "running")
+
+    def _load_training_state(self) -> None:
+        """Weights, optimizer and schedule from the checkpoint, each checked against the run it resumes: one that
+        does not fit (crafted, or another run's) is a CheckpointError now, not a traceback epochs later."""
+        path, ckpt = self.run_dir.checkpoint_path, self.ckpt
+
+        def refuse(what, e=None):
+            detail = f" ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]})" if e else ""
+            return CheckpointError(f"{path}: cannot resume from it: {what}{detail}")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise refuse("its weights do not fit the model", e) from None
+        try:
+            self.optimizer.load_state_dict(ckpt.get("optimizer"))
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            for param in params:  # a moment of another shape would fail in the first step
+                for value in self.optimizer.state.get(param, {}).values():
+                    if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                        raise ValueError(f"a state tensor of shape {tuple(value.shape)} for a parameter of "
+                                         f"{tuple(param.shape)}")
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise refuse("its optimizer state does not fit the model", e) from None
+        per_epoch = len(self.train_loader)
+        try:
+            self.scheduler.load_state_dict(ckpt.get("scheduler"))
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise refuse("its learning-rate schedule does not fit", e) from None
+        sched = self.scheduler
+        counts = (sched.total_steps, sched.last_epoch, sched._step_count)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts) \
+                or sched.total_steps != self.options.epochs * per_epoch \
+                or sched.last_epoch != int(ckpt["epoch"]) * per_epoch:
+            raise refuse(f"its learning-rate schedule does not fit (step {_shown(sched.last_epoch)} of "
+                         f"{_shown(sched.total_steps)}; its epoch {ckpt['epoch']} of {self.options.epochs}, "
+                         f"{per_epoch} batches each, make step {int(ckpt['epoch']) * per_epoch} of "
+                         f"{self.options.epochs * per_epoch})")
 
     def _check_data(self, data_fingerprint: str, root) -> None:
         """A resumed run continues on the copy of the data it was trained on, or not at all (DataMismatch); a run
