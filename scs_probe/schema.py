@@ -157,6 +157,8 @@ HISTORY_ROW = mapping({**dict.fromkeys(HISTORY_USED, NUMERIC), "epoch": integer(
 COMMON = {"variant": VARIANT, "options": OPTIONS, "status": NAME, "data": DATA, "params": integer(0),
           "versions": mapping(values=SCALAR), "environment": optional(mapping(values=SCALAR)), "diverged": DIVERGED}
 
+# what tune stores in an Optuna study (study.db, or a server others write too)
+STUDY = mapping({"data_fingerprint": TEXT, "settings": mapping(values=SCALAR)})
 CONFIG = mapping({**COMMON, "variant_name": NAME, "epochs_done": integer(0), "updated": TEXT, "device": TEXT,
                   "host": TEXT, "pid": integer(0), "node": optional(TEXT), "amp": optional(TEXT)})
 CHECKPOINT = mapping({**COMMON, "format_version": integer(0), "epoch": integer(0), "history": sequence(HISTORY_ROW),

@@ -108,6 +108,23 @@ def test_claims_when_the_scs_run_stayed_near_chance(tmp_path):
         f"every finished run of {SCS.name} stayed near chance" in activation.evidence
 
 
+@pytest.mark.parametrize("content", [b"not a zip", "keys"])
+def test_a_damaged_per_image_robustness_file_is_a_record_error(tmp_path, content):
+    """pgd_per_image.npz, cut or written by another hand: a RecordError naming it (the report's one line), not
+    a KeyError or BadZipFile traceback from the robustness claim."""
+    from scs_probe.errors import RecordError
+    ok = np.ones(100, dtype=bool)
+    runs = [fake_run(tmp_path / "runs", CONV, 0, ok), fake_run(tmp_path / "runs", SCS, 0, ok)]
+    pgd = tmp_path / "pgd"
+    pgd.mkdir()
+    if content == "keys":
+        np.savez(pgd / "pgd_per_image.npz", x=np.zeros(1))
+    else:
+        (pgd / "pgd_per_image.npz").write_bytes(content)
+    with pytest.raises(RecordError, match="pgd_per_image.npz"):
+        evaluate_claims(runs, tmp_path, pgd)
+
+
 class Quantized(torch.nn.Module):
     """Gradients masked on purpose: the input is rounded to 4 levels, so d logits / d x = 0 everywhere while
     the prediction still moves when a pixel crosses a level."""

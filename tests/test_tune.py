@@ -164,3 +164,19 @@ def test_only_a_table_creation_race_is_retried():
     assert _creation_race(error("ProgrammingError", '(psycopg.errors.DuplicateTable) relation "studies" exists'))
     assert not _creation_race(error("ProgrammingError", "permission denied for schema public"))
     assert not _creation_race(error("OperationalError", "connection refused"))
+
+
+@pytest.mark.parametrize("attrs, words", [({"data_fingerprint": 5}, "data_fingerprint must be text, got 5"),
+                                          ({"settings": [1]}, "settings must be an object, got a list")])
+def test_a_study_whose_stored_attributes_are_crafted_is_one_line(fake_cifar, tmp_path, capsys, attrs, words):
+    """A study's attributes (in study.db, or on a shared PostgreSQL server) are records like config.json: a
+    crafted one is one line naming it, not a TypeError when the data or settings are compared."""
+    from tests.test_untrusted_records import one_line_error
+    study = tune_module.open_study(tmp_path, tune_module.TuneConfig())
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    study.enqueue_trial({"p": 1.0})
+    assert main(["tune", "--out", str(tmp_path), "--epochs", "1", "--n-trials", "2", "--device", "cpu",
+                 "--data-dir", str(fake_cifar), "--limit-train", "64", "--quiet"]) == 1
+    err = one_line_error(capsys)
+    assert f"malformed ({words})" in err and "scs-fixed-p" in err, err

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import RecordError
 from ..progress import progress_bar
 from ..stats import binomial_interval, bootstrap_interval
 from ..storage import atomic_write, write_csv
@@ -324,5 +326,13 @@ def load_per_image(out) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
     path = Path(out) / PER_IMAGE
     if not path.is_file():
         return {}
-    with np.load(path) as z:
-        return {(str(m), str(a)): (z["eps"], z["robust"][i]) for i, (m, a) in enumerate(zip(z["models"], z["attacks"]))}
+    try:
+        with np.load(path) as z:  # allow_pickle=False: an object array is refused, never unpickled
+            per = {(str(m), str(a)): (np.asarray(z["eps"], dtype=float), np.asarray(z["robust"][i], dtype=float))
+                   for i, (m, a) in enumerate(zip(z["models"], z["attacks"]))}
+    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        raise RecordError(f"{path}: unreadable or malformed ({type(e).__name__}); delete the robustness analysis "
+                          "to have it run again") from None
+    if any(r.ndim != 2 or r.shape[0] != len(eps) for eps, r in per.values()):
+        raise RecordError(f"{path}: malformed (robust accuracies that do not match their eps)")
+    return per

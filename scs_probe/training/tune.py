@@ -20,11 +20,20 @@ from pathlib import Path
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
 
 from ..data import dataset_fingerprint
-from ..errors import DataMismatch, OptionError, ScsProbeError, ServiceUnavailable, StudyConflict, TrainingDiverged
+from ..errors import (
+    DataMismatch,
+    OptionError,
+    RecordError,
+    ScsProbeError,
+    ServiceUnavailable,
+    StudyConflict,
+    TrainingDiverged,
+)
 from ..layers import get_backend
 from ..plotting import plt, save
 from ..progress import progress_bar, write_line
 from ..rundir import StudyDir
+from ..schema import STUDY, check
 from .executors import cap_jobs, checked_data_dir, is_parallel, prepare_worker, run_all
 from .options import TrainOptions
 from .tensorboard_log import require as require_tensorboard
@@ -189,6 +198,7 @@ def open_study(out, config: TuneConfig, worker: int = 0):
             raise ServiceUnavailable(f"cannot reach the study storage {safe_url(url)} ({detail[:200]})") from None
         # a URL SQLAlchemy cannot parse, or whose driver is not installed: the user's to fix
         raise OptionError("storage", f"cannot open {safe_url(url)} ({detail[:160]})") from None
+    check(study.user_attrs, STUDY, f"study {config.study_name!r} in {safe_url(url)}", RecordError)
     # TPE's seed differs per worker and per continuation: parallel workers and a continued study do not redraw
     # the same random start-up points
     seen = len(study.get_trials(deepcopy=False))
@@ -332,7 +342,8 @@ def fail_ghost_trials(study, requeue: bool = True) -> list[int]:
         retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
         host = socket.gethostname()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            owner = t.user_attrs.get("owner") or {}
+            owner = t.user_attrs.get("owner")
+            owner = owner if isinstance(owner, dict) else {}  # written by another hand: nobody's
             if owner.get("host") == host and isinstance(owner.get("pid"), int) and not _alive(owner["pid"]):
                 if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL) and requeue:
                     retry(study, study._storage.get_trial(t._trial_id))
