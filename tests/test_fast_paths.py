@@ -121,20 +121,16 @@ def test_no_autograd_graph_or_saved_tensors_under_no_grad():
     assert layer(torch.rand(1, 3, 8, 8)).grad_fn is None
 
 
-def test_inference_reuses_the_unit_kernels_until_the_weights_change():
-    from scs_probe.layers import functional
+def test_inference_follows_weights_changed_in_place_even_through_data():
+    """No stale unit kernels: an optimizer step, `load_state_dict` and a change through `.data` (EMA code does
+    that; it bumps no version counter the parameter shows) all reach the next no-grad forward."""
     torch.manual_seed(0)
     layer, other = SharpenedCosineSimilarity2d(3, 4, 3), SharpenedCosineSimilarity2d(3, 4, 3)
     x = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         layer(x)
-        cached = functional._INFERENCE_KERNELS[layer.weight][1]
-        layer(x)
-        assert functional._INFERENCE_KERNELS[layer.weight][1] is cached  # computed once
-        for change in (lambda: layer.weight.add_(torch.randn_like(layer.weight)),  # an optimizer step
-                       lambda: layer.load_state_dict(other.state_dict())):
+        for change in (lambda: layer.weight.add_(torch.randn_like(layer.weight)),
+                       lambda: layer.load_state_dict(other.state_dict()),
+                       lambda: layer.weight.data.mul_(-1)):
             change()
-            fast = layer(x)
-            with torch.enable_grad():
-                torch.testing.assert_close(fast, layer(x), rtol=1e-6, atol=1e-7)  # the autograd path
-    torch.testing.assert_close(fast, other(x).detach(), rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(layer(x).double(), layer_reference(layer, x), rtol=1e-4, atol=1e-5)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
 from . import backend
 
@@ -101,24 +100,6 @@ def _unit_kernels(weight: torch.Tensor, eps: float):
     return backend.unit_kernels(weight, eps)
 
 
-_INFERENCE_KERNELS = WeakIdKeyDictionary()  # weights -> (their version, unit kernels); a copy of the weights
-
-
-def _inference_unit_kernels(weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """The unit kernels for inference, computed once per version of the weights (an optimizer step, a
-    `load_state_dict` or any in-place change bumps it): evaluating resnet18 re-normalised its 11 M weights for
-    every batch."""
-    if weight.is_inference():  # made under torch.inference_mode: no version to key on
-        return _unit_kernels(weight, eps)[0]
-    key = (weight._version, weight.data_ptr(), weight.dtype, weight.device, eps)
-    hit = _INFERENCE_KERNELS.get(weight)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    w_hat = _unit_kernels(weight, eps)[0]
-    _INFERENCE_KERNELS[weight] = (key, w_hat)
-    return w_hat
-
-
 class _SharpenedFunction(torch.autograd.Function):
     """out = sign(y) * (|y| + eps)**p with y = conv(x, w) / n; with `normalize` (SCS) n = patch norm + q and w the
     unit-norm kernels, saved with their norms for the backward pass (a weight-sized copy; recomputing them cost
@@ -187,8 +168,8 @@ def _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normaliz
     units = None
     if not normalize:
         wc = weight
-    elif inference:
-        wc = _inference_unit_kernels(weight, eps)
+    elif inference:  # no cache across calls: a change through `.data` bumps no version a cache could see
+        wc = _unit_kernels(weight, eps)[0]
     else:
         units = _unit_kernels(weight, eps)
         wc = units[0]
