@@ -8,8 +8,8 @@ the batch fixed, that loop runs several times faster on a CPU than ATen's max po
 (benchmarks/README.md). Training keeps each winner's offset in its window (0 to k*k - 1, as a float) and the pre-
 sharpening values there; the backward pass works on the pooled grid, sums d L / d n over each group's channels
 there (`unpool_channel_sum`), and the caller puts d L / d c back at the winners' flat indices
-(`offsets_to_indices`) with a scatter, as max pooling's backward does (an elementwise loop over the input grid,
-`unpool`, did not vectorise; the layers no longer use it).
+(`offsets_to_indices`) with a scatter, as max pooling's backward does (an elementwise loop over the input grid
+did not vectorise).
 
 Winners are exact: the largest value (max) or the largest magnitude, the positive value on a tie (max-abs); a
 nan propagates, as in max pooling; on exact ties the first element of the window (row-major) wins. Positions
@@ -110,28 +110,11 @@ def winners(y: torch.Tensor, geom, other: torch.Tensor | None = None):
     return best, offset, at
 
 
-def unpool(t: torch.Tensor, offset: torch.Tensor, geom) -> torch.Tensor:
-    """Adjoint of picking the winners: t [B, C, oh, ow] put at each window's winner on the [B, C, h, w] grid,
-    0 elsewhere (and past the edge cut off, or 0 where floor mode left rows or columns out)."""
-    _, kh, kw, oh, ow, h, w = geom
-    b, c = t.shape[:2]
-    full = (b, c, oh, kh, ow, kw)
-    te = t[:, :, :, None, :, None].expand(full).reshape(b, c, oh * kh, ow * kw)
-    oe = offset[:, :, :, None, :, None].expand(full).reshape(b, c, oh * kh, ow * kw)
-    rows = torch.arange(oh * kh, device=t.device) % kh
-    cols = torch.arange(ow * kw, device=t.device) % kw
-    here = (rows[:, None] * kw + cols[None, :]).to(offset.dtype)
-    out = torch.where(oe == here, te, torch.zeros((), dtype=t.dtype, device=t.device))
-    out = out[..., :h, :w]
-    if out.shape[-2] < h or out.shape[-1] < w:
-        out = F.pad(out, (0, w - out.shape[-1], 0, h - out.shape[-2]))
-    return out
-
-
 def unpool_channel_sum(t: torch.Tensor, offset: torch.Tensor, groups: int, geom) -> torch.Tensor:
-    """`unpool` of t, summed over the channels of each group: [B, groups, h, w]. Summed on the pooled grid, one
-    sum per window position (k*k reductions over contiguous rows), then spread out: summing the unpooled grid
-    over channels made inductor read it across channels, element by element."""
+    """t [B, C, oh, ow] put at each window's winner (0 elsewhere) and summed over the channels of each group:
+    [B, groups, h, w]. Summed on the pooled grid, one sum per window position (k*k reductions over contiguous
+    rows), then spread out: summing the unpooled grid over channels made inductor read it across channels,
+    element by element."""
     _, kh, kw, oh, ow, h, w = geom
     b, c = t.shape[:2]
     tg, og = t.unflatten(1, (groups, c // groups)), offset.unflatten(1, (groups, c // groups))
