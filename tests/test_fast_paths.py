@@ -76,6 +76,27 @@ def test_max_abs_pool_inference_is_exact(backend, name, pool):
     assert torch.equal(got, max_abs_pool_reference(x, k, s, pad, ceil_mode=ceil))
 
 
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("pool", ZOO_POOLS[:3], ids=["2ceil", "4ceil", "3s2p1"])
+def test_max_abs_pool_training_gradients_match_the_reference(backend, name, pool):
+    """The compiled training pool (`windows.strided_winners`: values and indices from one loop) routes gradients
+    where the float64 reference's autograd does, ties and zeros included."""
+    backend(name)
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, 32, 30)  # 2^14 elements: compiled under the `compiled` backend
+    x[0, 0, :2, :2] = torch.tensor([[1.5, -1.5], [0.0, -0.0]])
+    x[1, 1] = 0
+    _, k, s, pad, ceil = pool
+    x.requires_grad_()
+    got = MaxAbsPool2d(k, s, pad, ceil_mode=ceil)(x)
+    xr = x.detach().double().requires_grad_()
+    ref = max_abs_pool_reference(xr, k, s, pad, ceil_mode=ceil)
+    assert torch.equal(got.double(), ref.detach())
+    g = torch.linspace(-1, 1, got.numel()).view_as(got)
+    torch.testing.assert_close(torch.autograd.grad(got, x, g)[0].double(), torch.autograd.grad(ref, xr, g.double())[0])
+    assert backend_module._state["failed"] is None
+
+
 @pytest.mark.parametrize("name,pool,cls,groups", _cases(ZOO_POOLS))
 def test_pooled_training_gradients_match_the_unfused_pair(backend, name, pool, cls, groups):
     """Forward and gradients of the fused pooled layer (eager, compiled) against the layer then the pool."""

@@ -62,6 +62,23 @@ def test_strided_values_match_overlapping_and_padded_pooling(absolute, k, s, pad
     assert torch.equal(windows.pooled_strided(y, windows.strided_geometry(spec, (h, w))), want)
 
 
+@pytest.mark.parametrize("absolute", [True, False], ids=["maxabs", "max"])
+@pytest.mark.parametrize("k,s,pad,ceil", [(3, 2, 1, False), (3, 2, 1, True), (2, 1, 0, False), (2, 2, 1, True),
+                                          (4, 2, 2, False), (2, 2, 0, True)])
+@pytest.mark.parametrize("h,w", [(16, 16), (15, 9)])
+def test_strided_winners_are_max_poolings_indices(absolute, k, s, pad, ceil, h, w):
+    """Overlapping and padded windows (training through MaxAbsPool2d): the winner's flat index is the one max
+    pooling (of the max-abs key) returns, never a position in the padding."""
+    y = _data(h, w, seed=k * s + w)
+    spec = pool_spec(absolute, k, s, pad, 1, ceil)
+    best, idx = windows.strided_winners(y, windows.strided_geometry(spec, (h, w)))
+    key = backend.max_abs_key(y) if absolute else y
+    _, want_idx = F.max_pool2d(key, k, s, pad, ceil_mode=ceil, return_indices=True)
+    assert idx.dtype == torch.int64
+    assert torch.equal(idx, want_idx)
+    assert torch.equal(best, y.flatten(2).gather(2, idx.flatten(2)).view_as(best))
+
+
 def test_nan_propagates_and_its_window_keeps_a_real_position():
     y = torch.zeros(1, 1, 3, 3)
     y[0, 0, 2, 2] = float("nan")

@@ -514,18 +514,36 @@ def pool_sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: 
     return _fused(_make_window_sharpen, sgeom, (c, n, pv, eps, sdt), eager, c)
 
 
+def _max_abs_pool_eager(x: torch.Tensor, pool):
+    """Values and flat indices: one pooling pass over `max_abs_key` with indices, and a gather."""
+    _, kernel_size, stride, padding, dilation, ceil_mode = pool
+    idx = F.max_pool2d(max_abs_key(x), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)[1]
+    return x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape), idx
+
+
+def _make_window_pool_train(sgeom):
+    def window_pool_train(x):
+        return windows.strided_winners(x, sgeom)
+    return window_pool_train
+
+
 def max_abs_pool(x: torch.Tensor, pool) -> torch.Tensor:
     """MaxAbsPool2d for inference, no autograd: compiled, `windows.pooled_strided`; eager, one pooling pass over
     the key with indices and a gather."""
-    _, kernel_size, stride, padding, dilation, ceil_mode = pool
-
-    def eager(x):
-        idx = F.max_pool2d(max_abs_key(x), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)[1]
-        return x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
     sgeom = windows.strided_geometry(pool, x.shape[-2:]) if _use_compiled(x) else None
     if sgeom is None:
-        return eager(x)
-    return _fused(_make_window_pool, sgeom, (x,), eager, x)
+        return _max_abs_pool_eager(x, pool)[0]
+    return _fused(_make_window_pool, sgeom, (x,), lambda x: _max_abs_pool_eager(x, pool)[0], x)
+
+
+def max_abs_pool_train(x: torch.Tensor, pool):
+    """MaxAbsPool2d's values and the winners' flat int64 indices (for its backward pass): compiled,
+    `windows.strided_winners`, one loop over the pooled grid (resnet18's overlapping stem pool: ATen's max pooling
+    with indices of the key cost twice conv's whole max pooling step); eager, `_max_abs_pool_eager`."""
+    sgeom = windows.strided_geometry(pool, x.shape[-2:]) if _use_compiled(x) else None
+    if sgeom is None:
+        return _max_abs_pool_eager(x, pool)
+    return _fused(_make_window_pool_train, sgeom, (x,), lambda x: _max_abs_pool_eager(x, pool), x)
 
 
 def pool_sharpen_train(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float, pool):

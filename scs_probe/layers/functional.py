@@ -73,19 +73,9 @@ def _expand_groups(t: torch.Tensor, out_channels: int) -> torch.Tensor:
     return t.view(b, g, 1, h, w).expand(b, g, out_channels // g, h, w).reshape(b, out_channels, h, w)
 
 
-def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """t [B, C or groups, H, W] (a per-group t holds for all channels of its group) at the pooled positions
-    idx [B, C, H', W'] of each channel."""
-    b, c, g = idx.shape[0], idx.shape[1], t.shape[1]
-    if g != c:
-        t = t.unsqueeze(2).expand(b, g, c // g, *t.shape[-2:]).reshape(b, c, *t.shape[-2:])
-    out = t.new_empty(idx.shape)  # not a view: custom Functions may not return views of their intermediates
-    torch.gather(t.flatten(2), 2, idx.flatten(2), out=out.flatten(2))
-    return out
-
-
 def _scatter(t: torch.Tensor, idx: torch.Tensor, groups: int, size) -> torch.Tensor:
-    """Adjoint of `_gather`, summed over the channels of each group: [B, C, H', W'] -> [B, groups, H, W]."""
+    """t [B, C, H', W'] added at the flat positions idx of each channel (or, with fewer groups than channels,
+    summed over the channels of each group): [B, groups, H, W]."""
     b = t.shape[0]
     out = t.new_zeros((b, groups, size[0] * size[1]))
     # unflatten, not reshape(b, groups, -1): a batch of 0 leaves reshape's -1 undetermined
@@ -241,21 +231,15 @@ def sharpened_sdp2d(x, weight, p, stride=1, padding=0, dilation=1, groups=1, eps
     return _sharpened(x, weight, p, weight.new_zeros(()), stride, padding, dilation, groups, False, eps, pool)
 
 
-def _max_pool_indices(key: torch.Tensor, pool) -> torch.Tensor:
-    """Per window, the flat (h * W + w) index of the largest key (see `backend.pool_key`)."""
-    _, kernel_size, stride, padding, dilation, ceil_mode = pool
-    return F.max_pool2d(key, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)[1]
-
-
 class _MaxAbsPool2d(torch.autograd.Function):
     """Max-abs pooling that saves only the chosen indices (int64, output-sized), as MaxPool2d does."""
 
     @staticmethod
     def forward(ctx, x, pool):
-        idx = _max_pool_indices(backend.max_abs_key(x), pool)
+        out, idx = backend.max_abs_pool_train(x, pool)
         ctx.save_for_backward(idx)
         ctx.input_shape = x.shape
-        return _gather(x, idx)
+        return out
 
     @staticmethod
     def backward(ctx, grad):

@@ -53,16 +53,32 @@ def strided_geometry(pool, size) -> tuple | None:
     return (bool(absolute), *kernel_size, *stride, *padding, oh, ow)
 
 
-def pooled_strided(y: torch.Tensor, sgeom) -> torch.Tensor:
-    """Max or max-abs pooling of y, values only, for any `strided_geometry`: the padding and ceil_mode's edge
-    hold copies of the nearest element, which lies in the same window, so they change no window's value."""
+def _strided_views(y: torch.Tensor, sgeom) -> list[torch.Tensor]:
+    """The kh*kw strided views [..., oh, ow] of a `strided_geometry` pool: element (i, j) of every window,
+    row-major. The padding and ceil_mode's edge hold copies of the nearest element, which lies in the same window:
+    no window's value changes, and scanned row-major a window still meets its elements first in row-major order
+    (a copy of row 0 above row 0 comes with row 0's own order), so the first winner stays the same element."""
     absolute, kh, kw, sh, sw, ph, pw, oh, ow = sgeom
     h, w = y.shape[-2:]
     end_h, end_w = max((oh - 1) * sh + kh - ph - h, 0), max((ow - 1) * sw + kw - pw - w, 0)
     if ph or pw or end_h or end_w:
         y = F.pad(y, (pw, end_w, ph, end_h), mode="replicate")
-    views = [y[..., i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw] for i in range(kh) for j in range(kw)]
-    return pooled_values(views, absolute)
+    return [y[..., i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw] for i in range(kh) for j in range(kw)]
+
+
+def pooled_strided(y: torch.Tensor, sgeom) -> torch.Tensor:
+    """Max or max-abs pooling of y, values only, for any `strided_geometry`."""
+    return pooled_values(_strided_views(y, sgeom), sgeom[0])
+
+
+def strided_winners(y: torch.Tensor, sgeom):
+    """Max or max-abs pooling of y for any `strided_geometry`, with the winners' flat (row * w + col) int64
+    indices, as max pooling returns them (for the backward pass of overlapping pools: resnet18's 3x3 stride-2
+    stem pool). A winner in the padding is a copy: its index is its original's."""
+    _, kh, kw, sh, sw, ph, pw, oh, ow = sgeom
+    h, w = y.shape[-2:]
+    best, offset, _ = _pick(_strided_views(y, sgeom), sgeom[0])
+    return best, _flat_indices(offset, (kh, kw, sh, sw, ph, pw, oh, ow, h, w))
 
 
 def _views(t: torch.Tensor, geom) -> list[torch.Tensor]:
@@ -151,14 +167,23 @@ def unpool_channel_sum(t: torch.Tensor, offset: torch.Tensor, groups: int, geom)
 
 
 def offsets_to_indices(offset: torch.Tensor, geom) -> torch.Tensor:
-    """Window offsets (floats) -> the flat (row * w + col) int64 indices max pooling returns. Counted in the
-    offsets' float type (exact below 2^24, checked) and converted last: int64 division has no vector
-    instructions, and doing it per element made the backward graph 4x slower."""
+    """Window offsets (floats) of a `geometry` -> the flat (row * w + col) int64 indices max pooling returns."""
     _, kh, kw, oh, ow, h, w = geom
+    return _flat_indices(offset, (kh, kw, kh, kw, 0, 0, oh, ow, h, w))
+
+
+def _flat_indices(offset: torch.Tensor, dims) -> torch.Tensor:
+    """Offsets in windows of (kh, kw) at strides (sh, sw) with padding (ph, pw) over an (h, w) grid -> flat
+    int64 indices, positions in the padding moved to the element they copy (clamped). Counted in the offsets'
+    float type (exact below 2^24, checked) and converted last: int64 division has no vector instructions, and
+    doing it per element made the backward graph 4x slower."""
+    kh, kw, sh, sw, ph, pw, oh, ow, h, w = dims
     if h * w >= 1 << 24:
         offset = offset.double()
     row = torch.div(offset, kw, rounding_mode="floor")
     col = offset - row * kw
-    rows = torch.arange(oh, device=offset.device, dtype=offset.dtype).view(-1, 1) * kh + row
-    cols = torch.arange(ow, device=offset.device, dtype=offset.dtype).view(1, -1) * kw + col
+    rows = torch.arange(oh, device=offset.device, dtype=offset.dtype).view(-1, 1) * sh - ph + row
+    cols = torch.arange(ow, device=offset.device, dtype=offset.dtype).view(1, -1) * sw - pw + col
+    if ph or pw or (oh - 1) * sh + kh - ph > h or (ow - 1) * sw + kw - pw > w:
+        rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
     return (rows * w + cols).long()
