@@ -11,7 +11,10 @@ import time
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as `scs-probe` sets it: see scs_probe/cli/app.py
 import torch
 
+from scs_probe.cpu_memory import configure
 from scs_probe.layers import BACKENDS, get_backend, set_backend
+
+MEMORY = configure()  # freed memory kept, as `scs-probe` does (scs_probe/cpu_memory.py)
 
 
 def parse_args(description: str, extra=None) -> argparse.Namespace:
@@ -33,7 +36,8 @@ def machine(device: str) -> str:
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
             f"{torch.backends.cpu.get_cpu_capability()} (torch {torch.__version__}), "
-            f"backend {get_backend()}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}")
+            f"backend {get_backend()}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}, freed memory "
+            f"{MEMORY}")
 
 
 def sync(device: str) -> None:

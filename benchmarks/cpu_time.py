@@ -14,7 +14,10 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 import torch
 import torch.nn.functional as F
 
+from scs_probe.cpu_memory import configure
 from scs_probe.zoo import build_model
+
+MEMORY = configure()  # freed memory kept, as `scs-probe` does (scs_probe/cpu_memory.py)
 
 
 def main(arch="rohrer100k", norm="none", repeats=5):

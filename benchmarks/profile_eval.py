@@ -16,7 +16,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scs_probe.cpu_memory import configure
 from scs_probe.zoo import build_model
+
+MEMORY = configure()  # freed memory kept, as `scs-probe` does (scs_probe/cpu_memory.py)
 
 VARIANTS = {"conv": dict(layer="conv", activation="relu", pool="max"),
             "scs": dict(layer="scs", activation="none", pool="maxabs")}

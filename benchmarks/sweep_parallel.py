@@ -19,10 +19,13 @@ from pathlib import Path
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 import torch
 
+from scs_probe.cpu_memory import configure
 from scs_probe.paper import published_row
 from scs_probe.training import TrainOptions, select_variants, sweep
 from scs_probe.training.executors import LocalExecutor, RayExecutor
 from scs_probe.zoo import get_arch, list_archs, variant_grid
+
+MEMORY = configure()  # freed memory kept, as `scs-probe` does (scs_probe/cpu_memory.py)
 
 
 def timed_sweep(out: Path, options: TrainOptions, seeds, executor=None) -> float:

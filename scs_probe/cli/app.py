@@ -14,7 +14,7 @@ import warnings
 
 import click
 
-from .. import errors
+from .. import cpu_memory, errors
 from ..zoo import trust_model_code
 from .options import BACKEND_ENV, BACKENDS, flag
 
@@ -91,9 +91,9 @@ def argv_command(argv) -> str | None:
 
 
 def main(argv=None) -> int:
-    # Large CPU tensors on transparent huge pages: without this, every fresh activation costs thousands of page
-    # faults, which on a VM can take longer than the elementwise pass that fills it. Set it to 0 to opt out.
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    # Freed tensors reused, large ones on huge pages: without this, every fresh activation costs thousands of page
+    # faults, which on a VM can take longer than the elementwise pass that fills it (see scs_probe/cpu_memory.py).
+    cpu_memory.configure()
     warnings.showwarning = _one_line_warnings
     try:
         with trust_model_code(False):  # what this command trusts ends with it (in-process callers, tests)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .. import cpu_memory
 from ..data import UnverifiedDataWarning, dataset_files, load_dataset, resolve_data_dir
 from ..errors import OptionError, ScsProbeError, ServiceUnavailable, StorageNotShared, TrainingDiverged
 from ..layers import set_backend
@@ -68,6 +69,7 @@ def checked_data_dir(options: TrainOptions) -> Path:
 def prepare_worker(job) -> None:
     """A worker process as its driver has it: the job's torch threads and layer backend; the data warning, which
     the driver gave once, silenced."""
+    cpu_memory.configure()  # a worker process (spawned, Ray) keeps freed memory as the driver does
     if job.threads:
         torch.set_num_threads(job.threads)
     if job.backend:

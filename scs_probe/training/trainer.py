@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
+from .. import __version__, cpu_memory
 from ..checkpoint import load_checkpoint
 from ..data import (
     BatchLoader,
@@ -66,7 +66,7 @@ def environment(device: torch.device) -> dict:
     with its reason), torch threads, host, device (with the GPU's name and the CUDA version on CUDA) and the
     torch version."""
     env = {"backend": backend_used(), "threads": torch.get_num_threads(), "host": socket.gethostname(),
-           "device": device.type, "torch": str(torch.__version__)}
+           "device": device.type, "torch": str(torch.__version__)} | cpu_memory.describe()
     return env | {k: v for k, v in describe_device(device).items() if k != "device"}  # GPU, CUDA, cuDNN, TF32
 
 
