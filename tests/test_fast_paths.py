@@ -77,6 +77,26 @@ def test_max_abs_pool_inference_is_exact(backend, name, pool):
 
 
 @pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("size", [2, 3, 1, 4])  # planes of 4 and 9 elements run as flat rows (backend._small_plane)
+@pytest.mark.parametrize("cls,groups", [(SharpenedCosineSimilarity2d, 2), (SharpenedSDP2d, 1)], ids=["scs", "sdp"])
+def test_small_planes_match_the_reference_forward_and_backward(backend, name, size, cls, groups):
+    """resnet18's last layers at 32 px: outputs and every gradient (x, weight, p, q) against float64 autograd."""
+    backend(name)
+    torch.manual_seed(size)
+    layer = cls(6, 8, 3, padding=1, groups=groups)
+    x = torch.randn(5, 6, size, size, requires_grad=True)
+    x.data[0, :, 0] = 0  # zero patches: y == 0
+    out = layer(x)
+    ref = layer_reference(layer, x.double())
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-4, atol=1e-5)
+    g = torch.linspace(-1, 1, out.numel()).view_as(out)
+    params = [x] + list(layer.parameters())
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g.double())):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-3, atol=1e-5)
+    assert backend_module._state["failed"] is None
+
+
+@pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("pool", ZOO_POOLS[:3], ids=["2ceil", "4ceil", "3s2p1"])
 def test_max_abs_pool_training_gradients_match_the_reference(backend, name, pool):
     """The compiled training pool (`windows.strided_winners`: values and indices from one loop) routes gradients
