@@ -45,6 +45,19 @@ def _shown(value) -> str:
     return f"a {type(value).__name__}"
 
 
+def printable(value, limit: int = 200) -> str:
+    """A value read from a file, as a terminal may show it: control characters (escape sequences, carriage
+    returns) written as Python escapes, the text cut at `limit` characters; containers by their kind."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool | float) or (isinstance(value, int) and abs(value) < 10 ** 40):
+        text = str(value)
+    else:
+        text = _shown(value)
+    shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
+
+
 def _where(field: str, key) -> str:
     name = key if isinstance(key, str) and len(key) <= 40 else _shown(key)
     return f"{field}.{name}" if field else name

@@ -517,6 +517,23 @@ def test_inspect_names_a_checkpoint_field_of_the_wrong_type(tmp_path, capsys, da
     assert f"{bad}: malformed ({words})" in err, err
 
 
+def test_inspect_escapes_control_characters_of_a_crafted_checkpoint(tmp_path, capsys):
+    """Values a checkpoint carries (options, data, environment, versions, a diverged reason, unknown keys) are
+    shown with control characters escaped: a crafted one must not clear the screen or rewrite earlier lines."""
+    from scs_probe.checkpoint import save_checkpoint
+    evil = "\x1b[2J\x1b]0;pwned\x07\rok"
+    payload = _checkpoint_payload()
+    payload["options"]["note" + evil] = evil
+    payload["environment"]["host"] = evil
+    payload["versions"]["torch"] = evil
+    payload["data"]["source"] = evil
+    save_checkpoint(tmp_path / "evil.pt", payload)
+    assert main(["inspect", str(tmp_path / "evil.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out
+    assert out.count("\\x1b[2J") == 5  # shown, escaped: the key, and four values
+
+
 def test_a_checkpoint_nested_too_deep_is_one_line(tmp_path, capsys):
     """A field this scs-probe does not know is let through, but not one nested thousands deep: printing it
     (inspect's options line) was a RecursionError traceback."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..schema import printable
 from .options import MODEL_OPTION, arch_option, check_model_spec, command, trust_option
 from .types import GivenPath
 
@@ -56,9 +57,10 @@ def inspect(ckpt):
         else:
             note = " (trained now by " + (f"pid {trainer['pid']} on {trainer.get('host', '?')}"
                                           if trainer.get("pid") else "another process") + ")"
-    click.echo(f"status:    {status}, epoch {c['epoch']} of {o.get('epochs', '?')}{note}")
+    click.echo(f"status:    {printable(status)}, epoch {c['epoch']} of {printable(o.get('epochs', '?'))}"
+               f"{printable(note)}")
     if c.get("diverged"):
-        click.echo(f"diverged:  {c['diverged'].get('reason')}")
+        click.echo(f"diverged:  {printable(c['diverged'].get('reason'))}")
     if hist:
         best = best_epoch(hist)  # on validation: a best chosen on the test split would overstate it
         last = hist[-1]
@@ -72,10 +74,15 @@ def inspect(ckpt):
                    f"{sum(float(r['eval_seconds']) for r in hist) / len(hist):.1f} eval")
     click.echo(f"params:    {c.get('params', '?'):,}" if isinstance(c.get("params"), int) else "params:    ?")
     shown = {k: val for k, val in o.items() if val is not None and val is not False}
-    click.echo("options:   " + " ".join(f"{k}={val}" for k, val in shown.items()))
+    click.echo("options:   " + _pairs(shown))
     if c.get("data"):
-        click.echo("data:      " + " ".join(f"{k}={val}" for k, val in c["data"].items()))
+        click.echo("data:      " + _pairs(c["data"]))
     if c.get("environment"):
-        click.echo("ran on:    " + " ".join(f"{k}={val}" for k, val in c["environment"].items()))
+        click.echo("ran on:    " + _pairs(c["environment"]))
     if c.get("versions"):
-        click.echo("versions:  " + " ".join(f"{k}={val}" for k, val in c["versions"].items()))
+        click.echo("versions:  " + _pairs(c["versions"]))
+
+
+def _pairs(record: dict) -> str:
+    """key=value pairs of a checkpoint's record, escaped (a crafted value must not drive the terminal)."""
+    return " ".join(f"{printable(k, 60)}={printable(val)}" for k, val in record.items())
