@@ -199,6 +199,12 @@ def test_speed_claim_compares_only_runs_that_ran_alike(tmp_path):
     assert "backend auto vs eager (fallback: RuntimeError: no compiler)" in speed.evidence
     runs = _fake(tmp_path, "threads", lambda layer: {**same, "threads": 4 if layer == "scs" else 2}, (10.0, 20.0))
     assert "threads 2 vs 4" in evaluate_claims(runs, tmp_path, tmp_path)[1].evidence
+    kept = "kept (glibc 2.36: mmap threshold 1 GiB, trim threshold 2 GiB)"  # the CPU memory policy halved conv stems
+    runs = _fake(tmp_path, "memory", lambda layer: {**same, "freed_memory": kept if layer == "scs" else
+                                                    "off: SCS_PROBE_KEEP_FREED_MEMORY=0"}, (10.0, 20.0))
+    speed = evaluate_claims(runs, tmp_path, tmp_path)[1]
+    assert speed.verdict == "not tested"
+    assert f"freed_memory off: SCS_PROBE_KEEP_FREED_MEMORY=0 vs {kept}" in speed.evidence
     runs = _fake(tmp_path, "half", lambda layer: same if layer == "scs" else None, (10.0, 20.0))
     speed = evaluate_claims(runs, tmp_path, tmp_path)[1]
     assert speed.verdict == "not tested" and "older scs-probe" in speed.evidence
@@ -254,5 +260,6 @@ def test_config_json_records_what_ran(fake_cifar, tmp_path):
     trainer = Trainer(opts(fake_cifar, tmp_path / "r", epochs=1), progress=False, log=lambda *a: None)
     trainer._setup()
     config = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert set(config["environment"]) == {"backend", "threads", "host", "device", "torch"}
+    assert set(config["environment"]) == {"backend", "threads", "host", "device", "torch", "thp_mem_alloc",
+                                          "freed_memory"}
     assert config["environment"] == trainer.run_dir.load_checkpoint()["environment"]

@@ -1,11 +1,13 @@
 """What a number comes from and what it may be compared with: chance level relative to the number of classes, and
-whether two runs ran alike (the SCS backend actually used, threads, host, device, GPU, CUDA, torch)."""
+whether two runs ran alike (the SCS backend actually used, threads, host, device, GPU, CUDA, torch, CPU memory
+policy)."""
 
 from __future__ import annotations
 
 from ..data import near_chance_threshold  # 1.5 / classes: one rule for training's summaries and the analyses
 
-ENVIRONMENT_KEYS = ("backend", "threads", "host", "device", "gpu", "cuda", "torch")
+# thp_mem_alloc, freed_memory: scs_probe.cpu_memory's policy (kept freed memory halved a conv stem's time)
+ENVIRONMENT_KEYS = ("backend", "threads", "host", "device", "gpu", "cuda", "torch", "thp_mem_alloc", "freed_memory")
 
 
 def near_chance(row: dict) -> bool:

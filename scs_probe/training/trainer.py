@@ -63,11 +63,12 @@ def versions() -> dict:
 
 def environment(device: torch.device) -> dict:
     """What a run ran on, as the speed claim compares it: the SCS backend actually used (a fallback to eager
-    with its reason), torch threads, host, device (with the GPU's name and the CUDA version on CUDA) and the
-    torch version."""
+    with its reason), torch threads, host, device (with the GPU's name and the CUDA version on CUDA), the
+    torch version and the CPU memory policy (`cpu_memory.describe`: it halves some conv layers' times)."""
     env = {"backend": backend_used(), "threads": torch.get_num_threads(), "host": socket.gethostname(),
-           "device": device.type, "torch": str(torch.__version__)} | cpu_memory.describe()
-    return env | {k: v for k, v in describe_device(device).items() if k != "device"}  # GPU, CUDA, cuDNN, TF32
+           "device": device.type, "torch": str(torch.__version__)}
+    env |= {k: v for k, v in describe_device(device).items() if k != "device"}  # GPU, CUDA, cuDNN, TF32
+    return env | cpu_memory.describe()  # last: the longest text (inspect's "ran on:" line)
 
 
 def _sync(device: torch.device) -> None:
