@@ -47,11 +47,21 @@ def _shown(value) -> str:
 
 def printable(value, limit: int = 200) -> str:
     """A value read from a file, as a terminal may show it: control characters (escape sequences, carriage
-    returns) written as Python escapes, the text cut at `limit` characters; containers by their kind."""
+    returns) written as Python escapes, the text cut at `limit` characters; a list's items (a data set's classes)
+    by their short reprs as far as the limit reaches, other containers by their kind."""
     if isinstance(value, str):
         text = value
     elif isinstance(value, bool | float) or (isinstance(value, int) and abs(value) < 10 ** 40):
         text = str(value)
+    elif isinstance(value, list | tuple):
+        items, size = [], 0
+        for item in value:  # no repr of a crafted list of any size: as many items as the limit shows
+            if size > limit:
+                items.append("...")
+                break
+            items.append(_shown(item))
+            size += len(items[-1]) + 2
+        text = "[" + ", ".join(items) + "]"
     else:
         text = _shown(value)
     shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text[:limit])

@@ -534,6 +534,21 @@ def test_inspect_escapes_control_characters_of_a_crafted_checkpoint(tmp_path, ca
     assert out.count("\\x1b[2J") == 5  # shown, escaped: the key, and four values
 
 
+def test_inspect_shows_a_data_sets_classes_and_cuts_a_long_list(tmp_path, capsys):
+    """A list (data.classes) is shown by its items, as far as a line's limit reaches, escaped like any value."""
+    from scs_probe.checkpoint import save_checkpoint
+    from scs_probe.schema import printable
+    payload = _checkpoint_payload()
+    payload["data"]["classes"] = ["airplane", "auto\x1b[2Jmobile"]
+    save_checkpoint(tmp_path / "c.pt", payload)
+    assert main(["inspect", str(tmp_path / "c.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "classes=['airplane', 'auto\\x1b[2Jmobile']" in out and "\x1b" not in out
+    long = printable([f"class {i}" for i in range(10 ** 5)])
+    assert long.startswith("['class 0', 'class 1', ") and long.endswith("...") and len(long) <= 203
+    assert printable([[1, 2], {"a": 1}]) == "[a list, a dict]"
+
+
 def test_a_checkpoint_nested_too_deep_is_one_line(tmp_path, capsys):
     """A field this scs-probe does not know is let through, but not one nested thousands deep: printing it
     (inspect's options line) was a RecursionError traceback."""
