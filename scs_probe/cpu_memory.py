@@ -34,7 +34,8 @@ _state = {"policy": None}
 
 def keep_freed_memory() -> str:
     """Set glibc's thresholds (see the module docstring) once per process; returns what holds now, as recorded
-    with a run's timings: "kept (glibc mmap threshold 1 GiB)", or why not ("off: ...")."""
+    with a run's timings: "kept (glibc 2.36: mmap threshold 1 GiB, trim threshold 2 GiB)", or why not
+    ("off: SCS_PROBE_KEEP_FREED_MEMORY=0", ...)."""
     if _state["policy"] is not None:
         return _state["policy"]
     if os.environ.get(OPT_OUT, "").strip() == "0":

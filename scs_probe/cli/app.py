@@ -45,7 +45,10 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, lazy_commands=COMMANDS,
-             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+             epilog="CPU memory: freed tensors are kept for reuse and large ones put on huge pages, so the process "
+                    "keeps its peak memory until it exits (scs_probe/cpu_memory.py); opt out with "
+                    f"{cpu_memory.OPT_OUT}=0 and THP_MEM_ALLOC_ENABLE=0.")
 @click.version_option(package_name="scs-probe")
 @click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False), default=None,
               help="How sharpened layers run their elementwise work: fused by TorchInductor (compiled; auto: for "

@@ -1,6 +1,6 @@
 """Pooled sharpening over non-overlapping windows (kernel == stride, no padding or dilation: the scs-gallery
-models' 2x2 and 4x4 pools) written as plain elementwise code for TorchInductor; for evaluation, any undilated
-pool (resnet18's 3x3 stride-2 stem pool too).
+models' 2x2 and 4x4 pools) written as plain elementwise code for TorchInductor; for evaluation, and for
+MaxAbsPool2d's training (`strided_winners`), any undilated pool (resnet18's 3x3 stride-2 stem pool too).
 
 Each window's k*k elements are k*k strided views of the layer's output grid, so picking the winner and sharpening
 it is one elementwise loop over the pooled grid: no pooling op, no int64 indices. Compiled with every size but
@@ -13,7 +13,7 @@ did not vectorise).
 
 Winners are exact: the largest value (max) or the largest magnitude, the positive value on a tie (max-abs); a
 nan propagates, as in max pooling; on exact ties the first element of the window (row-major) wins. Positions
-that ceil_mode adds past the edge never win.
+that ceil_mode adds past the edge never win; padding holds copies, and a winning copy is its original.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def _out_size(n: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
 
 
 def strided_geometry(pool, size) -> tuple | None:
-    """(absolute, kh, kw, sh, sw, ph, pw, oh, ow) of any undilated pool over a grid of `size`, for the values only
-    (`pooled_strided`: evaluation, overlapping windows too), or None (dilation, a window past the grid)."""
+    """(absolute, kh, kw, sh, sw, ph, pw, oh, ow) of any undilated pool over a grid of `size`, overlapping windows
+    too, for the values (`pooled_strided`: evaluation) or the values and flat indices (`strided_winners`:
+    MaxAbsPool2d's training), or None (dilation, a window past the grid)."""
     absolute, kernel_size, stride, padding, dilation, ceil_mode = pool
     if tuple(dilation) != (1, 1) or any(2 * p > k for p, k in zip(padding, kernel_size)) \
             or any(n + 2 * p < k for n, p, k in zip(size, padding, kernel_size)):
