@@ -12,8 +12,8 @@ alike. Two settings, made once per process before training:
   CUDA caching allocator does on a GPU.
 
 Both apply to every model the process trains or evaluates, conv and SCS alike: timings compare like with like.
-Opt out with THP_MEM_ALLOC_ENABLE=0 and SCS_PROBE_KEEP_FREED_MEMORY=0; glibc's own MALLOC_MMAP_THRESHOLD_,
-MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES, when set, are left to rule.
+Opt out with THP_MEM_ALLOC_ENABLE=0 and SCS_PROBE_KEEP_FREED_MEMORY=0 (or false, no, off); glibc's own
+MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES, when set, are left to rule.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ OPT_OUT = "SCS_PROBE_KEEP_FREED_MEMORY"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 MMAP_THRESHOLD = 1 << 30
 TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes a C int
+_OFF = ("0", "false", "no", "off")  # SCS_PROBE_KEEP_FREED_MEMORY=false opts out as =0 does, not the opposite
 _GLIBC_OWN = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 _state = {"policy": None}
@@ -38,8 +39,8 @@ def keep_freed_memory() -> str:
     ("off: SCS_PROBE_KEEP_FREED_MEMORY=0", ...)."""
     if _state["policy"] is not None:
         return _state["policy"]
-    if os.environ.get(OPT_OUT, "").strip() == "0":
-        policy = f"off: {OPT_OUT}=0"
+    if (value := os.environ.get(OPT_OUT, "").strip().lower()) in _OFF:
+        policy = f"off: {OPT_OUT}={value}"
     elif any(k in os.environ for k in _GLIBC_OWN):
         policy = "off: glibc's own settings in the environment"
     elif not sys.platform.startswith("linux"):

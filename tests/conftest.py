@@ -8,6 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scs_probe import cpu_memory
+
+# The test process keeps freed memory from the start, as every `scs-probe` command does: runs trained through the
+# Python API and through `main` then record the same policy, whatever order the tests run in (the speed claim
+# compares it).
+cpu_memory.configure()
+
 
 def write_fake_cifar(root: Path, per_batch: int = 300, seed: int = 0, signal: float = 0.6,
                      meta_per_batch: int | None = None) -> Path:

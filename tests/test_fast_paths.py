@@ -97,6 +97,18 @@ def test_small_planes_match_the_reference_forward_and_backward(backend, name, si
 
 
 @pytest.mark.parametrize("name", BACKENDS)
+def test_small_planes_of_an_empty_batch_backpropagate(backend, name):
+    """A batch of 0 on 2x2 planes (the flat rows of `backend._small_plane`): reshape(0, -1) could not tell -1."""
+    backend(name)
+    layer = SharpenedCosineSimilarity2d(4, 4, 3, padding=1, groups=2)
+    x = torch.zeros(0, 4, 2, 2, requires_grad=True)
+    out = layer(x)
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad.shape == x.shape and layer.p.grad.abs().sum() == 0
+    assert backend_module._state["failed"] is None
+
+
+@pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("pool", ZOO_POOLS[:3], ids=["2ceil", "4ceil", "3s2p1"])
 def test_max_abs_pool_training_gradients_match_the_reference(backend, name, pool):
     """The compiled training pool (`windows.strided_winners`: values and indices from one loop) routes gradients

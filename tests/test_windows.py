@@ -79,6 +79,20 @@ def test_strided_winners_are_max_poolings_indices(absolute, k, s, pad, ceil, h, 
     assert torch.equal(best, y.flatten(2).gather(2, idx.flatten(2)).view_as(best))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("k,s,pad", [(2, 2, 0), (3, 2, 1), (24, 24, 0)])
+def test_strided_winners_of_half_precision_grids_have_exact_indices(dtype, k, s, pad):
+    """MaxAbsPool2d trains on bfloat16/float16 activations: offsets and flat indices counted in the input's own type
+    were rounded past 256 (bfloat16) or 2048 (float16): wrong winners' positions, and indices past the grid."""
+    h = w = 48
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(k)).to(dtype)
+    spec = pool_spec(True, k, s, pad, 1, False)
+    best, idx = windows.strided_winners(x, windows.strided_geometry(spec, (h, w)))
+    assert int(idx.max()) < h * w
+    assert torch.equal(best, x.flatten(2).gather(2, idx.flatten(2)).view_as(best))  # the winner is where idx says
+    assert torch.equal(best.double(), max_abs_pool_reference(x.double(), k, s, pad))
+
+
 def test_nan_propagates_and_its_window_keeps_a_real_position():
     y = torch.zeros(1, 1, 3, 3)
     y[0, 0, 2, 2] = float("nan")

@@ -126,9 +126,9 @@ def _small_plane(c: torch.Tensor) -> bool:
 
 def _flat(c, n, p):
     """c [B, C, H, W] -> [B, C*H*W]; n per group -> per element, the same shape; p [1, C, 1, 1] -> [1, C*H*W]."""
-    b, ch, h, w = c.shape
-    nf = None if n is None else _per_channel(n, ch).reshape(b, -1)
-    return c.reshape(b, -1), nf, p.expand(1, ch, h, w).reshape(1, -1)
+    _, ch, h, w = c.shape
+    nf = None if n is None else _per_channel(n, ch).flatten(1)  # flatten, not reshape(b, -1): a batch of 0 too
+    return c.flatten(1), nf, p.expand(1, ch, h, w).reshape(1, -1)
 
 
 def _sharpen_flat_math(c, n, p, eps: float, sdt: torch.dtype):

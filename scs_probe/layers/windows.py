@@ -102,7 +102,9 @@ def _nan(t: torch.Tensor) -> torch.Tensor:
 def _running(views, better, others):
     """The first best of `views` by `better` (strict: ties keep the earlier element), with its offset (a float)
     and, where `others` is given, the other tensor's value there: selects only."""
-    best, offset, at = views[0], torch.zeros_like(views[0]), None if others is None else others[0]
+    # the offset in float32 at least: bfloat16 counts exactly only to 256 (a 17x17 window)
+    odt = torch.promote_types(views[0].dtype, torch.float32)
+    best, offset, at = views[0], torch.zeros_like(views[0], dtype=odt), None if others is None else others[0]
     for i in range(1, len(views)):
         take = better(views[i], best)
         best = torch.where(take, views[i], best)
@@ -115,7 +117,8 @@ def _running(views, better, others):
 def _pick(views, absolute: bool, others=None):
     """The winning value of each window, its offset in the window and `others` there: the window's max, or for
     max-abs its max and min side by side and the larger magnitude (the max on a tie); on exact ties the first
-    element. A nan propagates, as in max pooling, with offset 0 and others' first element.
+    element. A nan propagates, as in max pooling, with offset 0 and others' first element. The offset is in float32
+    at least.
 
     Written as selects (`where(v > hi, v, hi)`, the offset and others carried along) with the nans flagged apart:
     inductor leaves these loops scalar (strided loads), and its scalar code for torch.maximum chains, or for
@@ -181,6 +184,8 @@ def _flat_indices(offset: torch.Tensor, dims) -> torch.Tensor:
     kh, kw, sh, sw, ph, pw, oh, ow, h, w = dims
     if h * w >= 1 << 24:
         offset = offset.double()
+    elif offset.dtype not in (torch.float32, torch.float64):  # bfloat16, float16: exact only to 256, 2048
+        offset = offset.float()
     row = torch.div(offset, kw, rounding_mode="floor")
     col = offset - row * kw
     rows = torch.arange(oh, device=offset.device, dtype=offset.dtype).view(-1, 1) * sh - ph + row
