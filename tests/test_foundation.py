@@ -149,7 +149,8 @@ def test_progress_is_silent_in_logs(fake_cifar, tmp_path, capfd):
 
 # README's Layout: each row imports only from rows above it.
 LAYOUT = [{"__init__", "layers"},
-          {"choices", "errors", "schema", "storage", "locks", "progress", "serialization", "stats", "plotting"},
+          {"choices", "errors", "schema", "storage", "locks", "progress", "serialization", "stats", "plotting",
+           "cpu_memory"},
           {"paper"},
           {"conversion"}, {"zoo"},
           {"data"}, {"checkpoint"}, {"rundir"}, {"training"}, {"analysis"},

@@ -372,8 +372,6 @@ def _compiled(make, static, args, fixed: bool = True):
     key = (make.__name__, static, fixed, _signature(args, fixed))
     if key not in _state["fns"]:
         _quiet_cuda_probe()
-        if fixed:  # read when the graph is compiled (on this call) only: later batches match its symbolic size
-            _batch_dynamic(args)
         fn = make(static)
         code = fn.__code__.replace(co_name=f"{fn.__name__}_{len(_state['fns'])}")
         clone = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
@@ -397,6 +395,8 @@ def _fused(make, static, args, eager, ref: torch.Tensor, numel: int | None = Non
     if _use_compiled(ref, numel):
         fixed = (ref.numel() if numel is None else numel) >= AUTO_MIN_NUMEL
         try:
+            if fixed:  # on every call: a guard that fails (another stride) recompiles, and must see the mark too
+                _batch_dynamic(args)
             return _compiled(make, static, args, fixed)(*args)
         except torch.OutOfMemoryError:
             raise
@@ -566,10 +566,13 @@ def pool_sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: 
 
 
 def _max_abs_pool_eager(x: torch.Tensor, pool):
-    """Values and flat indices: one pooling pass over `max_abs_key` with indices, and a gather."""
+    """Values and flat indices: one pooling pass over `max_abs_key` with indices, and a gather (into a tensor of
+    its own, not a view: an in-place ReLU after MaxAbsPool2d must be allowed on its output)."""
     _, kernel_size, stride, padding, dilation, ceil_mode = pool
     idx = F.max_pool2d(max_abs_key(x), kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)[1]
-    return x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape), idx
+    out = x.new_empty(idx.shape)
+    torch.gather(x.flatten(2), 2, idx.flatten(2), out=out.flatten(2))
+    return out, idx
 
 
 def _make_window_pool_train(sgeom):

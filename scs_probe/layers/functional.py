@@ -237,6 +237,8 @@ class _MaxAbsPool2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pool):
         out, idx = backend.max_abs_pool_train(x, pool)
+        if out._base is not None:  # custom Functions may not return views of their intermediates (in-place ReLU)
+            out = out.clone()
         ctx.save_for_backward(idx)
         ctx.input_shape = x.shape
         return out
