@@ -115,3 +115,20 @@ def test_compiled_pool_key_is_bitwise_the_eager_one(backend, dtype):
     got = [backend_module.pool_key(c, n, absolute) for absolute in (True, False)]
     for g, w in zip(got, want):
         assert torch.equal(g, w)
+
+
+def test_many_weight_shapes_compile_without_reaching_the_recompile_limit(backend):
+    """A model's (or a test session's) small layers of a dozen weight shapes: dynamo keeps parameters' sizes
+    static, so one graph shared by them recompiled for each and hit dynamo's recompile limit after eight, which
+    switched the whole process to eager. Each shape now has a graph of its own."""
+    backend("compiled")
+    before = backend_module._state["failed"]
+    backend_module._state["failed"] = None
+    try:
+        torch.manual_seed(0)
+        for out_channels in range(3, 15):
+            layer = SharpenedCosineSimilarity2d(2, out_channels, 3, padding=1)
+            layer(torch.rand(2, 2, 5, 5, requires_grad=True)).sum().backward()
+        assert backend_module._state["failed"] is None
+    finally:
+        backend_module._state["failed"] = before

@@ -333,9 +333,14 @@ def _make_pool_sharpen_backward(pool):
 def _layout(a: torch.Tensor, fixed: bool) -> tuple:
     """What a compiled graph is specialised to: dtype, device (with its index), memory format (channels_last or
     not) and, `fixed`, every size but the batch's (only whether the batch is 1), else which sizes are 1 (symbolic
-    sizes still specialise on those)."""
+    sizes still specialise on those); a parameter's every size."""
     channels_last = a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
-    sizes = (a.dim() and a.shape[0] == 1, *a.shape[1:]) if fixed else tuple(s == 1 for s in a.shape)
+    if isinstance(a, torch.nn.Parameter):  # dynamo keeps a parameter's sizes static: one graph per shape, or
+        sizes = tuple(a.shape)  # every other layer's weights recompile the same graph up to the recompile limit
+    elif fixed:
+        sizes = (a.dim() and a.shape[0] == 1, *a.shape[1:])
+    else:
+        sizes = tuple(s == 1 for s in a.shape)
     return a.dtype, str(a.device), channels_last, sizes
 
 
