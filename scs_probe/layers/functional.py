@@ -87,7 +87,9 @@ def _unit_kernels(weight: torch.Tensor, eps: float):
     """Each output channel's kernel scaled to unit L2 norm (with eps), and the norms."""
     if torch.compiler.is_compiling():
         return backend._unit_kernels_math(weight, eps)
-    return backend.unit_kernels(weight, eps)
+    # detached: the callers need no autograd through it (the fused function's own backward, or inference), and a
+    # Parameter's sizes are static to dynamo, which would compile a graph per weight shape instead of sharing one
+    return backend.unit_kernels(weight.detach(), eps)
 
 
 class _SharpenedFunction(torch.autograd.Function):
