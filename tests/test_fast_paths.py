@@ -33,7 +33,9 @@ def _cases(pools):
     for name in BACKENDS:
         for i, pool in enumerate(pools):
             for cls, groups in layers:
-                if name != "eager" and groups == 2 and i >= 2:
+                # compiled: every graph is built for its case (half a minute each on a cold cache, and CI starts
+                # cold), so plain SCS with the first pools only; test_backend covers the other layers compiled
+                if name != "eager" and (cls is not SharpenedCosineSimilarity2d or groups == 2 or i >= 3):
                     continue
                 label = f"{'scs' if cls is SharpenedCosineSimilarity2d else 'sdp'}{'-groups2' if groups == 2 else ''}"
                 pid = "unpooled" if pool is None else \
@@ -77,7 +79,7 @@ def test_max_abs_pool_inference_is_exact(backend, name, pool):
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-@pytest.mark.parametrize("size", [2, 3, 1, 4])  # planes of 4 and 9 elements run as flat rows (backend._small_plane)
+@pytest.mark.parametrize("size", [2, 1])  # a plane of 4 elements runs as a flat row (backend._small_plane); 1 not
 @pytest.mark.parametrize("cls,groups", [(SharpenedCosineSimilarity2d, 2), (SharpenedSDP2d, 1)], ids=["scs", "sdp"])
 def test_small_planes_match_the_reference_forward_and_backward(backend, name, size, cls, groups):
     """resnet18's last layers at 32 px: outputs and every gradient (x, weight, p, q) against float64 autograd."""
