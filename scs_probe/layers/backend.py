@@ -103,18 +103,22 @@ def _sharpen_backward_math(g, c, n, p, eps: float, sdt: torch.dtype):
     y, g = c.to(sdt), g.to(sdt)
     if n is not None:
         y = (_grouped(y, n.shape[1]) / n.unsqueeze(2)).flatten(1, 2)
-    sign = torch.sign(y)
-    a = y.abs() + eps
-    log_a = a.log()
-    inv_a = 1.0 / a  # a division: 20 % faster than exp(-log a) in the compiled loop
-    mag = torch.exp(log_a * p) * sign.abs()
-    go = g * mag * sign
-    gy = mag * inv_a * p * g
+    gy, go, inv_a, log_a = _sharpen_backward_terms(g, y, p, eps)
     u = (go * log_a).sum(dim=(2, 3))
     if n is None:
         return gy, None, u
     gc = (_grouped(gy, n.shape[1]) / n.unsqueeze(2)).flatten(1, 2)
     return gc, (1.0 - eps * inv_a) * go * p, u
+
+
+def _sharpen_backward_terms(g, y, p, eps: float):
+    """The elementwise core of the sharpening's backward at y: (d L / d y, g out, 1 / a, log a)."""
+    sign = torch.sign(y)
+    a = y.abs() + eps
+    log_a = a.log()
+    inv_a = 1.0 / a  # a division: 20 % faster than exp(-log a) in the compiled loop
+    mag = torch.exp(log_a * p) * sign.abs()
+    return mag * inv_a * p * g, g * mag * sign, inv_a, log_a
 
 
 def _small_plane(c: torch.Tensor) -> bool:
@@ -146,13 +150,7 @@ def _sharpen_backward_flat_math(g, c, n, p, eps: float, sdt: torch.dtype):
     y, g = c.to(sdt), g.to(sdt)
     if n is not None:
         y = y / n
-    sign = torch.sign(y)
-    a = y.abs() + eps
-    log_a = a.log()
-    inv_a = 1.0 / a  # a division: 20 % faster than exp(-log a) in the compiled loop
-    mag = torch.exp(log_a * p) * sign.abs()
-    go = g * mag * sign
-    gy = mag * inv_a * p * g
+    gy, go, inv_a, log_a = _sharpen_backward_terms(g, y, p, eps)
     if n is None:
         return gy, None, go * log_a
     return gy / n, (1.0 - eps * inv_a) * go * p, go * log_a
