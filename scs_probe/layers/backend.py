@@ -81,13 +81,10 @@ def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
     return t.unflatten(1, (groups, -1))
 
 
-def _sharpen_math(c, n, p, eps: float, sdt: torch.dtype):
-    """out = sign(y) * (|y| + eps) ** p with y = c / n per group (n None: y = c). p: [1, C, 1, 1]."""
-    y = c.to(sdt)
-    if n is not None:
-        groups = n.shape[1]
-        y = (_grouped(y, groups) / n.unsqueeze(2)).flatten(1, 2)
-    return _sharpen_values(y, p, eps).to(c.dtype)
+def _sharpen_math(c, n, p, eps: float, sdt: torch.dtype, s=None):
+    """out = sign(y) * (|y| + eps) ** p with y = c / n per group (n None: y = c). p: [1, C, 1, 1]; s (inference):
+    the kernels' inverse norms [1, C, 1, 1], y = c s / n (`_y`)."""
+    return _sharpen_values(_y(c, n, sdt, s), p, eps).to(c.dtype)
 
 
 def _sharpen_backward_math(g, c, n, p, eps: float, sdt: torch.dtype):
@@ -129,12 +126,19 @@ def _small_plane(c: torch.Tensor) -> bool:
     return c.dim() == 4 and 1 < c.shape[-2] * c.shape[-1] < 16
 
 
-def _flat(c, n, p):
+def _flat(c, n, p, s=None):
     """n per group -> per element [B, C, H, W]; p [1, C, 1, 1] -> [1, C, H, W], both contiguous: every operand
     then has c's contiguous layout, and Inductor runs C, H and W as one flat loop. (The tensors stay 4-D: an
-    output viewed back from [B, C*H*W] would be a view, which an in-place op after the layer may not modify.)"""
-    _, ch, h, w = c.shape
-    nf = None if n is None else _per_channel(n, ch).contiguous()
+    output viewed back from [B, C*H*W] would be a view, which an in-place op after the layer may not modify.)
+    s (inference, with n): the kernels' inverse norms, folded into n per element as n / s."""
+    b, ch, h, w = c.shape
+    if n is None:
+        nf = None
+    elif s is None:
+        nf = _per_channel(n, ch).contiguous()
+    else:
+        g = n.shape[1]
+        nf = (n.unsqueeze(2) / s.view(1, g, ch // g, 1, 1)).flatten(1, 2)
     return nf, p.expand(1, ch, h, w).contiguous()
 
 
@@ -145,21 +149,26 @@ def _sharpen_flat_math(c, n, p, eps: float, sdt: torch.dtype):
 
 
 def _sharpen_backward_flat_math(g, c, n, p, eps: float, sdt: torch.dtype):
-    """`_sharpen_backward_math` with n and p per element (`_flat`) and no reduction: (d L / d c, t, g out log a),
-    all elementwise, the sums over channels (t) and over the batch and plane (u) left to the caller."""
+    """`_sharpen_backward_math` with n and p per element (`_flat`): (d L / d c, t, u summed over the batch only,
+    [C, H, W]), the sums over channels (t) and over the plane (u) left to the caller. (Summed over the batch here,
+    in the elementwise loop: ATen's sum over the batch and plane afterwards cost 85 us of [128, 256, 2, 2]'s
+    backward.)"""
     y, g = c.to(sdt), g.to(sdt)
     if n is not None:
         y = y / n
     gy, go, inv_a, log_a = _sharpen_backward_terms(g, y, p, eps)
+    u = (go * log_a).sum(dim=0)
     if n is None:
-        return gy, None, go * log_a
-    return gy / n, (1.0 - eps * inv_a) * go * p, go * log_a
+        return gy, None, u
+    return gy / n, (1.0 - eps * inv_a) * go * p, u
 
 
-def _sharpen_eager(c, n, p, eps, sdt):
+def _sharpen_eager(c, n, p, eps, sdt, s=None):
     """`_sharpen_math` in place on one new buffer: the same values with two allocations instead of six (c itself
     is saved for the backward pass: never written)."""
     y = c.to(sdt, copy=True)
+    if s is not None:
+        y.mul_(s)
     if n is not None:
         _grouped(y, n.shape[1]).div_(n.unsqueeze(2))
     sign = y.sign()
@@ -210,8 +219,11 @@ def _pool_key_math(c, n, absolute: bool):
     return max_abs_key(y) if absolute else y
 
 
-def _y(c, n, sdt):
+def _y(c, n, sdt, s=None):
+    """y = c / n per group, in the sharpening dtype; with s (the kernels' inverse norms, [1, C, 1, 1]), c s / n."""
     y = c.to(sdt)
+    if s is not None:
+        y = y * s
     return y if n is None else (_grouped(y, n.shape[1]) / n.unsqueeze(2)).flatten(1, 2)
 
 
@@ -253,9 +265,15 @@ def _make_patch_norm(geometry):
 
 
 def patch_norm(x: torch.Tensor, ref: torch.Tensor, q: torch.Tensor, eps: float, geometry):
-    """(root, n) of `_make_patch_norm`, compiled where the layer's output `ref` runs compiled."""
+    """(root, n) of `_make_patch_norm`, compiled where the layer's output `ref` runs compiled, except on input
+    planes narrower than a vector (`_small_plane`): there Inductor counts the plane's one masked vector step as
+    zero steps and parallelises the channel sum instead of the batch, one OpenMP region per image (resnet18's
+    [128, 256, 2, 2]: 230 us compiled, 40 us as ATen ops)."""
     geometry = tuple(geometry)
-    return _fused(_make_patch_norm, geometry, (x, q, eps, _sharpen_dtype(x)), _make_patch_norm(geometry), ref)
+    eager = _make_patch_norm(geometry)
+    if _small_plane(x):
+        return eager(x, q, eps, _sharpen_dtype(x))
+    return _fused(_make_patch_norm, geometry, (x, q, eps, _sharpen_dtype(x)), eager, ref)
 
 
 def _make_patch_norm_backward(geometry):
@@ -424,15 +442,22 @@ def _sharpen_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)  # the sharpening runs in float32 at least
 
 
-def sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float) -> torch.Tensor:
-    """Forward elementwise part: c [B, C, H, W] (any float dtype), n [B, groups, H, W] or None, p [C].
+def _channel_scale(scale: torch.Tensor | None, sdt: torch.dtype):
+    return None if scale is None else scale.to(sdt).view(1, -1, 1, 1)
+
+
+def sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float,
+            scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Forward elementwise part: c [B, C, H, W] (any float dtype), n [B, groups, H, W] or None, p [C]; `scale`
+    [C] (inference, with n): c is the convolution with the raw kernels, scale their inverse norms.
     Returns the layer output in c's dtype."""
     sdt = _sharpen_dtype(c)
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
-    if _small_plane(c) and _use_compiled(c):
-        return _run(_sharpen_flat_math, _sharpen_flat_math, c, c, *_flat(c, n, pv), eps, sdt)
-    return _run(_sharpen_math, _sharpen_eager, c, c, n, pv, eps, sdt)
+    sv = _channel_scale(scale, sdt)
+    if _small_plane(c) and _use_compiled(c) and (n is not None or sv is None):
+        return _run(_sharpen_flat_math, _sharpen_flat_math, c, c, *_flat(c, n, pv, sv), eps, sdt)
+    return _run(_sharpen_math, _sharpen_eager, c, c, n, pv, eps, sdt, sv)
 
 
 def pool_key(c: torch.Tensor, n: torch.Tensor | None, absolute: bool) -> torch.Tensor:
@@ -450,9 +475,9 @@ def sharpen_backward(g: torch.Tensor, c: torch.Tensor, n: torch.Tensor | None, p
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
     if _small_plane(c) and _use_compiled(c):
-        gc, t, q = _run(_sharpen_backward_flat_math, _sharpen_backward_flat_math, c, g, c, *_flat(c, n, pv), eps,
+        gc, t, u = _run(_sharpen_backward_flat_math, _sharpen_backward_flat_math, c, g, c, *_flat(c, n, pv), eps,
                         sdt)
-        u = q.sum(dim=(0, 2, 3))
+        u = u.sum(dim=(1, 2))
     else:
         gc, t, u = _run(_sharpen_backward_math, _sharpen_backward_eager, c, g, c, n, pv, eps, sdt)
         u = u.sum(dim=0)
@@ -489,8 +514,8 @@ def compiled_pooling(c: torch.Tensor) -> bool:
 
 
 def _make_window_sharpen(sgeom):
-    def window_sharpen(c, n, p, eps: float, sdt: torch.dtype):
-        return _sharpen_values(windows.pooled_strided(_y(c, n, sdt), sgeom), p, eps).to(c.dtype)
+    def window_sharpen(c, n, p, eps: float, sdt: torch.dtype, s=None):
+        return _sharpen_values(windows.pooled_strided(_y(c, n, sdt, s), sgeom), p, eps).to(c.dtype)
     return window_sharpen
 
 
@@ -554,18 +579,21 @@ def _window_geometry(c: torch.Tensor, pool):
     return windows.geometry(pool, c.shape[-2:]) if _use_compiled(c) else None
 
 
-def pool_sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float, pool) -> torch.Tensor:
+def pool_sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float, pool,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
     """The sharpened output max- or max-abs-pooled (`pool`: see `functional.pool_spec`), for inference (nothing
-    saved). Exact. Compiled: one loop over the pooled grid (`windows.pooled_strided`), faster than ATen's max
-    pooling alone; eager: max pooling with indices of the key, then the winners sharpened."""
+    saved; `scale` as in `sharpen`). Exact. Compiled: one loop over the pooled grid (`windows.pooled_strided`),
+    faster than ATen's max pooling alone; eager: max pooling with indices of the key, then the winners
+    sharpened."""
     sgeom = windows.strided_geometry(pool, c.shape[-2:]) if _use_compiled(c) else None
     sdt = _sharpen_dtype(c)
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
-    eager = lambda *a: _pool_sharpen_train_eager(*a, pool)[0]  # noqa: E731
+    sv = _channel_scale(scale, sdt)
+    eager = lambda c, n, pv, eps, sdt, sv: _pool_sharpen_train_eager(c, n, pv, eps, sdt, pool, sv)[0]  # noqa: E731
     if sgeom is None:
-        return eager(c, n, pv, eps, sdt)
-    return _fused(_make_window_sharpen, sgeom, (c, n, pv, eps, sdt), eager, c)
+        return eager(c, n, pv, eps, sdt, sv)
+    return _fused(_make_window_sharpen, sgeom, (c, n, pv, eps, sdt, sv), eager, c)
 
 
 def _max_abs_pool_eager(x: torch.Tensor, pool):
@@ -619,7 +647,9 @@ def pool_sharpen_train(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor,
     return _fused(_make_pool_sharpen_train, tuple(pool), args, eager, c)
 
 
-def _pool_sharpen_train_eager(c, n, pv, eps, sdt, pool):
+def _pool_sharpen_train_eager(c, n, pv, eps, sdt, pool, sv=None):
+    """Eager pooled sharpening: the winners of y = c / n (a positive scale per channel, `sv`, picks the same
+    ones), c and n at them; with sv (inference), n at them divided by it."""
     _, kernel_size, stride, padding, dilation, ceil_mode = pool
     key = _pool_key_math(c, n, pool[0])
     idx = F.max_pool2d(key, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)[1]
@@ -627,6 +657,8 @@ def _pool_sharpen_train_eager(c, n, pv, eps, sdt, pool):
     flat = idx.flatten(2)
     cg = c.flatten(2).gather(2, flat).view(idx.shape)
     ng = None if n is None else _per_channel(n, c.shape[1]).flatten(2).gather(2, flat).view(idx.shape)
+    if sv is not None:
+        ng = ng / sv
     return _sharpen_eager(cg, ng, pv, eps, sdt) if ng is None else _sharpen_eager_per_channel(cg, ng, pv, eps, sdt), \
         idx, cg, ng
 
