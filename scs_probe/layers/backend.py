@@ -82,13 +82,14 @@ def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def _sharpen_math(c, n, p, eps: float, sdt: torch.dtype, s=None):
-    """out = sign(y) * (|y| + eps) ** p with y = c / n per group (n None: y = c). p: [1, C, 1, 1]; s (inference):
-    the kernels' inverse norms [1, C, 1, 1], y = c s / n (`_y`)."""
-    return _sharpen_values(_y(c, n, sdt, s), p, eps).to(c.dtype)
+    """out = sign(y) * (|y| + eps) ** p with y = c / n per group (n None: y = c). p: [1, C, 1, 1]; s (SCS): the
+    kernels' inverse norms [1, C, 1, 1], c the raw kernels' convolution and y = c s / n."""
+    return _sharpen_values(_y(c, n, sdt), p, eps, s).to(c.dtype)
 
 
-def _sharpen_backward_math(g, c, n, p, eps: float, sdt: torch.dtype):
-    """Elementwise backward from the saved pre-sharpening value c (y = c / n): a = |y| + eps, out = sign(y) a**p,
+def _sharpen_backward_math(g, c, n, p, eps: float, sdt: torch.dtype, s=None):
+    """Elementwise backward from the saved pre-sharpening value c (y = c / n, or c s / n with the kernels' inverse
+    norms s: then d L / d c carries the factor s): a = |y| + eps, out = sign(y) a**p,
     d out / d y = p |out| / a. The layer's output is not saved, so an in-place op on it (a ReLU, a residual `+=`)
     cannot spoil the backward pass, and a costs no more than recovering it from the output would.
 
@@ -97,10 +98,8 @@ def _sharpen_backward_math(g, c, n, p, eps: float, sdt: torch.dtype):
     elementwise loop; the channel sum for t does not: fused, inductor would write log a and 1 / a out to memory
     for a second loop, which costs more than reducing t afterwards. Where y == 0 the output and every term
     vanish (sign 0), as autograd through the formula gives."""
-    y, g = c.to(sdt), g.to(sdt)
-    if n is not None:
-        y = (_grouped(y, n.shape[1]) / n.unsqueeze(2)).flatten(1, 2)
-    gy, go, inv_a, log_a = _sharpen_backward_terms(g, y, p, eps)
+    y, g = _y(c, n, sdt), g.to(sdt)
+    gy, go, inv_a, log_a = _sharpen_backward_terms(g, y, p, eps, s)
     u = (go * log_a).sum(dim=(2, 3))
     if n is None:
         return gy, None, u
@@ -108,14 +107,17 @@ def _sharpen_backward_math(g, c, n, p, eps: float, sdt: torch.dtype):
     return gc, (1.0 - eps * inv_a) * go * p, u
 
 
-def _sharpen_backward_terms(g, y, p, eps: float):
-    """The elementwise core of the sharpening's backward at y: (d L / d y, g out, 1 / a, log a)."""
+def _sharpen_backward_terms(g, y, p, eps: float, s=None):
+    """The elementwise core of the sharpening's backward at y: (d L / d y, g out, 1 / a, log a); with s > 0 (per
+    channel), of the sharpening of y s, d L / d y included. (s enters here, not as a scaled copy of y: a per-channel
+    factor on a value used several times made Inductor tile the loops by channel, 3.5x slower.)"""
     sign = torch.sign(y)
-    a = y.abs() + eps
+    a = (y.abs() if s is None else y.abs() * s) + eps
     log_a = a.log()
     inv_a = 1.0 / a  # a division: 20 % faster than exp(-log a) in the compiled loop
     mag = torch.exp(log_a * p) * sign.abs()
-    return mag * inv_a * p * g, g * mag * sign, inv_a, log_a
+    gy = mag * inv_a * p * g
+    return (gy if s is None else gy * s), g * mag * sign, inv_a, log_a
 
 
 def _small_plane(c: torch.Tensor) -> bool:
@@ -130,7 +132,8 @@ def _flat(c, n, p, s=None):
     """n per group -> per element [B, C, H, W]; p [1, C, 1, 1] -> [1, C, H, W], both contiguous: every operand
     then has c's contiguous layout, and Inductor runs C, H and W as one flat loop. (The tensors stay 4-D: an
     output viewed back from [B, C*H*W] would be a view, which an in-place op after the layer may not modify.)
-    s (inference, with n): the kernels' inverse norms, folded into n per element as n / s."""
+    s (SCS, with n): the kernels' inverse norms, folded into n per element as n / s: y = c / (n / s), d L / d c =
+    d L / d y / (n / s), and t needs no n (the caller divides its channel sum by the true n)."""
     b, ch, h, w = c.shape
     if n is None:
         nf = None
@@ -175,10 +178,10 @@ def _sharpen_eager(c, n, p, eps, sdt, s=None):
     return y.abs_().add_(eps).pow_(p).mul_(sign).to(c.dtype)
 
 
-def _sharpen_backward_eager(g, c, n, p, eps, sdt):
+def _sharpen_backward_eager(g, c, n, p, eps, sdt, s=None):
     """`_sharpen_backward_math` with in-place ops on its own buffers (c is saved for backward: never written)."""
     g = g.to(sdt)
-    y = c.to(sdt)
+    y = c.to(sdt) if s is None else c.to(sdt) * s
     if n is not None:
         y = (_grouped(y, n.shape[1]) / n.unsqueeze(2)).flatten(1, 2)
     sign = y.sign()
@@ -192,6 +195,8 @@ def _sharpen_backward_eager(g, c, n, p, eps, sdt):
     gy = mag.mul_(inv_a).mul_(p).mul_(g)
     u = log_a.mul_(go).sum(dim=(2, 3))
     del log_a
+    if s is not None:
+        gy.mul_(s)
     if n is None:
         return gy, None, u
     _grouped(gy, n.shape[1]).div_(n.unsqueeze(2))
@@ -219,19 +224,19 @@ def _pool_key_math(c, n, absolute: bool):
     return max_abs_key(y) if absolute else y
 
 
-def _y(c, n, sdt, s=None):
-    """y = c / n per group, in the sharpening dtype; with s (the kernels' inverse norms, [1, C, 1, 1]), c s / n."""
+def _y(c, n, sdt):
+    """y = c / n per group, in the sharpening dtype (the kernels' inverse norms s, where given, apply in the
+    sharpening: `_sharpen_values`)."""
     y = c.to(sdt)
-    if s is not None:
-        y = y * s
     return y if n is None else (_grouped(y, n.shape[1]) / n.unsqueeze(2)).flatten(1, 2)
 
 
-def _sharpen_values(y, p, eps: float):
+def _sharpen_values(y, p, eps: float, s=None):
     """sign(y) * (|y| + eps) ** p, as exp(p log(|y| + eps)): inductor's vectorised exp and log cost two thirds of the
     time of its pow (a stem layer's 2 M outputs, sharpening alone: 7.8 -> 5.3 ms on one CPU thread), within a
-    few ulp of it."""
-    return torch.sign(y) * torch.exp(p * torch.log(y.abs() + eps))
+    few ulp of it. With s > 0 (per channel), of y s."""
+    a = y.abs() if s is None else y.abs() * s
+    return torch.sign(y) * torch.exp(p * torch.log(a + eps))
 
 
 def _per_channel(t: torch.Tensor, channels: int) -> torch.Tensor:
@@ -314,16 +319,16 @@ def _make_pool_sharpen_train(pool):
     them): what the backward pass needs, from one pooling pass over the key and one gather."""
     absolute, kernel_size, stride, padding, dilation, ceil_mode = pool
 
-    def pool_sharpen_train(c, n, p, eps: float, sdt: torch.dtype):
-        y = _y(c, n, sdt)
+    def pool_sharpen_train(c, n, p, eps: float, sdt: torch.dtype, s=None):
+        y = _y(c, n, sdt)  # s > 0 per channel: the same winners
         key = max_abs_key(y) if absolute else y
         _, idx = F.max_pool2d(key, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
         flat = idx.flatten(2)
         cg = c.flatten(2).gather(2, flat).view(idx.shape)
         if n is None:
-            return _sharpen_values(cg.to(sdt), p, eps).to(c.dtype), idx, cg, None
+            return _sharpen_values(cg.to(sdt), p, eps, s).to(c.dtype), idx, cg, None
         ng = _per_channel(n, c.shape[1]).flatten(2).gather(2, flat).view(idx.shape)
-        return _sharpen_values(cg.to(sdt) / ng, p, eps).to(c.dtype), idx, cg, ng
+        return _sharpen_values(cg.to(sdt) / ng, p, eps, s).to(c.dtype), idx, cg, ng
     return pool_sharpen_train
 
 
@@ -338,8 +343,8 @@ def _make_pool_sharpen_backward(pool):
         return torch.ops.aten.max_pool2d_with_indices_backward(t, like, list(kernel_size), list(stride),
                                                                list(padding), list(dilation), ceil_mode, idx)
 
-    def pool_sharpen_backward(g, cg, ng, p, idx, like, groups: int, eps: float, sdt: torch.dtype):
-        gc, t, u = _sharpen_backward_math(g, cg, ng, p, eps, sdt)
+    def pool_sharpen_backward(g, cg, ng, p, idx, like, groups: int, eps: float, sdt: torch.dtype, s=None):
+        gc, t, u = _sharpen_backward_math(g, cg, ng, p, eps, sdt, s)
         gc = unpool(gc, idx, like)
         if ng is None:
             return gc, None, u
@@ -468,44 +473,45 @@ def pool_key(c: torch.Tensor, n: torch.Tensor | None, absolute: bool) -> torch.T
     return _run(_pool_key_math, _pool_key_math, c, c, n, absolute)
 
 
-def sharpen_backward(g: torch.Tensor, c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float):
-    """Backward elementwise part from the pre-sharpening c (see `_sharpen_backward_math`): (d L / d c, d L / d n
-    or None, d L / d p [C]), in float32 at least."""
+def sharpen_backward(g: torch.Tensor, c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float,
+                     scale: torch.Tensor | None = None):
+    """Backward elementwise part from the pre-sharpening c (see `_sharpen_backward_math`; `scale` as in
+    `sharpen`): (d L / d c, d L / d n or None, d L / d p [C]), in float32 at least."""
     sdt = _sharpen_dtype(c)
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
-    if _small_plane(c) and _use_compiled(c):
-        gc, t, u = _run(_sharpen_backward_flat_math, _sharpen_backward_flat_math, c, g, c, *_flat(c, n, pv), eps,
-                        sdt)
+    sv = _channel_scale(scale, sdt)
+    if _small_plane(c) and _use_compiled(c) and (n is not None or sv is None):
+        gc, t, u = _run(_sharpen_backward_flat_math, _sharpen_backward_flat_math, c, g, c, *_flat(c, n, pv, sv),
+                        eps, sdt)
         u = u.sum(dim=(1, 2))
     else:
-        gc, t, u = _run(_sharpen_backward_math, _sharpen_backward_eager, c, g, c, n, pv, eps, sdt)
+        gc, t, u = _run(_sharpen_backward_math, _sharpen_backward_eager, c, g, c, n, pv, eps, sdt, sv)
         u = u.sum(dim=0)
     gn = None if n is None else _grouped(t, n.shape[1]).sum(dim=2).div_(n).neg_()
     return gc, gn, u
 
 
-def _unit_kernels_math(w, eps: float):
+def unit_kernels_math(w, eps: float):
+    """Each kernel scaled to unit L2 norm (with eps), and the norms: SCS's kernels inside a user's torch.compile
+    of the whole model, where the compiler derives the backward."""
     w = w.to(torch.promote_types(w.dtype, torch.float32))
     norm = (w.square().sum(dim=(1, 2, 3), keepdim=True) + eps).sqrt()
     return w / norm, norm
 
 
-def _unit_kernels_backward_math(gw, w_hat, norm):
-    gw = gw.to(w_hat.dtype)
-    return (gw - w_hat * (gw * w_hat).sum(dim=(1, 2, 3), keepdim=True)) / norm
+def _raw_kernels_backward_math(gw, w, s):
+    """d L / d w from the raw kernels' gradient gw, through the inverse norm s = (|w|^2 + eps)^-1/2 that scales
+    the output: gw - s^2 <gw, w> w per kernel (the same as (g - w_hat <g, w_hat>) / |w| for w_hat = w s)."""
+    sdt = s.dtype
+    gw, w = gw.to(sdt), w.to(sdt)
+    return gw - w * (s * s).view(-1, 1, 1, 1) * (gw * w).sum(dim=(1, 2, 3), keepdim=True)
 
 
-def unit_kernels(weight: torch.Tensor, eps: float):
-    """Each output channel's kernel scaled to unit L2 norm (with eps), and the norms: one fused pass over the
-    weights where they are large (resnet18's 11 M weights: the eager square, sum, root and division cost as much
-    as a late layer's convolution at batch 128)."""
-    return _run(_unit_kernels_math, _unit_kernels_math, weight, weight, eps)
-
-
-def unit_kernels_backward(gw: torch.Tensor, w_hat: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """Gradient through w_hat = w / norm: (g - w_hat * sum(g * w_hat)) / norm per kernel, fused where large."""
-    return _run(_unit_kernels_backward_math, _unit_kernels_backward_math, w_hat, gw, w_hat, norm)
+def raw_kernels_backward(gw: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """`_raw_kernels_backward_math`, one fused pass where large (w: the detached weight, whose sizes dynamo keeps
+    symbolic, so that small layers of many shapes share one graph)."""
+    return _run(_raw_kernels_backward_math, _raw_kernels_backward_math, w, gw, w, s)
 
 
 def compiled_pooling(c: torch.Tensor) -> bool:
@@ -514,8 +520,12 @@ def compiled_pooling(c: torch.Tensor) -> bool:
 
 
 def _make_window_sharpen(sgeom):
+    """Pooled inference: the window loop picks the winners of y = c / n, and the kernels' inverse norms s apply in
+    the sharpening (a positive scale per channel picks the same winners). Applied in the window loop, the
+    per-channel load of s made Inductor tile channels by 16 and gather each row element by element:
+    rohrer100k's first pooled layer, 2.6 -> 6.6 ms."""
     def window_sharpen(c, n, p, eps: float, sdt: torch.dtype, s=None):
-        return _sharpen_values(windows.pooled_strided(_y(c, n, sdt, s), sgeom), p, eps).to(c.dtype)
+        return _sharpen_values(windows.pooled_strided(_y(c, n, sdt), sgeom), p, eps, s).to(c.dtype)
     return window_sharpen
 
 
@@ -528,10 +538,10 @@ def _make_window_pool(sgeom):
 def _make_window_sharpen_train(geom):
     """(c, n, p, eps, sdt) -> (pooled sharpened output, the winners' offsets in their windows, y = c / n and n
     at them), in one loop over the pooled grid (`windows.winners`)."""
-    def window_sharpen_train(c, n, p, eps: float, sdt: torch.dtype):
+    def window_sharpen_train(c, n, p, eps: float, sdt: torch.dtype, s=None):
         per_channel = None if n is None else _per_channel(n, c.shape[1])
-        y, offset, nw = windows.winners(_y(c, n, sdt), geom, per_channel)
-        return _sharpen_values(y, p, eps).to(c.dtype), offset, y, nw
+        y, offset, nw = windows.winners(_y(c, n, sdt), geom, per_channel)  # y: unscaled (`_make_window_sharpen`)
+        return _sharpen_values(y, p, eps, s).to(c.dtype), offset, y, nw
     return window_sharpen_train
 
 
@@ -541,8 +551,8 @@ def _make_window_sharpen_backward(geom):
     d L / d c onto the grid as max pooling's backward does (inductor's loop over the full grid, w // 2 indexing,
     does not vectorise); d L / d n is summed over channels on the pooled grid (`windows.unpool_channel_sum`: ATen's
     scatter_add of it took 17 ms on two threads where this graph takes 5)."""
-    def window_sharpen_backward(g, y, nw, p, offset, groups: int, eps: float, sdt: torch.dtype):
-        gy, _, u = _sharpen_backward_math(g, y, None, p, eps, sdt)  # d L / d y, pooled
+    def window_sharpen_backward(g, y, nw, p, offset, groups: int, eps: float, sdt: torch.dtype, s=None):
+        gy, _, u = _sharpen_backward_math(g, y, None, p, eps, sdt, s)  # d L / d y, pooled (y = c / n, unscaled)
         idx = windows.offsets_to_indices(offset, geom)
         if nw is None:
             return gy, None, u, idx
@@ -550,8 +560,8 @@ def _make_window_sharpen_backward(geom):
     return window_sharpen_backward
 
 
-def _window_sharpen_backward_eager(g, y, nw, pv, offset, groups, eps, sdt, geom):
-    gy, _, u = _sharpen_backward_eager(g, y, None, pv, eps, sdt)
+def _window_sharpen_backward_eager(g, y, nw, pv, offset, groups, eps, sdt, s, geom):
+    gy, _, u = _sharpen_backward_eager(g, y, None, pv, eps, sdt, s)
     idx = windows.offsets_to_indices(offset, geom)
     if nw is None:
         return gy, None, u, idx
@@ -631,16 +641,17 @@ def max_abs_pool_train(x: torch.Tensor, pool):
     return _fused(_make_window_pool_train, sgeom, (x,), lambda x: _max_abs_pool_eager(x, pool), x)
 
 
-def pool_sharpen_train(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float, pool):
+def pool_sharpen_train(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float, pool,
+                       scale: torch.Tensor | None = None):
     """Training forward of a pooled sharpened layer: (output, where the winners are, a, b) for
     `pool_sharpen_backward`. Non-overlapping windows, compiled: the winners' offsets in their windows (floats,
     `windows.winners`), y and n (per channel) at them; otherwise max pooling's flat int64 indices, c at the winners
-    and n (per channel) there."""
+    and n (per channel) there. `scale`: as in `sharpen`."""
     sdt = _sharpen_dtype(c)
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
-    args = (c, n, pv, eps, sdt)
-    eager = lambda *a: _pool_sharpen_train_eager(*a, pool)  # noqa: E731
+    args = (c, n, pv, eps, sdt, _channel_scale(scale, sdt))
+    eager = lambda *a: _pool_sharpen_train_eager(*a[:5], pool, a[5])  # noqa: E731
     geom = _window_geometry(c, pool)
     if geom is not None:
         return _fused(_make_window_sharpen_train, geom, args, eager, c)
@@ -648,8 +659,8 @@ def pool_sharpen_train(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor,
 
 
 def _pool_sharpen_train_eager(c, n, pv, eps, sdt, pool, sv=None):
-    """Eager pooled sharpening: the winners of y = c / n (a positive scale per channel, `sv`, picks the same
-    ones), c and n at them; with sv (inference), n at them divided by it."""
+    """Eager pooled sharpening: (output, the winners' indices, c and n at them); the winners of y = c / n (a
+    positive scale per channel, the kernels' inverse norms `sv`, picks the same ones)."""
     _, kernel_size, stride, padding, dilation, ceil_mode = pool
     key = _pool_key_math(c, n, pool[0])
     idx = F.max_pool2d(key, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)[1]
@@ -657,35 +668,38 @@ def _pool_sharpen_train_eager(c, n, pv, eps, sdt, pool, sv=None):
     flat = idx.flatten(2)
     cg = c.flatten(2).gather(2, flat).view(idx.shape)
     ng = None if n is None else _per_channel(n, c.shape[1]).flatten(2).gather(2, flat).view(idx.shape)
+    out = _sharpen_eager(cg, None, pv, eps, sdt, sv) if ng is None else \
+        _sharpen_eager_per_channel(cg, ng, pv, eps, sdt, sv)
+    return out, idx, cg, ng
+
+
+def _sharpen_eager_per_channel(c, n, pv, eps, sdt, sv=None):
+    y = c.to(sdt, copy=True)
     if sv is not None:
-        ng = ng / sv
-    return _sharpen_eager(cg, ng, pv, eps, sdt) if ng is None else _sharpen_eager_per_channel(cg, ng, pv, eps, sdt), \
-        idx, cg, ng
-
-
-def _sharpen_eager_per_channel(c, n, pv, eps, sdt):
-    y = c.to(sdt, copy=True).div_(n)
+        y.mul_(sv)
+    y.div_(n)
     sign = y.sign()
     return y.abs_().add_(eps).pow_(pv).mul_(sign).to(c.dtype)
 
 
-def pool_sharpen_backward(g, cg, ng, p, where, size, groups: int, eps: float, pool):
+def pool_sharpen_backward(g, cg, ng, p, where, size, groups: int, eps: float, pool, scale=None):
     """Backward of `pool_sharpen_train`: (d L / d c [B, C, H, W], d L / d n [B, groups, H, W] or None, d L / d p)."""
     sdt = _sharpen_dtype(cg)
     pv = p.to(sdt).view(1, -1, 1, 1)
+    sv = _channel_scale(scale, sdt)
     numel = cg.shape[0] * cg.shape[1] * size[0] * size[1]  # the unpooled grid's, as in the forward pass
     if where.is_floating_point():  # window offsets (`windows.winners`); cg is y there, ng n there
         geom = windows.geometry(pool, size)
-        gc, gn, u, idx = _fused(_make_window_sharpen_backward, geom, (g, cg, ng, pv, where, groups, eps, sdt),
+        gc, gn, u, idx = _fused(_make_window_sharpen_backward, geom, (g, cg, ng, pv, where, groups, eps, sdt, sv),
                                 lambda *a: _window_sharpen_backward_eager(*a, geom), cg, numel)
         return _scatter_to_grid(gc, None, idx, groups, size)[0], gn, u.sum(dim=0)
     like = g.new_empty((*cg.shape[:2], *size), dtype=sdt)
-    gc, gn, u = _fused(_make_pool_sharpen_backward, tuple(pool), (g, cg, ng, pv, where, like, groups, eps, sdt),
-                       lambda g, cg, ng, pv, idx, like, groups, eps, sdt: _pool_sharpen_backward_eager(
-                           g, cg, ng, pv, idx, size, groups, eps, sdt), cg, numel)
+    gc, gn, u = _fused(_make_pool_sharpen_backward, tuple(pool), (g, cg, ng, pv, where, like, groups, eps, sdt, sv),
+                       lambda g, cg, ng, pv, idx, like, groups, eps, sdt, sv: _pool_sharpen_backward_eager(
+                           g, cg, ng, pv, idx, size, groups, eps, sdt, sv), cg, numel)
     return gc, gn, u.sum(dim=0)
 
 
-def _pool_sharpen_backward_eager(g, cg, ng, pv, idx, size, groups, eps, sdt):
-    gc, t, u = _sharpen_backward_eager(g, cg, ng, pv, eps, sdt)
+def _pool_sharpen_backward_eager(g, cg, ng, pv, idx, size, groups, eps, sdt, sv=None):
+    gc, t, u = _sharpen_backward_eager(g, cg, ng, pv, eps, sdt, sv)
     return (*_scatter_to_grid(gc, None if ng is None else t.div_(ng).neg_(), idx, groups, size), u)

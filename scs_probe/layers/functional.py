@@ -83,19 +83,10 @@ def _scatter(t: torch.Tensor, idx: torch.Tensor, groups: int, size) -> torch.Ten
                             t.flatten(1).unflatten(1, (groups, -1))).view(b, groups, *size)
 
 
-def _unit_kernels(weight: torch.Tensor, eps: float):
-    """Each output channel's kernel scaled to unit L2 norm (with eps), and the norms."""
-    if torch.compiler.is_compiling():
-        return backend._unit_kernels_math(weight, eps)
-    # detached: the callers need no autograd through it (the fused function's own backward, or inference), and a
-    # Parameter's sizes are static to dynamo, which would compile a graph per weight shape instead of sharing one
-    return backend.unit_kernels(weight.detach(), eps)
-
-
 class _SharpenedFunction(torch.autograd.Function):
-    """out = sign(y) * (|y| + eps)**p with y = conv(x, w) / n; with `normalize` (SCS) n = patch norm + q and w the
-    unit-norm kernels, saved with their norms for the backward pass (a weight-sized copy; recomputing them cost
-    more than the rest of resnet18's elementwise backward); without it (SDP) n = 1 and w the raw kernels.
+    """out = sign(y) * (|y| + eps)**p with y = conv(x, w) / n; with `normalize` (SCS) n = patch norm + q and
+    y = conv(x, w) s / n, s the kernels' inverse norms (`inverse_kernel_norms`): the convolution runs with the raw
+    kernels, so no unit-kernel copy is written, saved or differentiated; without it (SDP) n = 1.
 
     With `pool` (absolute, kernel_size, stride, padding, dilation, ceil_mode), the output is max-pooled (max-abs
     pooled when absolute) out, computed as the sharpening of the pooled y: sharpening is odd and increasing, so
@@ -106,37 +97,36 @@ class _SharpenedFunction(torch.autograd.Function):
     def forward(ctx, x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool):
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
-            xc, c, root, n, units = _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize,
+            xc, c, root, n, scale = _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize,
                                                        eps, dtype)
             size = c.shape[-2:]
             idx = None
             if pool is None:
-                out = backend.sharpen(c, n, p, eps)
+                out = backend.sharpen(c, n, p, eps, scale)
             else:  # sharpen (and, in backward, differentiate) at the pooled positions only
-                out, idx, c, n = backend.pool_sharpen_train(c, n, p, eps, pool)
+                out, idx, c, n = backend.pool_sharpen_train(c, n, p, eps, pool, scale)
         ctx.conf = (stride, padding, dilation, groups, normalize, eps, dtype, x.dtype, weight.dtype, q.dtype, size,
                     pool)
         # c, not the output: an in-place op on the output (ReLU, a residual +=) must not spoil the backward.
-        # Pooled: c and n (per channel) at the winners, and their indices. SCS: the unit kernels and their norms,
-        # a weight-sized copy (resnet18: 45 MB), saved rather than recomputed (12 ms of its 0.5 s CPU step).
-        ctx.save_for_backward(xc, *(units if normalize else (weight, None)), p, c, root, n, idx)
+        # Pooled: c and n (per channel) at the winners, and their indices. SCS: the kernels' inverse norms.
+        ctx.save_for_backward(xc, weight, scale, p, c, root, n, idx)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         stride, padding, dilation, groups, normalize, eps, dtype, x_dtype, w_dtype, q_dtype, size, pool = ctx.conf
-        xc, w_hat, w_norm, p, c, root, n, idx = ctx.saved_tensors
+        xc, weight, scale, p, c, root, n, idx = ctx.saved_tensors
         need_x, need_w, need_p, need_q = ctx.needs_input_grad[:4]
         with torch.autocast(xc.device.type, enabled=False):
             if idx is None:
-                gc, gn, gp = backend.sharpen_backward(grad_out, c, n, p, eps)
+                gc, gn, gp = backend.sharpen_backward(grad_out, c, n, p, eps, scale)
             else:  # the gradients at the pooled positions, scattered back to the convolution's grid
-                gc, gn, gp = backend.pool_sharpen_backward(grad_out, c, n, p, idx, size, groups, eps, pool)
+                gc, gn, gp = backend.pool_sharpen_backward(grad_out, c, n, p, idx, size, groups, eps, pool, scale)
             grad_p = gp.to(p.dtype) if need_p else None
             grad_q = gn.sum().reshape(()).to(q_dtype) if normalize and need_q else None
             grad_x = grad_w = None
             if need_x or need_w:
-                wc = w_hat.to(dtype)
+                wc = weight.to(dtype)
                 gx, gw, _ = _aten.convolution_backward(
                     gc.to(dtype), xc, wc, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
                     [need_x, need_w, False])
@@ -147,8 +137,8 @@ class _SharpenedFunction(torch.autograd.Function):
                                                                                 padding, dilation, groups))
                     grad_x = grad_x.to(x_dtype)
                 if need_w:
-                    if normalize:  # through w_hat = w / norm
-                        gw = backend.unit_kernels_backward(gw, w_hat, w_norm)
+                    if normalize:  # plus the gradient through the inverse norms
+                        gw = backend.raw_kernels_backward(gw, weight.detach(), scale)
                     grad_w = gw.to(w_dtype)
         return grad_x, grad_w, grad_p, grad_q, None, None, None, None, None, None, None
 
@@ -161,30 +151,20 @@ def inverse_kernel_norms(weight: torch.Tensor, eps: float) -> torch.Tensor:
     return norm.square_().add_(eps).rsqrt_()
 
 
-def _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps, dtype, inference=False):
-    """The convolution c of x (in the compute dtype) with the unit kernels (SCS) or the raw ones (SDP), and for SCS
-    the patch norm's root sqrt(|s|^2 + eps) and n = root + q ([B, groups, H', W'], float32 at least).
-
-    `inference` (SCS): c is the convolution with the raw kernels and `units` their inverse norms [C], applied to
-    c by the sharpening: no unit-kernel copy. (Nothing is cached across calls: a change through `.data` bumps no
+def _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps, dtype):
+    """The convolution c of x (in the compute dtype) with the raw kernels, and for SCS the kernels' inverse norms
+    [C] (applied to c by the sharpening), the patch norm's root sqrt(|s|^2 + eps) and n = root + q
+    ([B, groups, H', W'], float32 at least). (Nothing is cached across calls: a change through `.data` bumps no
     version a cache could see.)"""
     xc = x.to(dtype)
-    units = None
+    scale = inverse_kernel_norms(weight, eps) if normalize else None
+    c = F.conv2d(xc, weight.to(dtype), None, stride, padding, dilation, groups)
     if not normalize:
-        wc = weight
-    elif inference:
-        wc, units = weight, inverse_kernel_norms(weight, eps)
-    else:
-        units = _unit_kernels(weight, eps)
-        wc = units[0]
-    wc = wc.to(dtype)
-    c = F.conv2d(xc, wc, None, stride, padding, dilation, groups)
-    if not normalize:
-        return xc, c, None, None, units
+        return xc, c, None, None, None
     # squares summed in float32 at least: in float16 a patch of 64 channels at std 12 overflows to inf, which
     # would zero the output and its gradients without a nan for GradScaler to see
     root, n = backend.patch_norm(xc, c, q, eps, (tuple(weight.shape[-2:]), stride, padding, dilation, groups))
-    return xc, c, root, n, units
+    return xc, c, root, n, scale
 
 
 def _needs_autograd(*tensors) -> bool:
@@ -197,7 +177,7 @@ def _sharpened_traceable(x, weight, p, q, stride, padding, dilation, groups, nor
     dtype = _compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
         sdt = torch.promote_types(dtype, torch.float32)
-        wc = (_unit_kernels(weight, eps)[0] if normalize else weight).to(dtype)
+        wc = (backend.unit_kernels_math(weight, eps)[0] if normalize else weight).to(dtype)
         y = F.conv2d(x.to(dtype), wc, None, stride, padding, dilation, groups).to(sdt)
         if normalize:
             s = patch_sq_norm(x.to(sdt), weight.shape[-2:], stride, padding, dilation, groups)
@@ -219,7 +199,7 @@ def _sharpened(x, weight, p, q, stride, padding, dilation, groups, normalize, ep
     dtype = _compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
         _, c, _, n, scale = _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps,
-                                               dtype, inference=True)
+                                               dtype)
         if pool is None:
             return backend.sharpen(c, n, p, eps, scale)
         return backend.pool_sharpen(c, n, p, eps, pool, scale)
