@@ -132,3 +132,19 @@ def test_many_weight_shapes_compile_without_reaching_the_recompile_limit(backend
         assert backend_module._state["failed"] is None
     finally:
         backend_module._state["failed"] = before
+
+
+@pytest.mark.parametrize("k,p", [((1, 1), (0, 0)), ((3, 3), (1, 1)), ((3, 3), (0, 0)), ((5, 3), (2, 0)),
+                                 ((7, 7), (3, 3)), ((4, 4), (1, 2))])
+def test_box_sum_adjoint_is_the_box_sums_backward(k, p):
+    """The compiled patch-norm backward takes a stride-1 box sum's adjoint as a box sum of the zero-padded gradient
+    (padding k - 1 - p, through F.pad where avg_pool2d cannot pad that much): it must be avg_pool2d's backward."""
+    from scs_probe.layers.functional import _box_sum, _box_sum_backward
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 9, 8, dtype=torch.float64)
+    out = _box_sum(x, k, (1, 1), p, (1, 1), 1)
+    g = torch.randn_like(out)
+    want = _box_sum_backward(g, x.shape, k, (1, 1), p, (1, 1), 1, x.dtype)
+    assert backend_module._box_adjoint_is_a_box(k, (1, 1), p, (1, 1))
+    torch.testing.assert_close(backend_module._box_sum_adjoint(g, k, p), want, rtol=1e-12, atol=1e-12)
+    assert not backend_module._box_adjoint_is_a_box(k, (2, 2), p, (1, 1))

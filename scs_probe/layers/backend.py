@@ -290,10 +290,30 @@ def _make_patch_norm_backward(geometry):
 
     def patch_norm_backward(gx, gn, root, x, sdt: torch.dtype):
         gs = gn / root * 0.5
-        gsq = _box_sum_backward(gs, (x.shape[0], groups, *x.shape[-2:]), kernel_size, stride, padding, dilation,
-                                groups, sdt)
+        if _box_adjoint_is_a_box(kernel_size, stride, padding, dilation):
+            gsq = _box_sum_adjoint(gs, kernel_size, padding)
+        else:
+            gsq = _box_sum_backward(gs, (x.shape[0], groups, *x.shape[-2:]), kernel_size, stride, padding, dilation,
+                                    groups, sdt)
         return gx.to(sdt) + 2.0 * x.to(sdt) * _expand_groups(gsq, x.shape[1])
     return patch_norm_backward
+
+
+def _box_adjoint_is_a_box(kernel_size, stride, padding, dilation) -> bool:
+    """Whether the box sum (stride 1, undilated, computed by avg_pool2d) has a box sum for its adjoint."""
+    return tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and \
+        all(2 * p <= k for p, k in zip(padding, kernel_size))
+
+
+def _box_sum_adjoint(g, kernel_size, padding):
+    """The adjoint of a stride-1 box sum: the box sum of g zero-padded by k - 1 - p on each side (input i collects
+    the outputs i + p - k + 1 .. i + p). Inductor runs avg_pool2d's forward as one vectorised loop, its backward
+    as a gather over windows: resnet18's [128, 64, 8, 8] patch-norm backward 183 -> 72 us."""
+    (kh, kw), (ph, pw) = kernel_size, padding
+    lh, lw = kh - 1 - ph, kw - 1 - pw
+    if 2 * lh <= kh and 2 * lw <= kw:
+        return F.avg_pool2d(g, kernel_size, 1, (lh, lw), count_include_pad=True, divisor_override=1)
+    return F.avg_pool2d(F.pad(g, (lw, lw, lh, lh)), kernel_size, 1, 0, divisor_override=1)
 
 
 def _patch_norm_backward_eager(gx, gn, root, x, sdt, geometry):
