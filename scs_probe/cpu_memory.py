@@ -3,8 +3,8 @@
 CPU PyTorch allocates every activation, gradient and temporary afresh each step. glibc hands large freed blocks
 back to the kernel (those it mmapped, and the heap's top beyond its trim threshold), so the next step's tensor of
 the same size faults its pages in again, each one zeroed by the kernel. On this project's VM that cost about a
-tenth of a resnet18 training step (weight-sized buffers: the gradients, and SCS's unit kernels), for conv and SCS
-alike. Two settings, made once per process before training:
+tenth of a resnet18 training step (weight-sized buffers: the gradients, and then SCS's normalised kernels), for
+conv and SCS alike. Two settings, made once per process before training:
 
 - `THP_MEM_ALLOC_ENABLE=1`: PyTorch backs large tensors with 2 MiB transparent huge pages (fewer faults).
 - glibc's `M_MMAP_THRESHOLD` (1 GiB) and `M_TRIM_THRESHOLD` (2 GiB - 1): blocks under 1 GiB come from the heap and

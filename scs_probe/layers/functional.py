@@ -2,11 +2,14 @@
 
 Autograd through the textbook formula keeps ~8 intermediate tensors per layer and runs a dozen elementwise
 passes. This module computes SCS and SharpenedSDP in one custom autograd function that saves the layer's input
-(which the convolution needs anyway), the unit kernels (SCS) or the kernel parameter (SDP), the convolution's
-output c and the one-channel patch norm, and recovers everything else in the backward pass:
+and kernels (which the convolution needs anyway), the kernels' inverse norms s (SCS), the convolution's output c
+and the one-channel patch norm, and recovers everything else in the backward pass:
 
-    y = c / n,   a = |y| + eps,   out = sign(y) * a**p      (c: convolution, n: patch norm, 1 for SDP)
-    d out / d y = p * |out| / a,   d out / d p = out * log(a)
+    y = c s / n,   a = |y| + eps,   out = sign(y) * a**p    (c: convolution with the raw kernels, n: patch norm;
+    d out / d y = p * |out| / a,   d out / d p = out * log(a)  SDP: s = n = 1)
+
+The kernels are never normalised in memory: s applies to c in the sharpening, and the weight gradient takes the
+norm's term from the raw kernels' gradient (`backend.raw_kernels_backward`).
 
 Convolutions run in the autocast dtype when autocast is on; the sharpening itself runs in float32 and lives in
 `backend` (eager or fused by TorchInductor). A max or max-abs pooling right after the layer can be fused into it
@@ -145,7 +148,7 @@ class _SharpenedFunction(torch.autograd.Function):
 
 def inverse_kernel_norms(weight: torch.Tensor, eps: float) -> torch.Tensor:
     """1 / sqrt(|k|^2 + eps) per output channel, float32 at least: [C]. One reduction, nothing weight-sized written
-    (resnet18's unit kernels cost 4 ms of a 60 ms evaluation batch, these norms 0.9 ms)."""
+    (resnet18's normalised kernels, written out, cost 4 ms of a 60 ms evaluation batch; these norms 0.9 ms)."""
     w = weight.detach().flatten(1)
     norm = torch.linalg.vector_norm(w, dim=1, dtype=torch.promote_types(w.dtype, torch.float32))
     return norm.square_().add_(eps).rsqrt_()
