@@ -335,7 +335,7 @@ def patch_norm_backward(gx: torch.Tensor, gn: torch.Tensor, root: torch.Tensor, 
 
 
 def _make_pool_sharpen_train(pool):
-    """(c, n, p, eps, sdt) -> (pooled sharpened output, flat indices of the winners, c and n (per channel) at
+    """(c, n, p, eps, sdt, s) -> (pooled sharpened output, flat indices of the winners, c and n (per channel) at
     them): what the backward pass needs, from one pooling pass over the key and one gather."""
     absolute, kernel_size, stride, padding, dilation, ceil_mode = pool
 
@@ -353,7 +353,7 @@ def _make_pool_sharpen_train(pool):
 
 
 def _make_pool_sharpen_backward(pool):
-    """(g, cg, ng, p, idx, like, groups, eps, sdt) -> (d L / d c on the unpooled grid, d L / d n [B, groups, H, W]
+    """(g, cg, ng, p, idx, like, groups, eps, sdt, s) -> (d L / d c on the unpooled grid, d L / d n [B, groups, H, W]
     or None, u): the pooled sharpening's backward and its scatter to the winners' positions in one graph
     (inductor's max_pool2d_with_indices_backward: a loop over the unpooled grid, no atomic adds). `like`: any
     tensor of the unpooled shape (only its shape and layout are read)."""
@@ -474,7 +474,7 @@ def _channel_scale(scale: torch.Tensor | None, sdt: torch.dtype):
 def sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float,
             scale: torch.Tensor | None = None) -> torch.Tensor:
     """Forward elementwise part: c [B, C, H, W] (any float dtype), n [B, groups, H, W] or None, p [C]; `scale`
-    [C] (inference, with n): c is the convolution with the raw kernels, scale their inverse norms.
+    [C] (SCS, with n; training and inference): c is the convolution with the raw kernels, scale their inverse norms.
     Returns the layer output in c's dtype."""
     sdt = _sharpen_dtype(c)
     pv = p.to(sdt).view(1, -1, 1, 1)
@@ -556,8 +556,8 @@ def _make_window_pool(sgeom):
 
 
 def _make_window_sharpen_train(geom):
-    """(c, n, p, eps, sdt) -> (pooled sharpened output, the winners' offsets in their windows, y = c / n and n
-    at them), in one loop over the pooled grid (`windows.winners`)."""
+    """(c, n, p, eps, sdt, s) -> (pooled sharpened output, the winners' offsets in their windows, y = c / n and n
+    at them), in one loop over the pooled grid (`windows.winners`); s scales y in the sharpening only."""
     def window_sharpen_train(c, n, p, eps: float, sdt: torch.dtype, s=None):
         per_channel = None if n is None else _per_channel(n, c.shape[1])
         y, offset, nw = windows.winners(_y(c, n, sdt), geom, per_channel)  # y: unscaled (`_make_window_sharpen`)

@@ -87,9 +87,9 @@ def _scatter(t: torch.Tensor, idx: torch.Tensor, groups: int, size) -> torch.Ten
 
 
 class _SharpenedFunction(torch.autograd.Function):
-    """out = sign(y) * (|y| + eps)**p with y = conv(x, w) / n; with `normalize` (SCS) n = patch norm + q and
-    y = conv(x, w) s / n, s the kernels' inverse norms (`inverse_kernel_norms`): the convolution runs with the raw
-    kernels, so no unit-kernel copy is written, saved or differentiated; without it (SDP) n = 1.
+    """out = sign(y) * (|y| + eps)**p with y = conv(x, w) s / n; with `normalize` (SCS) n = patch norm + q and
+    s the kernels' inverse norms (`inverse_kernel_norms`): the convolution runs with the raw kernels, so no
+    unit-kernel copy is written, saved or differentiated; without it (SDP) s = n = 1.
 
     With `pool` (absolute, kernel_size, stride, padding, dilation, ceil_mode), the output is max-pooled (max-abs
     pooled when absolute) out, computed as the sharpening of the pooled y: sharpening is odd and increasing, so
@@ -135,7 +135,7 @@ class _SharpenedFunction(torch.autograd.Function):
                     [need_x, need_w, False])
                 if need_x:
                     grad_x = gx
-                    if normalize:  # plus the patch norm's: d root / d s = 1 / (2 root)
+                    if normalize:  # plus the patch norm's: d root / d |patch|^2 = 1 / (2 root)
                         grad_x = backend.patch_norm_backward(gx, gn, root, xc, (tuple(wc.shape[-2:]), stride,
                                                                                 padding, dilation, groups))
                     grad_x = grad_x.to(x_dtype)
@@ -156,7 +156,7 @@ def inverse_kernel_norms(weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps, dtype):
     """The convolution c of x (in the compute dtype) with the raw kernels, and for SCS the kernels' inverse norms
-    [C] (applied to c by the sharpening), the patch norm's root sqrt(|s|^2 + eps) and n = root + q
+    [C] (applied to c by the sharpening), the patch norm's root sqrt(|patch|^2 + eps) and n = root + q
     ([B, groups, H', W'], float32 at least). (Nothing is cached across calls: a change through `.data` bumps no
     version a cache could see.)"""
     xc = x.to(dtype)
