@@ -101,6 +101,29 @@ def test_small_planes_match_the_reference_forward_and_backward(backend, name, si
     assert backend_module._state["failed"] is None
 
 
+# (kernel, stride, padding, dilation, groups): stride-1 box sums whose adjoint is a box (padded by avg_pool2d,
+# by F.pad, unequal in height and width), and the strided, dilated and widely padded ones that keep ATen's backward
+PATCH_GEOMETRIES = [((3, 3), (1, 1), (1, 1), (1, 1), 1), ((3, 3), (1, 1), (0, 0), (1, 1), 2),
+                    ((3, 1), (1, 1), (0, 0), (1, 1), 1), ((2, 2), (1, 1), (1, 1), (1, 1), 1),
+                    ((3, 3), (2, 2), (1, 1), (1, 1), 2), ((3, 3), (1, 1), (1, 1), (2, 2), 1),
+                    ((3, 3), (1, 1), (2, 2), (1, 1), 1)]
+
+
+@pytest.mark.parametrize("geometry", PATCH_GEOMETRIES, ids=lambda g: "k{}s{}p{}d{}g{}".format(
+    *(v[0] if isinstance(v, tuple) else v for v in g)))
+def test_compiled_patch_norm_backward_formula_is_the_patch_norms_gradient(geometry):
+    """The patch-norm backward graph the compiled backend builds, run here uncompiled (the layer tests compile it
+    for stride-1 "same" padding only): each branch, the box sum's adjoint as a box sum included, is autograd's
+    gradient of the patch norm. A wrong branch choice would fail to compile and send the process to eager."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64, requires_grad=True)
+    root, _ = backend_module._make_patch_norm(geometry)(x, torch.zeros((), dtype=x.dtype), 1e-6, x.dtype)
+    gn, gx = torch.randn_like(root), torch.randn_like(x)
+    want = gx + torch.autograd.grad(root, x, gn)[0]
+    got = backend_module._make_patch_norm_backward(geometry)(gx, gn, root.detach(), x.detach(), x.dtype)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", BACKENDS)
 def test_small_planes_of_an_empty_batch_backpropagate(backend, name):
     """A batch of 0 on 2x2 planes (the flat rows of `backend._small_plane`): reshape(0, -1) could not tell -1."""
@@ -137,7 +160,9 @@ def test_max_abs_pool_training_gradients_match_the_reference(backend, name, pool
 
 @pytest.mark.parametrize("name,pool,cls,groups", _cases(ZOO_POOLS))
 def test_pooled_training_gradients_match_the_unfused_pair(backend, name, pool, cls, groups):
-    """Forward and gradients of the fused pooled layer (eager, compiled) against the layer then the pool."""
+    """Forward and gradients of the fused pooled layer (eager, compiled) against the layer then the pool. The
+    compiled case differentiates after switching to eager: its compiled forward's winners through the eager
+    backward a failed compilation falls back to (the compiled backward: test_backend)."""
     backend(name)
     torch.manual_seed(groups)
     layer = cls(4, 6, 3, padding=1, groups=groups)
