@@ -189,6 +189,30 @@ def test_float16_autocast_does_not_overflow_the_patch_norm(pooled):
     assert torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0) > 0.99
 
 
+@pytest.mark.parametrize("pooled", [False, True])
+def test_float16_autocast_survives_grown_kernels(pooled):
+    """SCS's output ignores the kernels' scale, so training may grow it: the raw kernels' convolution of a 64-channel
+    patch at std 12 with kernels 10^4 times their init would overflow float16 (65,504) to inf. In float16 the layer
+    convolves with the unit kernels; outputs and every gradient stay those of float32."""
+    torch.manual_seed(0)
+    layer = SharpenedCosineSimilarity2d(64, 32, 3, padding=1)
+    with torch.no_grad():
+        layer.weight.mul_(1e4)
+    x = (torch.randn(2, 64, 12, 12) * 12).requires_grad_()
+    pool = pool_spec(True, 2) if pooled else None
+    params = [x, layer.weight, layer.p, layer.log_q]
+
+    def run(amp):
+        with torch.autocast("cpu", dtype=torch.float16, enabled=amp):
+            y = layer(x, pool=pool)
+        return [y.float()] + list(torch.autograd.grad(y.float().sum(), params))
+    for a, b in zip(run(True), run(False)):
+        assert torch.isfinite(a).all()
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        assert torch.isfinite(layer(x, pool=pool)).all()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_layers_on_device(device):
     layer = SharpenedCosineSimilarity2d(4, 6, 3, padding=1).to(device)

@@ -100,8 +100,9 @@ class _SharpenedFunction(torch.autograd.Function):
     def forward(ctx, x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool):
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
-            xc, c, root, n, scale = _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize,
+            xc, c, root, n, norms = _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize,
                                                        eps, dtype)
+            scale = _output_scale(norms, dtype)
             size = c.shape[-2:]
             idx = None
             if pool is None:
@@ -112,13 +113,14 @@ class _SharpenedFunction(torch.autograd.Function):
                     pool)
         # c, not the output: an in-place op on the output (ReLU, a residual +=) must not spoil the backward.
         # Pooled: c and n (per channel) at the winners, and their indices. SCS: the kernels' inverse norms.
-        ctx.save_for_backward(xc, weight, scale, p, c, root, n, idx)
+        ctx.save_for_backward(xc, weight, norms, p, c, root, n, idx)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         stride, padding, dilation, groups, normalize, eps, dtype, x_dtype, w_dtype, q_dtype, size, pool = ctx.conf
-        xc, weight, scale, p, c, root, n, idx = ctx.saved_tensors
+        xc, weight, norms, p, c, root, n, idx = ctx.saved_tensors
+        scale = _output_scale(norms, dtype)
         need_x, need_w, need_p, need_q = ctx.needs_input_grad[:4]
         with torch.autocast(xc.device.type, enabled=False):
             if idx is None:
@@ -129,7 +131,7 @@ class _SharpenedFunction(torch.autograd.Function):
             grad_q = gn.sum().reshape(()).to(q_dtype) if normalize and need_q else None
             grad_x = grad_w = None
             if need_x or need_w:
-                wc = weight.to(dtype)
+                wc = _kernels(weight, norms, dtype)
                 gx, gw, _ = _aten.convolution_backward(
                     gc.to(dtype), xc, wc, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
                     [need_x, need_w, False])
@@ -141,7 +143,9 @@ class _SharpenedFunction(torch.autograd.Function):
                     grad_x = grad_x.to(x_dtype)
                 if need_w:
                     if normalize:  # plus the gradient through the inverse norms
-                        gw = backend.raw_kernels_backward(gw, weight.detach(), scale)
+                        if scale is None:  # float16: gw is the unit kernels' gradient; the raw ones' is gw s
+                            gw = gw.to(norms.dtype) * norms.view(-1, 1, 1, 1)
+                        gw = backend.raw_kernels_backward(gw, weight.detach(), norms)
                     grad_w = gw.to(w_dtype)
         return grad_x, grad_w, grad_p, grad_q, None, None, None, None, None, None, None
 
@@ -160,14 +164,29 @@ def _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normaliz
     ([B, groups, H', W'], float32 at least). (Nothing is cached across calls: a change through `.data` bumps no
     version a cache could see.)"""
     xc = x.to(dtype)
-    scale = inverse_kernel_norms(weight, eps) if normalize else None
-    c = F.conv2d(xc, weight.to(dtype), None, stride, padding, dilation, groups)
+    norms = inverse_kernel_norms(weight, eps) if normalize else None
+    c = F.conv2d(xc, _kernels(weight, norms, dtype), None, stride, padding, dilation, groups)
     if not normalize:
         return xc, c, None, None, None
     # squares summed in float32 at least: in float16 a patch of 64 channels at std 12 overflows to inf, which
     # would zero the output and its gradients without a nan for GradScaler to see
     root, n = backend.patch_norm(xc, c, q, eps, (tuple(weight.shape[-2:]), stride, padding, dilation, groups))
-    return xc, c, root, n, scale
+    return xc, c, root, n, norms
+
+
+def _kernels(weight, norms, dtype):
+    """The kernels the convolution runs with, in the compute dtype: the raw ones, or in float16 (whose largest value
+    is 65504) the unit ones, w s. SCS's output does not depend on the kernels' scale, so nothing stops training
+    from growing it, and the raw kernels' convolution would then overflow float16 with no sign in the loss but an
+    inf (bfloat16 has float32's range)."""
+    if norms is None or dtype != torch.float16:
+        return weight.to(dtype)
+    return (weight.detach().to(norms.dtype) * norms.view(-1, 1, 1, 1)).to(dtype)
+
+
+def _output_scale(norms, dtype):
+    """The inverse norms the sharpening applies to c: None where `_kernels` applied them already (float16)."""
+    return None if dtype == torch.float16 else norms
 
 
 def _needs_autograd(*tensors) -> bool:
@@ -201,8 +220,9 @@ def _sharpened(x, weight, p, q, stride, padding, dilation, groups, normalize, ep
         return _SharpenedFunction.apply(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool)
     dtype = _compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
-        _, c, _, n, scale = _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps,
+        _, c, _, n, norms = _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps,
                                                dtype)
+        scale = _output_scale(norms, dtype)
         if pool is None:
             return backend.sharpen(c, n, p, eps, scale)
         return backend.pool_sharpen(c, n, p, eps, pool, scale)
