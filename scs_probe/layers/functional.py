@@ -8,8 +8,8 @@ and the one-channel patch norm, and recovers everything else in the backward pas
     y = c s / n,   a = |y| + eps,   out = sign(y) * a**p    (c: convolution with the raw kernels, n: patch norm;
     d out / d y = p * |out| / a,   d out / d p = out * log(a)  SDP: s = n = 1)
 
-The kernels are never normalised in memory: s applies to c in the sharpening, and the weight gradient takes the
-norm's term from the raw kernels' gradient (`backend.raw_kernels_backward`).
+The kernels are not normalised in memory (but in float16: `_kernels`): s applies to c in the sharpening, and the
+weight gradient takes the norm's term from the raw kernels' gradient (`backend.raw_kernels_backward`).
 
 Convolutions run in the autocast dtype when autocast is on; the sharpening itself runs in float32 and lives in
 `backend` (eager or fused by TorchInductor). A max or max-abs pooling right after the layer can be fused into it
@@ -159,10 +159,10 @@ def inverse_kernel_norms(weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps, dtype):
-    """The convolution c of x (in the compute dtype) with the raw kernels, and for SCS the kernels' inverse norms
-    [C] (applied to c by the sharpening), the patch norm's root sqrt(|patch|^2 + eps) and n = root + q
-    ([B, groups, H', W'], float32 at least). (Nothing is cached across calls: a change through `.data` bumps no
-    version a cache could see.)"""
+    """The convolution c of x (in the compute dtype) with the raw kernels (`_kernels`), and for SCS the kernels'
+    inverse norms [C] (applied to c by the sharpening, `_output_scale`), the patch norm's root
+    sqrt(|patch|^2 + eps) and n = root + q ([B, groups, H', W'], float32 at least). (Nothing is cached across
+    calls: a change through `.data` bumps no version a cache could see.)"""
     xc = x.to(dtype)
     norms = inverse_kernel_norms(weight, eps) if normalize else None
     c = F.conv2d(xc, _kernels(weight, norms, dtype), None, stride, padding, dilation, groups)
