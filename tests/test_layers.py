@@ -319,3 +319,18 @@ def test_a_layer_made_under_inference_mode_evaluates():
         out = layer(x)
     from scs_probe.layers.reference import layer_reference
     assert torch.allclose(out.double(), layer_reference(layer, x), atol=1e-5)
+
+
+def test_string_padding_as_in_conv2d():
+    """'valid' and 'same' (stride 1, odd dilated kernel) give Conv2d's output size; what Conv2d would pad unevenly,
+    a wrong string or 'same' with a stride is a clear ValueError, not a TypeError from deep inside."""
+    x = torch.rand(1, 2, 9, 7)
+    for kw in (dict(kernel_size=3, padding="same"), dict(kernel_size=(5, 3), padding="same", dilation=(1, 2)),
+               dict(kernel_size=3, padding="valid")):
+        layer = SharpenedCosineSimilarity2d(2, 4, **kw)
+        assert layer(x).shape == torch.nn.Conv2d(2, 4, **kw)(x).shape
+        assert all(isinstance(v, int) for v in layer.padding)
+    for kw, msg in ((dict(kernel_size=2, padding="same"), "one side"), (dict(kernel_size=3, padding="full"), "got"),
+                    (dict(kernel_size=3, padding="same", stride=2), "stride 1")):
+        with pytest.raises(ValueError, match=msg):
+            SharpenedCosineSimilarity2d(2, 4, **kw)
