@@ -620,7 +620,7 @@ def pool_sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: 
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
     sv = _channel_scale(scale, sdt)
-    eager = lambda c, n, pv, eps, sdt, sv: _pool_sharpen_train_eager(c, n, pv, eps, sdt, pool, sv)[0]  # noqa: E731
+    eager = lambda *a: _pool_sharpen_train_eager(*a, pool)[0]  # noqa: E731
     if sgeom is None:
         return eager(c, n, pv, eps, sdt, sv)
     return _fused(_make_window_sharpen, sgeom, (c, n, pv, eps, sdt, sv), eager, c)
@@ -671,14 +671,14 @@ def pool_sharpen_train(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor,
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
     args = (c, n, pv, eps, sdt, _channel_scale(scale, sdt))
-    eager = lambda *a: _pool_sharpen_train_eager(*a[:5], pool, a[5])  # noqa: E731
+    eager = lambda *a: _pool_sharpen_train_eager(*a, pool)  # noqa: E731
     geom = _window_geometry(c, pool)
     if geom is not None:
         return _fused(_make_window_sharpen_train, geom, args, eager, c)
     return _fused(_make_pool_sharpen_train, tuple(pool), args, eager, c)
 
 
-def _pool_sharpen_train_eager(c, n, pv, eps, sdt, pool, sv=None):
+def _pool_sharpen_train_eager(c, n, pv, eps, sdt, sv, pool):
     """Eager pooled sharpening: (output, the winners' indices, c and n at them); the winners of y = c / n (a
     positive scale per channel, the kernels' inverse norms `sv`, picks the same ones)."""
     _, kernel_size, stride, padding, dilation, ceil_mode = pool
@@ -688,18 +688,7 @@ def _pool_sharpen_train_eager(c, n, pv, eps, sdt, pool, sv=None):
     flat = idx.flatten(2)
     cg = c.flatten(2).gather(2, flat).view(idx.shape)
     ng = None if n is None else _per_channel(n, c.shape[1]).flatten(2).gather(2, flat).view(idx.shape)
-    out = _sharpen_eager(cg, None, pv, eps, sdt, sv) if ng is None else \
-        _sharpen_eager_per_channel(cg, ng, pv, eps, sdt, sv)
-    return out, idx, cg, ng
-
-
-def _sharpen_eager_per_channel(c, n, pv, eps, sdt, sv=None):
-    y = c.to(sdt, copy=True)
-    if sv is not None:
-        y.mul_(sv)
-    y.div_(n)
-    sign = y.sign()
-    return y.abs_().add_(eps).pow_(pv).mul_(sign).to(c.dtype)
+    return _sharpen_eager(cg, ng, pv, eps, sdt, sv), idx, cg, ng  # ng per channel: one group per channel
 
 
 def pool_sharpen_backward(g, cg, ng, p, where, size, groups: int, eps: float, pool, scale=None):

@@ -184,8 +184,6 @@ def _flat_indices(offset: torch.Tensor, dims) -> torch.Tensor:
     kh, kw, sh, sw, ph, pw, oh, ow, h, w = dims
     if h * w >= 1 << 24:
         offset = offset.double()
-    elif offset.dtype not in (torch.float32, torch.float64):  # bfloat16, float16: exact only to 256, 2048
-        offset = offset.float()
     row = torch.div(offset, kw, rounding_mode="floor")
     col = offset - row * kw
     rows = torch.arange(oh, device=offset.device, dtype=offset.dtype).view(-1, 1) * sh - ph + row
