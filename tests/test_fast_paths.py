@@ -117,7 +117,7 @@ def test_compiled_patch_norm_backward_formula_is_the_patch_norms_gradient(geomet
     gradient of the patch norm. A wrong branch choice would fail to compile and send the process to eager."""
     torch.manual_seed(0)
     x = torch.randn(2, 4, 7, 6, dtype=torch.float64, requires_grad=True)
-    root, _ = backend_module._make_patch_norm(geometry)(x, torch.zeros((), dtype=x.dtype), 1e-6, x.dtype)
+    root, _, _ = backend_module._make_patch_norm(geometry)(x, torch.zeros((), dtype=x.dtype), 1e-6, x.dtype)
     gn, gx = torch.randn_like(root), torch.randn_like(x)
     want = gx + torch.autograd.grad(root, x, gn)[0]
     got = backend_module._make_patch_norm_backward(geometry)(gx, gn, root.detach(), x.detach(), x.dtype)

@@ -257,28 +257,48 @@ def _pooled_values(y, pool):
 
 
 def _make_patch_norm(geometry):
-    """(x, q, eps, sdt) -> (root, n): root = sqrt(sum of x**2 over each patch + eps), n = root + q, per group,
-    in float32 at least; the square, the channel sum, the box filter and the root in one graph."""
+    """(x, q, eps, sdt, w) -> (root, n, s): root = sqrt(sum of x**2 over each patch + eps), n = root + q, per group,
+    in float32 at least; the square, the channel sum, the box filter and the root in one graph. With the kernels w
+    (SCS, but in float16: `functional._kernels`) also their inverse norms s [C] (`kernel_inverse_norms_math`) in the
+    same graph: four ATen calls fewer per layer, 40 us of a small layer's 350."""
     from .functional import patch_sq_norm  # functional imports this module
 
     kernel_size, stride, padding, dilation, groups = geometry
 
-    def patch_norm(x, q, eps: float, sdt: torch.dtype):
+    def patch_norm(x, q, eps: float, sdt: torch.dtype, w=None):
         root = (patch_sq_norm(x.to(sdt), kernel_size, stride, padding, dilation, groups) + eps).sqrt()
-        return root, root + q.to(sdt)
+        return root, root + q.to(sdt), None if w is None else kernel_inverse_norms_math(w, eps)
     return patch_norm
 
 
-def patch_norm(x: torch.Tensor, ref: torch.Tensor, q: torch.Tensor, eps: float, geometry):
-    """(root, n) of `_make_patch_norm`, compiled where the layer's output `ref` runs compiled, except on input
-    planes narrower than a vector (`_small_plane`): there Inductor counts the plane's one masked vector step as
-    zero steps and parallelises the channel sum instead of the batch, one OpenMP region per image (resnet18's
-    [128, 256, 2, 2]: 230 us compiled, 40 us as ATen ops)."""
+def kernel_inverse_norms_math(w: torch.Tensor, eps: float) -> torch.Tensor:
+    """1 / sqrt(|k|^2 + eps) per output channel, float32 at least: [C]."""
+    w = w.flatten(1).to(torch.promote_types(w.dtype, torch.float32))
+    return (w.square().sum(dim=1) + eps).rsqrt()
+
+
+def kernel_inverse_norms_eager(w: torch.Tensor, eps: float) -> torch.Tensor:
+    """`kernel_inverse_norms_math` with nothing weight-sized written: one vector-norm reduction."""
+    w = w.flatten(1)
+    norm = torch.linalg.vector_norm(w, dim=1, dtype=torch.promote_types(w.dtype, torch.float32))
+    return norm.square_().add_(eps).rsqrt_()
+
+
+def patch_norm(x: torch.Tensor, ref: torch.Tensor, q: torch.Tensor, eps: float, geometry,
+               weight: torch.Tensor | None = None):
+    """(root, n, s) of `_make_patch_norm` (s None without `weight`: the detached kernels), compiled where the
+    layer's output `ref` runs compiled, except on input planes narrower than a vector (`_small_plane`): there
+    Inductor counts the plane's one masked vector step as zero steps and parallelises the channel sum instead of
+    the batch, one OpenMP region per image (resnet18's [128, 256, 2, 2]: 230 us compiled, 40 us as ATen ops)."""
     geometry = tuple(geometry)
-    eager = _make_patch_norm(geometry)
+    sdt = _sharpen_dtype(x)
+
+    def eager(x, q, eps, sdt, w):
+        root, n, _ = _make_patch_norm(geometry)(x, q, eps, sdt)
+        return root, n, None if w is None else kernel_inverse_norms_eager(w, eps)
     if _small_plane(x):
-        return eager(x, q, eps, _sharpen_dtype(x))
-    return _fused(_make_patch_norm, geometry, (x, q, eps, _sharpen_dtype(x)), eager, ref)
+        return eager(x, q, eps, sdt, weight)
+    return _fused(_make_patch_norm, geometry, (x, q, eps, sdt, weight), eager, ref, batched=1)
 
 
 def _make_patch_norm_backward(geometry):
@@ -326,12 +346,44 @@ def _patch_norm_backward_eager(gx, gn, root, x, sdt, geometry):
     return gx.to(sdt).addcmul_(x, _expand_groups(gsq, x.shape[1]), value=2.0)
 
 
-def patch_norm_backward(gx: torch.Tensor, gn: torch.Tensor, root: torch.Tensor, x: torch.Tensor, geometry):
-    """d L / d x of an SCS layer from the convolution's input gradient and d L / d n (float32 at least)."""
+def _make_norms_backward(geometry):
+    """(gx, gn, root, x, n, gw, w, s, sdt, unit) -> (d L / d x, d L / d w, d L / d q): what SCS adds to the
+    convolution's gradients, in one graph: the patch norm's term on the input gradient gx
+    (`_make_patch_norm_backward`), the kernel norms' on the raw kernels' gradient gw (`_raw_kernels_backward_math`;
+    `unit`, float16: gw is the unit kernels' gradient, the raw ones' gw s) and q's gradient, the sum of gn. gx or
+    gw None: not wanted. (One compiled call where there were two and three ATen calls: a compiled call costs
+    some 20 us of dynamo and wrappers before its kernel runs.)"""
+    patch_norm_backward = _make_patch_norm_backward(geometry)
+
+    def norms_backward(gx, gn, root, x, n, gw, w, s, sdt: torch.dtype, unit: bool):
+        if n is not None:  # gn is sharpen_backward's t
+            gn = -_grouped(gn, n.shape[1]).sum(dim=2) / n
+        if gx is not None:
+            gx = patch_norm_backward(gx, gn, root, x, sdt)
+        if gw is not None:
+            gw = _raw_kernels_backward_math(gw.to(s.dtype) * s.view(-1, 1, 1, 1) if unit else gw, w, s)
+        return gx, gw, gn.sum()
+    return norms_backward
+
+
+def _norms_backward_eager(gx, gn, root, x, n, gw, w, s, sdt, unit, geometry):
+    if n is not None:
+        gn = _grouped(gn, n.shape[1]).sum(dim=2).div_(n).neg_()
+    if gx is not None:
+        gx = _patch_norm_backward_eager(gx, gn, root, x, sdt, geometry)
+    if gw is not None:
+        gw = _raw_kernels_backward_math(gw.to(s.dtype) * s.view(-1, 1, 1, 1) if unit else gw, w, s)
+    return gx, gw, gn.sum()
+
+
+def norms_backward(gx, gn, root, x, gw, w, s, geometry, unit: bool = False, n=None):
+    """The gradients an SCS layer's two norms add (`_make_norms_backward`; float32 at least): gx, gw None where not
+    wanted; w: the detached kernels, s their inverse norms. With n, gn is `sharpen_backward`'s t (`terms`), reduced
+    to d L / d n here."""
     geometry = tuple(geometry)
-    args = (gx, gn, root, x, _sharpen_dtype(gn))
-    return _fused(_make_patch_norm_backward, geometry, args,
-                  lambda *a: _patch_norm_backward_eager(*a, geometry), gx)
+    args = (gx, gn, root, x, n, gw, w, s, _sharpen_dtype(gn), bool(unit))
+    return _fused(_make_norms_backward, geometry, args, lambda *a: _norms_backward_eager(*a, geometry), x,
+                  batched=5)
 
 
 def _make_pool_sharpen_train(pool):
@@ -374,17 +426,20 @@ def _make_pool_sharpen_backward(pool):
 
 
 def _layout(a: torch.Tensor, fixed: bool) -> tuple:
-    """What a compiled graph is specialised to: dtype, device (with its index), memory format (channels_last or
-    not) and, `fixed`, every size but the batch's (only whether the batch is 1), else which sizes are 1 (symbolic
-    sizes still specialise on those); a parameter's every size."""
+    """What a compiled graph is specialised to: dtype, device and, `fixed`, every size but the batch's (only whether
+    the batch is 1) and every stride (but of size-1 dims, which a graph does not read), else which sizes are 1
+    (symbolic sizes still specialise on those) and whether the layout is channels_last; a parameter's every size.
+    (Strides in the key: a graph is compiled for one layout, and a layout its guards reject would recompile the
+    same key up to dynamo's limit. Plain tensors skip Parameter's isinstance, a Python-level check.)"""
+    shape = a.shape
+    if type(a) is not torch.Tensor and isinstance(a, torch.nn.Parameter):  # dynamo keeps a parameter's sizes
+        return a.dtype, a.device, tuple(shape)  # static: one graph per shape, or every other layer's weights
+        # would recompile the same graph up to the recompile limit
+    if fixed:
+        strides = tuple(None if n == 1 else st for n, st in zip(shape, a.stride()))
+        return a.dtype, a.device, a.dim() > 0 and shape[0] == 1, tuple(shape[1:]), strides
     channels_last = a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
-    if isinstance(a, torch.nn.Parameter):  # dynamo keeps a parameter's sizes static: one graph per shape, or
-        sizes = tuple(a.shape)  # every other layer's weights recompile the same graph up to the recompile limit
-    elif fixed:
-        sizes = (a.dim() and a.shape[0] == 1, *a.shape[1:])
-    else:
-        sizes = tuple(s == 1 for s in a.shape)
-    return a.dtype, str(a.device), channels_last, sizes
+    return a.dtype, a.device, channels_last, tuple(n == 1 for n in shape)
 
 
 def _signature(args, fixed: bool = True) -> tuple:
@@ -432,19 +487,21 @@ def _batch_dynamic(args) -> None:
     and the evaluation batch reuse the graph instead of compiling their own. Never a parameter's: the mark stays
     on the tensor and would reach a user's torch.compile of the whole model."""
     for a in args:
-        if isinstance(a, torch.Tensor) and not isinstance(a, torch.nn.Parameter) and a.dim() >= 2 and a.shape[0] > 1:
+        if isinstance(a, torch.Tensor) and a.dim() >= 2 and a.shape[0] > 1 and \
+                (type(a) is torch.Tensor or not isinstance(a, torch.nn.Parameter)):
             torch._dynamo.maybe_mark_dynamic(a, 0)
 
 
-def _fused(make, static, args, eager, ref: torch.Tensor, numel: int | None = None):
+def _fused(make, static, args, eager, ref: torch.Tensor, numel: int | None = None, batched: int | None = None):
     """`make(static)(*args)` compiled where `ref` runs compiled (`_use_compiled`), else `eager(*args)`. A failing
     compilation switches the process to eager (once, with a warning); running out of memory is the run's failure,
-    not the compiler's, and is raised."""
+    not the compiler's, and is raised. `batched`: how many leading arguments carry the batch (default: all; a
+    kernel's first dimension is its channels, not a batch)."""
     if _use_compiled(ref, numel):
         fixed = (ref.numel() if numel is None else numel) >= AUTO_MIN_NUMEL
         try:
             if fixed:  # on every call: a guard that fails (another stride) recompiles, and must see the mark too
-                _batch_dynamic(args)
+                _batch_dynamic(args if batched is None else args[:batched])
             return _compiled(make, static, args, fixed)(*args)
         except torch.OutOfMemoryError:
             raise
@@ -494,9 +551,10 @@ def pool_key(c: torch.Tensor, n: torch.Tensor | None, absolute: bool) -> torch.T
 
 
 def sharpen_backward(g: torch.Tensor, c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float,
-                     scale: torch.Tensor | None = None):
+                     scale: torch.Tensor | None = None, terms: bool = False):
     """Backward elementwise part from the pre-sharpening c (see `_sharpen_backward_math`; `scale` as in
-    `sharpen`): (d L / d c, d L / d n or None, d L / d p [C]), in float32 at least."""
+    `sharpen`): (d L / d c, d L / d n or None, d L / d p [C]), in float32 at least. `terms`: t [B, C, H, W] in
+    place of d L / d n = -sum_group(t) / n, for `norms_backward` to reduce in its graph."""
     sdt = _sharpen_dtype(c)
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
@@ -508,8 +566,9 @@ def sharpen_backward(g: torch.Tensor, c: torch.Tensor, n: torch.Tensor | None, p
     else:
         gc, t, u = _run(_sharpen_backward_math, _sharpen_backward_eager, c, g, c, n, pv, eps, sdt, sv)
         u = u.sum(dim=0)
-    gn = None if n is None else _grouped(t, n.shape[1]).sum(dim=2).div_(n).neg_()
-    return gc, gn, u
+    if terms or n is None:
+        return gc, t, u
+    return gc, _grouped(t, n.shape[1]).sum(dim=2).div_(n).neg_(), u
 
 
 def unit_kernels_math(w, eps: float):
@@ -526,12 +585,6 @@ def _raw_kernels_backward_math(gw, w, s):
     sdt = s.dtype
     gw, w = gw.to(sdt), w.to(sdt)
     return gw - w * (s * s).view(-1, 1, 1, 1) * (gw * w).sum(dim=(1, 2, 3), keepdim=True)
-
-
-def raw_kernels_backward(gw: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """`_raw_kernels_backward_math`, one fused pass where large (w: the detached weight, whose sizes dynamo keeps
-    symbolic, so that small layers of many shapes share one graph)."""
-    return _run(_raw_kernels_backward_math, _raw_kernels_backward_math, w, gw, w, s)
 
 
 def compiled_pooling(c: torch.Tensor) -> bool:

@@ -9,7 +9,7 @@ and the one-channel patch norm, and recovers everything else in the backward pas
     d out / d y = p * |out| / a,   d out / d p = out * log(a)  SDP: s = n = 1)
 
 The kernels are not normalised in memory (but in float16: `_kernels`): s applies to c in the sharpening, and the
-weight gradient takes the norm's term from the raw kernels' gradient (`backend.raw_kernels_backward`).
+weight gradient takes the norm's term from the raw kernels' gradient (`backend.norms_backward`).
 
 Convolutions run in the autocast dtype when autocast is on; the sharpening itself runs in float32 and lives in
 `backend` (eager or fused by TorchInductor). A max or max-abs pooling right after the layer can be fused into it
@@ -123,55 +123,51 @@ class _SharpenedFunction(torch.autograd.Function):
         scale = _output_scale(norms, dtype)
         need_x, need_w, need_p, need_q = ctx.needs_input_grad[:4]
         with torch.autocast(xc.device.type, enabled=False):
+            nt = n if idx is None and normalize else None  # n: gn is t, reduced by norms_backward
             if idx is None:
-                gc, gn, gp = backend.sharpen_backward(grad_out, c, n, p, eps, scale)
+                gc, gn, gp = backend.sharpen_backward(grad_out, c, n, p, eps, scale, terms=nt is not None)
             else:  # the gradients at the pooled positions, scattered back to the convolution's grid
                 gc, gn, gp = backend.pool_sharpen_backward(grad_out, c, n, p, idx, size, groups, eps, pool, scale)
             grad_p = gp.to(p.dtype) if need_p else None
-            grad_q = gn.sum().reshape(()).to(q_dtype) if normalize and need_q else None
-            grad_x = grad_w = None
+            gx = gw = gq = None
             if need_x or need_w:
                 wc = _kernels(weight, norms, dtype)
                 gx, gw, _ = _aten.convolution_backward(
                     gc.to(dtype), xc, wc, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
                     [need_x, need_w, False])
-                if need_x:
-                    grad_x = gx
-                    if normalize:  # plus the patch norm's: d root / d |patch|^2 = 1 / (2 root)
-                        grad_x = backend.patch_norm_backward(gx, gn, root, xc, (tuple(wc.shape[-2:]), stride,
-                                                                                padding, dilation, groups))
-                    grad_x = grad_x.to(x_dtype)
-                if need_w:
-                    if normalize:  # plus the gradient through the inverse norms
-                        if scale is None:  # float16: gw is the unit kernels' gradient; the raw ones' is gw s
-                            gw = gw.to(norms.dtype) * norms.view(-1, 1, 1, 1)
-                        gw = backend.raw_kernels_backward(gw, weight.detach(), norms)
-                    grad_w = gw.to(w_dtype)
+            if normalize and (need_x or need_w or need_q):  # plus the patch norm's term on gx, the kernel
+                # norms' on gw, and q's gradient
+                gx, gw, gq = backend.norms_backward(gx, gn, root, xc, gw, weight.detach(), norms,
+                                                    (tuple(weight.shape[-2:]), stride, padding, dilation, groups),
+                                                    unit=scale is None, n=nt)
+            grad_x = gx.to(x_dtype) if need_x else None
+            grad_w = gw.to(w_dtype) if need_w else None
+            grad_q = gq.reshape(()).to(q_dtype) if normalize and need_q else None
         return grad_x, grad_w, grad_p, grad_q, None, None, None, None, None, None, None
 
 
 def inverse_kernel_norms(weight: torch.Tensor, eps: float) -> torch.Tensor:
     """1 / sqrt(|k|^2 + eps) per output channel, float32 at least: [C]. One reduction, nothing weight-sized written
     (resnet18's normalised kernels, written out, cost 4 ms of a 60 ms evaluation batch; these norms 0.9 ms)."""
-    w = weight.detach().flatten(1)
-    norm = torch.linalg.vector_norm(w, dim=1, dtype=torch.promote_types(w.dtype, torch.float32))
-    return norm.square_().add_(eps).rsqrt_()
+    return backend.kernel_inverse_norms_eager(weight.detach(), eps)
 
 
 def _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps, dtype):
     """The convolution c of x (in the compute dtype) with the raw kernels (`_kernels`), and for SCS the kernels'
     inverse norms [C] (applied to c by the sharpening, `_output_scale`), the patch norm's root
-    sqrt(|patch|^2 + eps) and n = root + q ([B, groups, H', W'], float32 at least). (Nothing is cached across
-    calls: a change through `.data` bumps no version a cache could see.)"""
+    sqrt(|patch|^2 + eps) and n = root + q ([B, groups, H', W'], float32 at least). The norms come out of the
+    patch norm's graph, but in float16, whose convolution needs them first. (Nothing is cached across calls: a
+    change through `.data` bumps no version a cache could see.)"""
     xc = x.to(dtype)
-    norms = inverse_kernel_norms(weight, eps) if normalize else None
+    norms = inverse_kernel_norms(weight, eps) if normalize and dtype == torch.float16 else None
     c = F.conv2d(xc, _kernels(weight, norms, dtype), None, stride, padding, dilation, groups)
     if not normalize:
         return xc, c, None, None, None
     # squares summed in float32 at least: in float16 a patch of 64 channels at std 12 overflows to inf, which
     # would zero the output and its gradients without a nan for GradScaler to see
-    root, n = backend.patch_norm(xc, c, q, eps, (tuple(weight.shape[-2:]), stride, padding, dilation, groups))
-    return xc, c, root, n, norms
+    root, n, s = backend.patch_norm(xc, c, q, eps, (tuple(weight.shape[-2:]), stride, padding, dilation, groups),
+                                    None if norms is not None else weight.detach())
+    return xc, c, root, n, norms if norms is not None else s
 
 
 def _kernels(weight, norms, dtype):
