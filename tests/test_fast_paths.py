@@ -194,6 +194,26 @@ def test_eval_of_a_zoo_model_equals_its_training_forward(backend, name):
     torch.testing.assert_close(fast, model(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_CXX, reason="TorchInductor's CPU backend needs a C++ compiler")
+@pytest.mark.parametrize("pool", [None, (True, 2, None, 0, True)], ids=["unpooled", "maxabs2"])
+def test_inference_at_model_sizes_runs_as_one_graph_per_layer(backend, pool):
+    """At a model's sizes (`auto`, an output of 2 x 16 x 48 x 48 elements) a no-grad forward is one compiled graph
+    (convolution, norms and sharpening: `backend.layer_inference`), equal to the training forward; float16's unit
+    kernels and narrow planes keep their own paths."""
+    backend("auto")
+    torch.manual_seed(0)
+    layer = SharpenedCosineSimilarity2d(8, 16, 3, padding=1)
+    x = torch.randn(2, 8, 48, 48)
+    spec = None if pool is None else pool_spec(*pool[:4], 1, pool[4])
+    before = {k for k in backend_module._state["fns"] if k[0] == "_make_layer_inference"}
+    with torch.no_grad():
+        fast = layer(x, pool=spec)
+    assert {k for k in backend_module._state["fns"] if k[0] == "_make_layer_inference"} - before
+    torch.testing.assert_close(fast, layer(x.requires_grad_(), pool=spec).detach(), rtol=1e-5, atol=1e-6)
+    assert backend_module._state["failed"] is None
+
+
 def test_no_autograd_graph_or_saved_tensors_under_no_grad():
     layer = SharpenedCosineSimilarity2d(3, 4, 3)
     with torch.no_grad():

@@ -478,7 +478,8 @@ def _compiled(make, static, args, fixed: bool = True):
         fn = make(static)
         code = fn.__code__.replace(co_name=f"{fn.__name__}_{len(_state['fns'])}")
         clone = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-        _state["fns"][key] = torch.compile(clone, dynamic=None if fixed else True, fullgraph=True)
+        _state["fns"][key] = torch.compile(clone, dynamic=None if fixed else True, fullgraph=True,
+                                           options=getattr(make, "inductor_options", None))
     return _state["fns"][key]
 
 
@@ -677,6 +678,62 @@ def pool_sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: 
     if sgeom is None:
         return eager(c, n, pv, eps, sdt, sv)
     return _fused(_make_window_sharpen, sgeom, (c, n, pv, eps, sdt, sv), eager, c)
+
+
+def _make_layer_inference(static):
+    """(x, w, p, q, eps, dtype) -> the layer's output, for inference: the convolution, the kernels' inverse norms,
+    the patch norm and the sharpening (pooled: `_make_window_sharpen`) in one graph, one compiled call per layer
+    instead of two and five ATen calls. The convolution stays ATen's (Inductor calls it as an external kernel, in
+    the layout eager runs it in: `inductor_options`), so conv models and SCS share its speed; what the graph saves
+    is dispatch: resnet18's [128, 64, 8, 8] layer 3.85 -> 3.53 ms, a [2, 64, 8, 8] one 345 -> 218 us."""
+    conv_geometry, normalize, sgeom = static
+    kernel_size, stride, padding, dilation, groups = conv_geometry
+    patch_norm = _make_patch_norm(conv_geometry)
+
+    def layer_inference(x, w, p, q, eps: float, dtype: torch.dtype):
+        sdt = torch.promote_types(dtype, torch.float32)
+        xc = x.to(dtype)
+        c = F.conv2d(xc, w.to(dtype), None, stride, padding, dilation, groups)
+        n = sv = None
+        if normalize:
+            _, n, s = patch_norm(xc, q, eps, sdt, w)
+            sv = s.to(sdt).view(1, -1, 1, 1)
+        pv = p.to(sdt).view(1, -1, 1, 1)
+        if sgeom is None:
+            return _sharpen_math(c, n, pv, eps, sdt, sv), n
+        return _sharpen_values(windows.pooled_strided(_y(c, n, sdt), sgeom), pv, eps, sv).to(c.dtype), n
+    return layer_inference
+
+
+# Inductor would otherwise turn the graph's convolution to channels_last (its own copies of x and w), a layout a
+# conv model's eager convolution does not get
+_make_layer_inference.inductor_options = {"layout_optimization": False}
+
+
+def _conv_out_size(size, kernel_size, stride, padding, dilation) -> tuple:
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                 for n, k, s, p, d in zip(size, kernel_size, stride, padding, dilation))
+
+
+def layer_inference(x, weight, p, q, conv_geometry, normalize: bool, eps: float, pool, dtype, eager):
+    """A sharpened layer's output without autograd (`_make_layer_inference`), where its output runs compiled and
+    no special case applies (float16's unit kernels, planes narrower than a vector: `_small_plane`, a pool
+    without a strided window geometry); otherwise, and if compilation fails, `eager()`: the layer's ops one by
+    one."""
+    conv_geometry = tuple(conv_geometry)
+    kernel_size, stride, padding, dilation, groups = conv_geometry
+    if x.dim() != 4 or dtype == torch.float16 or _small_plane(x):
+        return eager()
+    size = _conv_out_size(x.shape[-2:], kernel_size, stride, padding, dilation)
+    numel = x.shape[0] * weight.shape[0] * size[0] * size[1]
+    if not _use_compiled(x, numel) or 1 < size[0] * size[1] < 16 or min(size) < 1:
+        return eager()
+    sgeom = None if pool is None else windows.strided_geometry(pool, size)
+    if pool is not None and sgeom is None:
+        return eager()
+    args = (x, weight.detach(), p, q, eps, dtype)
+    return _fused(_make_layer_inference, (conv_geometry, bool(normalize), sgeom), args, lambda *a: (eager(), None),
+                  x, numel, batched=1)[0]
 
 
 def _max_abs_pool_eager(x: torch.Tensor, pool):

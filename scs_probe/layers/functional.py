@@ -215,13 +215,17 @@ def _sharpened(x, weight, p, q, stride, padding, dilation, groups, normalize, ep
     if _needs_autograd(x, weight, p, q):
         return _SharpenedFunction.apply(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool)
     dtype = _compute_dtype(x)
-    with torch.autocast(x.device.type, enabled=False):
+
+    def eager():  # op by op
         _, c, _, n, norms = _convolve_and_norm(x, weight, q, stride, padding, dilation, groups, normalize, eps,
                                                dtype)
         scale = _output_scale(norms, dtype)
         if pool is None:
             return backend.sharpen(c, n, p, eps, scale)
         return backend.pool_sharpen(c, n, p, eps, pool, scale)
+    with torch.autocast(x.device.type, enabled=False):
+        return backend.layer_inference(x, weight, p, q, (tuple(weight.shape[-2:]), stride, padding, dilation, groups),
+                                       normalize, eps, pool, dtype, eager)
 
 
 def pool_spec(absolute: bool, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> tuple:
