@@ -129,6 +129,8 @@ def test_many_weight_shapes_compile_without_reaching_the_recompile_limit(backend
         for out_channels in range(3, 15):
             layer = SharpenedCosineSimilarity2d(2, out_channels, 3, padding=1)
             layer(torch.rand(2, 2, 5, 5, requires_grad=True)).sum().backward()
+            with torch.no_grad():  # inference: one graph with the convolution (`backend.layer_inference`)
+                layer(torch.rand(2, 2, 5, 5))
         assert backend_module._state["failed"] is None
     finally:
         backend_module._state["failed"] = before

@@ -686,7 +686,7 @@ def _make_layer_inference(static):
     instead of two and five ATen calls. The convolution stays ATen's (Inductor calls it as an external kernel, in
     the layout eager runs it in: `inductor_options`), so conv models and SCS share its speed; what the graph saves
     is dispatch: resnet18's [128, 64, 8, 8] layer 3.85 -> 3.53 ms, a [2, 64, 8, 8] one 345 -> 218 us."""
-    conv_geometry, normalize, sgeom = static
+    conv_geometry, normalize, sgeom, _ = static
     kernel_size, stride, padding, dilation, groups = conv_geometry
     patch_norm = _make_patch_norm(conv_geometry)
 
@@ -732,8 +732,9 @@ def layer_inference(x, weight, p, q, conv_geometry, normalize: bool, eps: float,
     if pool is not None and sgeom is None:
         return eager()
     args = (x, weight.detach(), p, q, eps, dtype)
-    return _fused(_make_layer_inference, (conv_geometry, bool(normalize), sgeom), args, lambda *a: (eager(), None),
-                  x, numel, batched=1)[0]
+    static = (conv_geometry, bool(normalize), sgeom, tuple(weight.shape))  # the shape: dynamo specialises the
+    # convolution on its channels, so graphs shared across shapes would recompile up to the limit
+    return _fused(_make_layer_inference, static, args, lambda *a: (eager(), None), x, numel, batched=1)[0]
 
 
 def _max_abs_pool_eager(x: torch.Tensor, pool):
