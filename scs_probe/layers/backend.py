@@ -12,6 +12,11 @@ Backends (`set_backend`, or the environment variable SCS_PROBE_BACKEND):
   training and evaluation batch sizes, down to resnet18's last 1x1 layer at batch 128), eager for small ones,
   where a one-off compilation (a few seconds per layer shape and direction, cached on disk) would not pay.
 If compilation fails (no C++ compiler, no Triton), a warning says so once and everything runs eager.
+
+Besides the sharpening, the norms of SCS: the patch norm and the kernels' inverse norms in one graph
+(`patch_norm`), their terms in the backward pass and q's gradient in one (`norms_backward`), and under no_grad a
+whole layer, its convolution included, in one (`layer_inference`). A compiled call costs some 20 us of dynamo and
+wrappers before its kernel runs, and small layers spend more time in calls than in arithmetic.
 """
 
 from __future__ import annotations
@@ -120,12 +125,17 @@ def _sharpen_backward_terms(g, y, p, eps: float, s=None):
     return (gy if s is None else gy * s), g * mag * sign, inv_a, log_a
 
 
-def _small_plane(c: torch.Tensor) -> bool:
-    """Whether c's planes (H * W) are narrower than a vector, and more than one element: resnet18's 2x2 layers at
+def _narrow_plane(h: int, w: int) -> bool:
+    """Whether an h x w plane is narrower than a vector, and more than one element: resnet18's 2x2 layers at
     32 px. Inductor vectorises a plane's row with masked lanes there (a 2x2 plane fills 4 of AVX-512's 16), so
     these layers run their sharpening with n and p given per element (`_flat`), as flat rows: [128, 256, 2, 2],
     forward 0.41 -> 0.25 ms, backward 1.51 -> 0.46 ms on two threads. 1x1 planes are flat rows already."""
-    return c.dim() == 4 and 1 < c.shape[-2] * c.shape[-1] < 16
+    return 1 < h * w < 16
+
+
+def _small_plane(c: torch.Tensor) -> bool:
+    """Whether c is 4-D with planes narrower than a vector (`_narrow_plane`)."""
+    return c.dim() == 4 and _narrow_plane(c.shape[-2], c.shape[-1])
 
 
 def _flat(c, n, p, s=None):
@@ -588,11 +598,6 @@ def _raw_kernels_backward_math(gw, w, s):
     return gw - w * (s * s).view(-1, 1, 1, 1) * (gw * w).sum(dim=(1, 2, 3), keepdim=True)
 
 
-def compiled_pooling(c: torch.Tensor) -> bool:
-    """Whether `pool_sharpen` and its training variants run compiled for this pre-sharpening tensor."""
-    return _use_compiled(c)
-
-
 def _make_window_sharpen(sgeom):
     """Pooled inference: the window loop picks the winners of y = c / n, and the kernels' inverse norms s apply in
     the sharpening (a positive scale per channel picks the same winners). Applied in the window loop, the
@@ -681,11 +686,14 @@ def pool_sharpen(c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: 
 
 
 def _make_layer_inference(static):
-    """(x, w, p, q, eps, dtype) -> the layer's output, for inference: the convolution, the kernels' inverse norms,
-    the patch norm and the sharpening (pooled: `_make_window_sharpen`) in one graph, one compiled call per layer
-    instead of two and five ATen calls. The convolution stays ATen's (Inductor calls it as an external kernel, in
-    the layout eager runs it in: `inductor_options`), so conv models and SCS share its speed; what the graph saves
-    is dispatch: resnet18's [128, 64, 8, 8] layer 3.85 -> 3.53 ms, a [2, 64, 8, 8] one 345 -> 218 us."""
+    """(x, w, p, q, eps, dtype) -> (the layer's output, n), for inference: the convolution, the kernels' inverse
+    norms, the patch norm and the sharpening (pooled: `_make_window_sharpen`) in one graph, one compiled call per
+    layer instead of two and five ATen calls. n (None for SDP) is an output only so that Inductor writes it once:
+    read by the pooled window loop alone, its box sum was recomputed inside that loop (rohrer100k's evaluation
+    speed-up 0.66x -> 0.86x by making n an output). The convolution stays ATen's (Inductor calls it as an
+    external kernel, in the layout eager runs it in: `inductor_options`), so conv models and SCS share its speed;
+    what the graph saves is dispatch: resnet18's [128, 64, 8, 8] layer 3.85 -> 3.53 ms, a [2, 64, 8, 8] one
+    345 -> 218 us."""
     conv_geometry, normalize, sgeom, _ = static
     kernel_size, stride, padding, dilation, groups = conv_geometry
     patch_norm = _make_patch_norm(conv_geometry)
@@ -711,22 +719,24 @@ _make_layer_inference.inductor_options = {"layout_optimization": False}
 
 
 def _conv_out_size(size, kernel_size, stride, padding, dilation) -> tuple:
+    """F.conv2d's output plane for an input plane of `size` (below 1 where conv2d has none)."""
     return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
                  for n, k, s, p, d in zip(size, kernel_size, stride, padding, dilation))
 
 
 def layer_inference(x, weight, p, q, conv_geometry, normalize: bool, eps: float, pool, dtype, eager):
     """A sharpened layer's output without autograd (`_make_layer_inference`), where its output runs compiled and
-    no special case applies (float16's unit kernels, planes narrower than a vector: `_small_plane`, a pool
-    without a strided window geometry); otherwise, and if compilation fails, `eager()`: the layer's ops one by
-    one."""
+    no special case applies: float16's unit kernels (`functional._kernels`), input or output planes narrower than
+    a vector (`_narrow_plane`: the patch norm's and the sharpening's special paths), a pool without a strided
+    window geometry; otherwise, and if compilation fails, `eager()`: the layer's ops one by one. (A batch of 0 is
+    no special case.)"""
     conv_geometry = tuple(conv_geometry)
     kernel_size, stride, padding, dilation, groups = conv_geometry
     if x.dim() != 4 or dtype == torch.float16 or _small_plane(x):
         return eager()
     size = _conv_out_size(x.shape[-2:], kernel_size, stride, padding, dilation)
     numel = x.shape[0] * weight.shape[0] * size[0] * size[1]
-    if not _use_compiled(x, numel) or 1 < size[0] * size[1] < 16 or min(size) < 1:
+    if not _use_compiled(x, numel) or _narrow_plane(*size) or min(size) < 1:
         return eager()
     sgeom = None if pool is None else windows.strided_geometry(pool, size)
     if pool is not None and sgeom is None:

@@ -9,10 +9,13 @@ and the one-channel patch norm, and recovers everything else in the backward pas
     d out / d y = p * |out| / a,   d out / d p = out * log(a)  SDP: s = n = 1)
 
 The kernels are not normalised in memory (but in float16: `_kernels`): s applies to c in the sharpening, and the
-weight gradient takes the norm's term from the raw kernels' gradient (`backend.norms_backward`).
+weight gradient takes the norm's term from the raw kernels' gradient. The backward adds both norms' terms (and
+q's gradient) to the convolution's gradients in one call (`backend.norms_backward`).
 
 Convolutions run in the autocast dtype when autocast is on; the sharpening itself runs in float32 and lives in
-`backend` (eager or fused by TorchInductor). A max or max-abs pooling right after the layer can be fused into it
+`backend` (eager or fused by TorchInductor). Without autograd (evaluation, `torch.no_grad`) a layer that runs
+compiled is one graph, convolution included (`backend.layer_inference`): per-call dispatch, not arithmetic, is
+what small layers spend their time on. A max or max-abs pooling right after the layer can be fused into it
 (`pool`), and MaxAbsPool2d itself is one pooling pass over an order-preserving key.
 """
 
@@ -147,8 +150,10 @@ class _SharpenedFunction(torch.autograd.Function):
 
 
 def inverse_kernel_norms(weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """1 / sqrt(|k|^2 + eps) per output channel, float32 at least: [C]. One reduction, nothing weight-sized written
-    (resnet18's normalised kernels, written out, cost 4 ms of a 60 ms evaluation batch; these norms 0.9 ms)."""
+    """1 / sqrt(|k|^2 + eps) per output channel, float32 at least: [C], on their own: float16's unit kernels
+    (`_kernels`) need them before the convolution; other dtypes get them from the patch norm's graph
+    (`backend.patch_norm`). One reduction, nothing weight-sized written (resnet18's normalised kernels, written
+    out, cost 4 ms of a 60 ms evaluation batch; these norms 0.9 ms)."""
     return backend.kernel_inverse_norms_eager(weight.detach(), eps)
 
 
@@ -208,7 +213,8 @@ def _sharpened_traceable(x, weight, p, q, stride, padding, dilation, groups, nor
 
 def _sharpened(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool):
     """The autograd function where a gradient is wanted; otherwise (evaluation, `torch.no_grad`) the same values
-    without it: nothing saved for backward (`backend.pool_sharpen` for a pooled layer)."""
+    without it, nothing saved for backward: one compiled graph per layer where it runs compiled
+    (`backend.layer_inference`), else op by op (`eager` below; `backend.pool_sharpen` for a pooled layer)."""
     stride, padding, dilation = to_pair(stride), to_pair(padding), to_pair(dilation)
     if torch.compiler.is_compiling():  # inside torch.compile of a whole model (--compile)
         return _sharpened_traceable(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool)
