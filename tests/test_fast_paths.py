@@ -238,3 +238,16 @@ def test_inference_follows_weights_changed_in_place_even_through_data():
                        lambda: layer.weight.data[:2].mul_(-3)):  # changes the norms, not only signs
             change()
             torch.testing.assert_close(layer(x).double(), layer_reference(layer, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["no_grad", "train"])
+def test_an_input_of_the_wrong_channel_count_raises_and_leaves_compilation_on(backend, train):
+    """The inference graph holds the convolution, so dynamo met a wrong input while tracing it: that error turned
+    the whole process eager (`_state['failed']`) before the real one was raised. It is the input's error, not the
+    compiler's: raised as eager raises it, and compilation stays on."""
+    backend("compiled")
+    layer = SharpenedCosineSimilarity2d(4, 6, 3, padding=1)
+    x = torch.randn(2, 3, 8, 8, requires_grad=train)
+    with torch.set_grad_enabled(train), pytest.raises(RuntimeError, match="channels"):
+        layer(x)
+    assert backend_module._state["failed"] is None

@@ -506,8 +506,10 @@ def _batch_dynamic(args) -> None:
 def _fused(make, static, args, eager, ref: torch.Tensor, numel: int | None = None, batched: int | None = None):
     """`make(static)(*args)` compiled where `ref` runs compiled (`_use_compiled`), else `eager(*args)`. A failing
     compilation switches the process to eager (once, with a warning); running out of memory is the run's failure,
-    not the compiler's, and is raised. `batched`: how many leading arguments carry the batch (default: all; a
-    kernel's first dimension is its channels, not a batch)."""
+    not the compiler's, and is raised, and so is an error of the arguments' own (an input of another channel count
+    than the kernels', which the graph's convolution meets while dynamo traces it): eager raises it too, and the
+    process keeps compiling. `batched`: how many leading arguments carry the batch (default: all; a kernel's first
+    dimension is its channels, not a batch)."""
     if _use_compiled(ref, numel):
         fixed = (ref.numel() if numel is None else numel) >= AUTO_MIN_NUMEL
         try:
@@ -517,7 +519,9 @@ def _fused(make, static, args, eager, ref: torch.Tensor, numel: int | None = Non
         except torch.OutOfMemoryError:
             raise
         except Exception as e:
+            out = eager(*args)  # raises the arguments' own error; only a compiler's failure gets past it
             _mark_failed(e)
+            return out
     return eager(*args)
 
 
