@@ -56,7 +56,7 @@ def _forward(x, w, q, geometry):
 def test_norms_backward_is_autograds_gradient(fn, terms, unit):
     """`norms_backward`'s graph and its eager twin: the convolution's gradients (raw kernels, or float16's unit
     kernels w s) plus both norms' terms, and q's gradient, equal autograd's through the whole layer; given t
-    (`sharpen_backward(terms=True)`), they reduce it to d L / d n themselves, per group and with its sign."""
+    (`sharpen_backward`'s, unpooled), they reduce it to d L / d n themselves, per group and with its sign."""
     x, w, q, geometry = _norms_case(groups=2)
     groups = geometry[-1]
     xr, wr, qr = (t.clone().requires_grad_() for t in (x, w, q))

@@ -371,7 +371,7 @@ def _make_norms_backward(geometry):
         if gx is not None:
             gx = patch_norm_backward(gx, gn, root, x, sdt)
         if gw is not None:
-            gw = _raw_kernels_backward_math(gw.to(s.dtype) * s.view(-1, 1, 1, 1) if unit else gw, w, s)
+            gw = _raw_kernels_backward_math(gw, w, s, unit)
         return gx, gw, gn.sum()
     return norms_backward
 
@@ -382,14 +382,14 @@ def _norms_backward_eager(gx, gn, root, x, n, gw, w, s, sdt, unit, geometry):
     if gx is not None:
         gx = _patch_norm_backward_eager(gx, gn, root, x, sdt, geometry)
     if gw is not None:
-        gw = _raw_kernels_backward_math(gw.to(s.dtype) * s.view(-1, 1, 1, 1) if unit else gw, w, s)
+        gw = _raw_kernels_backward_math(gw, w, s, unit)
     return gx, gw, gn.sum()
 
 
 def norms_backward(gx, gn, root, x, gw, w, s, geometry, unit: bool = False, n=None):
     """The gradients an SCS layer's two norms add (`_make_norms_backward`; float32 at least): gx, gw None where not
-    wanted; w: the detached kernels, s their inverse norms. With n, gn is `sharpen_backward`'s t (`terms`), reduced
-    to d L / d n here."""
+    wanted; w: the detached kernels, s their inverse norms. With n, gn is `sharpen_backward`'s t, reduced to
+    d L / d n here."""
     geometry = tuple(geometry)
     args = (gx, gn, root, x, n, gw, w, s, _sharpen_dtype(gn), bool(unit))
     return _fused(_make_norms_backward, geometry, args, lambda *a: _norms_backward_eager(*a, geometry), x,
@@ -566,10 +566,10 @@ def pool_key(c: torch.Tensor, n: torch.Tensor | None, absolute: bool) -> torch.T
 
 
 def sharpen_backward(g: torch.Tensor, c: torch.Tensor, n: torch.Tensor | None, p: torch.Tensor, eps: float,
-                     scale: torch.Tensor | None = None, terms: bool = False):
+                     scale: torch.Tensor | None = None):
     """Backward elementwise part from the pre-sharpening c (see `_sharpen_backward_math`; `scale` as in
-    `sharpen`): (d L / d c, d L / d n or None, d L / d p [C]), in float32 at least. `terms`: t [B, C, H, W] in
-    place of d L / d n = -sum_group(t) / n, for `norms_backward` to reduce in its graph."""
+    `sharpen`): (d L / d c, t [B, C, H, W] or None, d L / d p [C]), in float32 at least. t is d L / d n before its
+    reduction, -sum_group(t) / n, which `norms_backward` does in its graph."""
     sdt = _sharpen_dtype(c)
     pv = p.to(sdt).view(1, -1, 1, 1)
     n = None if n is None else n.to(sdt)
@@ -581,9 +581,7 @@ def sharpen_backward(g: torch.Tensor, c: torch.Tensor, n: torch.Tensor | None, p
     else:
         gc, t, u = _run(_sharpen_backward_math, _sharpen_backward_eager, c, g, c, n, pv, eps, sdt, sv)
         u = u.sum(dim=0)
-    if terms or n is None:
-        return gc, t, u
-    return gc, _grouped(t, n.shape[1]).sum(dim=2).div_(n).neg_(), u
+    return gc, t, u
 
 
 def unit_kernels_math(w, eps: float):
@@ -594,11 +592,14 @@ def unit_kernels_math(w, eps: float):
     return w / norm, norm
 
 
-def _raw_kernels_backward_math(gw, w, s):
+def _raw_kernels_backward_math(gw, w, s, unit: bool = False):
     """d L / d w from the raw kernels' gradient gw, through the inverse norm s = (|w|^2 + eps)^-1/2 that scales
-    the output: gw - s^2 <gw, w> w per kernel (the same as (g - w_hat <g, w_hat>) / |w| for w_hat = w s)."""
+    the output: gw - s^2 <gw, w> w per kernel (the same as (g - w_hat <g, w_hat>) / |w| for w_hat = w s).
+    `unit` (float16): gw is the unit kernels' gradient, the raw ones' gw s."""
     sdt = s.dtype
     gw, w = gw.to(sdt), w.to(sdt)
+    if unit:
+        gw = gw * s.view(-1, 1, 1, 1)
     return gw - w * (s * s).view(-1, 1, 1, 1) * (gw * w).sum(dim=(1, 2, 3), keepdim=True)
 
 

@@ -126,9 +126,9 @@ class _SharpenedFunction(torch.autograd.Function):
         scale = _output_scale(norms, dtype)
         need_x, need_w, need_p, need_q = ctx.needs_input_grad[:4]
         with torch.autocast(xc.device.type, enabled=False):
-            nt = n if idx is None and normalize else None  # n: gn is t, reduced by norms_backward
+            nt = n if idx is None else None  # unpooled: gn is sharpen_backward's t, reduced by norms_backward
             if idx is None:
-                gc, gn, gp = backend.sharpen_backward(grad_out, c, n, p, eps, scale, terms=nt is not None)
+                gc, gn, gp = backend.sharpen_backward(grad_out, c, n, p, eps, scale)
             else:  # the gradients at the pooled positions, scattered back to the convolution's grid
                 gc, gn, gp = backend.pool_sharpen_backward(grad_out, c, n, p, idx, size, groups, eps, pool, scale)
             grad_p = gp.to(p.dtype) if need_p else None
