@@ -95,6 +95,34 @@ def test_claims_compare_only_matched_and_trained_runs(tmp_path):
     assert speed.verdict == "inconclusive" and speed.to_decide.startswith("1 seed cannot separate")
 
 
+def _set_fingerprint(run, fingerprint):
+    config = run.read_config()
+    run.write_config(config | {"data": config["data"] | {"fingerprint": fingerprint}})
+
+
+def test_runs_on_different_copies_of_the_data_are_not_compared(tmp_path):
+    """Same labels, other images (another copy of CIFAR-10, say): the label check cannot see it, the recorded data
+    fingerprints do. The paired comparison refuses, and every claim of the pair is not tested; one copy (or runs
+    from before fingerprints) compares as before."""
+    from scs_probe.errors import RecordError
+    rng = np.random.default_rng(0)
+    runs = [fake_run(tmp_path, v, s, rng.random(300) < 0.6) for s in (0, 1) for v in (CONV, SCS, SCS_RELU)]
+    for run in runs:
+        _set_fingerprint(run, "sha256:" + "a" * 64)
+    assert len(compare(runs, CONV.name, SCS.name, n_boot=100)) == 3
+    assert {v.verdict for v in evaluate_claims(runs, tmp_path, tmp_path)[:3]} != {"not tested"}
+    _set_fingerprint(runs[3], "sha256:" + "b" * 64)  # seed 1's conv run: another copy
+    with pytest.raises(RecordError, match="different copies of the data.*not evaluated on the same test set"):
+        compare(runs, CONV.name, SCS.name, n_boot=100)
+    verdicts = evaluate_claims(runs, tmp_path, tmp_path)
+    for v in verdicts[:2]:
+        assert v.verdict == "not tested" and "different copies of the data" in v.evidence, v
+        assert "aaaaaaaaaaaa" in v.evidence and "bbbbbbbbbbbb" in v.evidence
+    assert verdicts[2].verdict != "not tested"  # the activation claim compares the two SCS variants: one copy
+    _set_fingerprint(runs[5], "sha256:" + "b" * 64)  # seed 1's SCS with a ReLU: SCS's seeds span two copies
+    assert "different copies" in evaluate_claims(runs, tmp_path, tmp_path)[2].evidence
+
+
 def test_claims_when_the_scs_run_stayed_near_chance(tmp_path):
     """Every SCS run near chance (left out of the claims): the activation claim says so, no KeyError."""
     ok, chance = np.ones(100, dtype=bool), np.arange(100) % 10 == 0

@@ -334,3 +334,18 @@ def test_string_padding_as_in_conv2d():
                     (dict(kernel_size=3, padding="same", stride=2), "stride 1")):
         with pytest.raises(ValueError, match=msg):
             SharpenedCosineSimilarity2d(2, 4, **kw)
+
+
+def test_string_padding_in_the_functional_api():
+    """F.conv2d takes 'same' and 'valid'; so do the functional forms, with the layers' values and errors."""
+    from scs_probe.layers.functional import sharpened_cosine_similarity2d, sharpened_sdp2d
+    x = torch.rand(2, 2, 9, 7)
+    layer = SharpenedCosineSimilarity2d(2, 4, kernel_size=(5, 3), padding="same", dilation=(1, 2))
+    with torch.no_grad():
+        p, q = layer.effective_p(), layer.effective_q()
+        out = sharpened_cosine_similarity2d(x, layer.weight, p, q, padding="same", dilation=(1, 2))
+        assert torch.allclose(out, layer(x)) and out.shape[-2:] == x.shape[-2:]
+        valid = sharpened_sdp2d(x, layer.weight, p, padding="valid", dilation=(1, 2))
+        assert torch.allclose(valid, sharpened_sdp2d(x, layer.weight, p, padding=0, dilation=(1, 2)))
+        with pytest.raises(ValueError, match="stride 1"):
+            sharpened_sdp2d(x, layer.weight, p, stride=2, padding="same")

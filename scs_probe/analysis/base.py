@@ -62,7 +62,7 @@ def run_fingerprint(runs: Sequence[RunDir]) -> list[dict]:
     """Which runs, at which epoch, with which weights and test predictions: an analysis of the same runs gives the
     same numbers. Told by content, never by file times (a copied sweep is the same sweep): the checkpoint's size
     and the run's own record of when it last saved (config.json's `updated`), or, for a bare checkpoint, a hash
-    of the file; a hash of predictions.csv (None where there is none)."""
+    of the file; a hash of predictions.csv (None where there is none); the data fingerprint it recorded."""
     out = []
     for run in runs:
         try:
@@ -79,7 +79,8 @@ def run_fingerprint(runs: Sequence[RunDir]) -> list[dict]:
         saved = config.get("updated") or (_file_hash(run.checkpoint_path) if size is not None else None)
         predictions = run.path / RunDir.PREDICTIONS
         out.append({"name": run.name, "checkpoint": str(run.checkpoint_path), "epoch": epoch, "size": size,
-                    "saved": saved, "predictions": _file_hash(predictions) if predictions.is_file() else None})
+                    "saved": saved, "predictions": _file_hash(predictions) if predictions.is_file() else None,
+                    "data": (config.get("data") or {}).get("fingerprint")})
     return out
 
 
@@ -93,9 +94,10 @@ def _file_hash(path: Path) -> str:
 
 def _same_runs(a: list[dict], b: list[dict], predictions: bool = False) -> bool:
     """Same runs, epochs and checkpoints (size and the run's own save record: a run retrained in place differs,
-    a copied one does not), and with `predictions` the same predictions.csv contents."""
+    a copied one does not), trained on the same copy of the data, and with `predictions` the same predictions.csv
+    contents."""
     def key(rows):
-        return [(r.get("name"), r.get("epoch"), r.get("size"), r.get("saved"),
+        return [(r.get("name"), r.get("epoch"), r.get("size"), r.get("saved"), r.get("data"),
                  r.get("predictions") if predictions else None) for r in rows]
     return key(a) == key(b)
 

@@ -14,6 +14,7 @@ from ..rundir import RunDir
 from ..stats import ONE_SEED, Pooled, mcnemar_exact, paired_difference, pool_paired
 from ..storage import write_csv
 from .base import Analysis, AnalysisConfig, AnalysisResult, Context
+from .provenance import data_difference
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ def paired_correct(runs: list[RunDir], a: str, b: str) -> dict:
     out = {}
     for s in sorted(set(ca) & set(cb), key=str):
         (run_a, p), (run_b, q) = ca[s], cb[s]
+        differ = data_difference([run_a, run_b])
+        if differ:  # same labels are not the same images: a paired difference needs one test set
+            raise RecordError(f"{run_a.path} and {run_b.path} were {differ}: they were not evaluated on the same "
+                              "test set")
         common, pa, pb = np.intersect1d(p["index"], q["index"], return_indices=True)
         differ = int(np.sum(p["label"][pa] != q["label"][pb]))
         if differ:  # another copy of the data, or a foreign file: a "paired" difference would be meaningless

@@ -1,6 +1,6 @@
 """What a number comes from and what it may be compared with: chance level relative to the number of classes, and
 whether two runs ran alike (the SCS backend actually used, threads, host, device, GPU, CUDA, torch, CPU memory
-policy)."""
+policy), and whether they were trained and tested on one copy of the data."""
 
 from __future__ import annotations
 
@@ -37,6 +37,23 @@ def environment_difference(runs_a: list, runs_b: list) -> str:
         if len(set(a) | set(b)) > 1:
             diffs.append(f"{key} {' / '.join(a)} vs {' / '.join(b)}")
     return "; ".join(diffs)
+
+
+def data_difference(runs: list) -> str:
+    """'' where every run that recorded a data fingerprint (data.fingerprint) recorded the same one, else which
+    runs differ: runs on two copies of a data set (other images or labels) measure different things, and a paired
+    or pooled difference between them would be meaningless. Runs from before fingerprints were recorded are not
+    counted (their labels are still checked image by image where predictions are paired)."""
+    copies: dict[str, object] = {}
+    for run in runs:
+        fingerprint = (run.read_config().get("data") or {}).get("fingerprint")
+        if fingerprint:
+            copies.setdefault(str(fingerprint), run)
+    if len(copies) < 2:
+        return ""
+    (fa, ra), (fb, rb) = list(copies.items())[:2]
+    return (f"trained on different copies of the data: {ra.path.name} on {fa.split(':')[-1][:12]}, "
+            f"{rb.path.name} on {fb.split(':')[-1][:12]} (data fingerprints)")
 
 
 def hardware_label(runs: list) -> str:

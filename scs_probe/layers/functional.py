@@ -35,6 +35,24 @@ def to_pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def conv_padding(padding, kernel_size, stride, dilation) -> tuple:
+    """Conv2d's padding argument as a pair of ints: numbers, "valid" (none) or "same" (stride 1, with an odd
+    dilated kernel: Conv2d pads an even one more on one side, which the patch norm's box sum does not do)."""
+    if not isinstance(padding, str):
+        return to_pair(padding)
+    if padding == "valid":
+        return (0, 0)
+    if padding != "same":
+        raise ValueError(f"padding must be numbers, 'valid' or 'same', got {padding!r}")
+    if stride != (1, 1):
+        raise ValueError("padding='same' needs stride 1 (as in Conv2d)")
+    span = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+    if any(t % 2 for t in span):
+        raise ValueError(f"padding='same' with kernel_size {kernel_size} and dilation {dilation} would pad one side "
+                         "more than the other, which the sharpened layers do not support: pad the input with F.pad")
+    return tuple(t // 2 for t in span)
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     dev = x.device.type
     if torch.is_autocast_enabled(dev) and x.is_floating_point():
@@ -215,7 +233,8 @@ def _sharpened(x, weight, p, q, stride, padding, dilation, groups, normalize, ep
     """The autograd function where a gradient is wanted; otherwise (evaluation, `torch.no_grad`) the same values
     without it, nothing saved for backward: one compiled graph per layer where it runs compiled
     (`backend.layer_inference`), else op by op (`eager` below; `backend.pool_sharpen` for a pooled layer)."""
-    stride, padding, dilation = to_pair(stride), to_pair(padding), to_pair(dilation)
+    stride, dilation = to_pair(stride), to_pair(dilation)
+    padding = conv_padding(padding, tuple(weight.shape[-2:]), stride, dilation)
     if torch.compiler.is_compiling():  # inside torch.compile of a whole model (--compile)
         return _sharpened_traceable(x, weight, p, q, stride, padding, dilation, groups, normalize, eps, pool)
     if _needs_autograd(x, weight, p, q):

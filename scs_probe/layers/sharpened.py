@@ -7,27 +7,9 @@ import math
 import torch
 from torch import nn
 
-from .functional import EPS, max_abs_pool2d, sharpened_cosine_similarity2d, sharpened_sdp2d, to_pair
+from .functional import EPS, conv_padding, max_abs_pool2d, sharpened_cosine_similarity2d, sharpened_sdp2d, to_pair
 
 P_MIN = 0.1  # the reference clamps p here: p -> 0 flattens every response to +-1 and its gradient explodes
-
-
-def _padding(padding, kernel_size, stride, dilation) -> tuple:
-    """Conv2d's padding argument as a pair of ints: numbers, "valid" (none) or "same" (stride 1, with an odd
-    dilated kernel: Conv2d pads an even one more on one side, which the patch norm's box sum does not do)."""
-    if not isinstance(padding, str):
-        return to_pair(padding)
-    if padding == "valid":
-        return (0, 0)
-    if padding != "same":
-        raise ValueError(f"padding must be numbers, 'valid' or 'same', got {padding!r}")
-    if stride != (1, 1):
-        raise ValueError("padding='same' needs stride 1 (as in Conv2d)")
-    span = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
-    if any(t % 2 for t in span):
-        raise ValueError(f"padding='same' with kernel_size {kernel_size} and dilation {dilation} would pad one side "
-                         "more than the other, which the sharpened layers do not support: pad the input with F.pad")
-    return tuple(t // 2 for t in span)
 
 
 class _Sharpened2d(nn.Module):
@@ -53,7 +35,7 @@ class _Sharpened2d(nn.Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = to_pair(kernel_size), to_pair(stride)
         self.dilation = to_pair(dilation)
-        self.padding = _padding(padding, self.kernel_size, self.stride, self.dilation)
+        self.padding = conv_padding(padding, self.kernel_size, self.stride, self.dilation)
         self.p_init, self.fixed_p, self.eps = tuple(p_init), fixed_p, eps
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory))
         if fixed_p is None:
