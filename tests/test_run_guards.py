@@ -199,7 +199,9 @@ RESUME_DAMAGE = [  # a checkpoint whose training state does not fit the run it n
     ({"optimizer": {"state": {}, "param_groups": [{"params": [0]}]}}, "its optimizer state does not fit the model"),
     ({"scheduler": {"total_steps": 1}}, "its learning-rate schedule does not fit"),
     ({"scheduler": {"_step_count": "x"}}, "its learning-rate schedule does not fit"),
-    ({"epoch": 0}, "its learning-rate schedule does not fit"),  # the schedule is one epoch further
+    ({"epoch": 0, "history": []}, "its learning-rate schedule does not fit"),  # the schedule is one epoch further
+    ({"epoch": 0}, "its history holds 1 epoch, and it says epoch 0"),
+    ({"epoch": 7}, "it is at epoch 7, outside this run's 0-2"),  # not "already finished" with 7 epochs
     ({"model": {"net.0.weight": torch.zeros(1)}}, "its weights do not fit the model"),
 ]
 

@@ -242,6 +242,12 @@ class Trainer:
         def refuse(what, e=None):
             detail = f" ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]})" if e else ""
             return CheckpointError(f"{path}: cannot resume from it: {what}{detail}")
+        epoch, history = int(ckpt["epoch"]), ckpt.get("history", [])
+        if not 0 <= epoch <= self.options.epochs:  # else "already finished" with epochs this run never trained
+            raise refuse(f"it is at epoch {epoch}, outside this run's 0-{self.options.epochs}")
+        if len(history) != epoch:  # the run's records would say other than its weights
+            n = len(history)
+            raise refuse(f"its history holds {n} epoch{'' if n == 1 else 's'}, and it says epoch {epoch}")
         try:
             self.model.load_state_dict(ckpt["model"])
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
