@@ -194,6 +194,7 @@ def test_a_running_run_nobody_trains_is_interrupted_and_its_config_repaired(fake
     assert [r["status"] for r in read_csv(sweep / "summary.csv")] == ["finished"]
 
 
+HISTORY_ROW = {"epoch": 1, "train_acc": 0.1, "test_acc": 0.1, "train_seconds": 1.0, "eval_seconds": 1.0}
 RESUME_DAMAGE = [  # a checkpoint whose training state does not fit the run it names (crafted, or another run's)
     ({"optimizer": {}}, "its optimizer state does not fit the model"),
     ({"optimizer": {"state": {}, "param_groups": [{"params": [0]}]}}, "its optimizer state does not fit the model"),
@@ -202,6 +203,8 @@ RESUME_DAMAGE = [  # a checkpoint whose training state does not fit the run it n
     ({"epoch": 0, "history": []}, "its learning-rate schedule does not fit"),  # the schedule is one epoch further
     ({"epoch": 0}, "its history holds 1 epoch, and it says epoch 0"),
     ({"epoch": 7}, "it is at epoch 7, outside this run's 0-2"),  # not "already finished" with 7 epochs
+    ({"history": [HISTORY_ROW | {"epoch": 5}]}, "its history holds epochs 5, and it says epoch 1"),  # right length
+    ({"status": "finished"}, "it says finished at epoch 1 of 2"),  # not "already finished" after 1 epoch of 2
     ({"model": {"net.0.weight": torch.zeros(1)}}, "its weights do not fit the model"),
 ]
 
@@ -217,10 +220,27 @@ def test_resuming_from_a_training_state_that_does_not_fit_is_one_line(fake_cifar
         damage = {"optimizer": ckpt["optimizer"] | damage["optimizer"]}
     save_checkpoint(run.checkpoint_path, {k: v for k, v in ckpt.items() if k not in ("format", "format_version")}
                     | damage)
+    before = run.checkpoint_path.read_bytes()
     capsys.readouterr()
     assert main(["train", "--resume", "--out", str(run.path), "--data-dir", str(fake_cifar), "--quiet"]) == 1
     err = one_line_error(capsys)
     assert str(run.checkpoint_path) in err and words in err, err
+    assert run.checkpoint_path.read_bytes() == before  # a refused resume writes nothing
+
+
+def test_a_checkpoint_still_running_at_its_last_epoch_is_refused(fake_cifar, tmp_path, capsys):
+    """Training saves the last epoch as finished: a checkpoint that says running there (crafted) would 'resume'
+    with nothing to train, say done and stay running; it is one line instead, the checkpoint untouched."""
+    from scs_probe.checkpoint import save_checkpoint
+    assert main(["train", *small(fake_cifar, tmp_path / "run")]) == 0
+    run = RunDir(tmp_path / "run")
+    save_checkpoint(run.checkpoint_path, {k: v for k, v in run.load_checkpoint().items()
+                                          if k not in ("format", "format_version")} | {"status": "running"})
+    before = run.checkpoint_path.read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run.path), "--data-dir", str(fake_cifar), "--quiet"]) == 1
+    assert "it says running at epoch 1 of 1" in one_line_error(capsys)
+    assert run.checkpoint_path.read_bytes() == before
 
 
 def test_a_run_directory_that_cannot_be_written_is_one_line(fake_cifar, tmp_path, capsys, monkeypatch):

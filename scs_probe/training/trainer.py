@@ -248,6 +248,14 @@ class Trainer:
         if len(history) != epoch:  # the run's records would say other than its weights
             n = len(history)
             raise refuse(f"its history holds {n} epoch{'' if n == 1 else 's'}, and it says epoch {epoch}")
+        epochs = [row["epoch"] for row in history]  # of the right length, but other epochs: the same records
+        if epochs != list(range(1, epoch + 1)):
+            shown = ", ".join(map(str, epochs[:8])) + (", ..." if len(epochs) > 8 else "")
+            raise refuse(f"its history holds epochs {shown}, and it says epoch {epoch}")
+        status = ckpt.get("status")  # training saves its last epoch as finished, and no other
+        if (status == "finished" and epoch != self.options.epochs) or (status == "running"
+                                                                       and epoch == self.options.epochs):
+            raise refuse(f"it says {status} at epoch {epoch} of {self.options.epochs}")
         try:
             self.model.load_state_dict(ckpt["model"])
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
