@@ -123,6 +123,21 @@ def test_runs_on_different_copies_of_the_data_are_not_compared(tmp_path):
     assert "different copies" in evaluate_claims(runs, tmp_path, tmp_path)[2].evidence
 
 
+def test_seeds_on_different_copies_of_the_data_are_not_pooled(tmp_path):
+    """Each seed's pair on one copy, the seeds on two: every seed's paired difference stands, but a difference
+    pooled over the seeds would mix test sets. The claims say not tested; the comparison's pooled row is refused,
+    never a number beside them."""
+    from scs_probe.errors import RecordError
+    rng = np.random.default_rng(0)
+    runs = [fake_run(tmp_path, v, s, rng.random(300) < 0.6) for s in (0, 1) for v in (CONV, SCS)]
+    for run, copy in zip(runs, "aabb"):
+        _set_fingerprint(run, "sha256:" + copy * 64)
+    assert evaluate_claims(runs, tmp_path, tmp_path)[0].verdict == "not tested"
+    with pytest.raises(RecordError, match="different copies of the data"):
+        compare(runs, CONV.name, SCS.name, n_boot=100)
+    assert len(compare(runs[:2], CONV.name, SCS.name, n_boot=100)) == 1  # one seed, one copy: compared
+
+
 def test_claims_when_the_scs_run_stayed_near_chance(tmp_path):
     """Every SCS run near chance (left out of the claims): the activation claim says so, no KeyError."""
     ok, chance = np.ones(100, dtype=bool), np.arange(100) % 10 == 0

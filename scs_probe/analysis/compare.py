@@ -102,6 +102,11 @@ def accuracy_pool(runs: list[RunDir], a: str, b: str) -> Pooled | None:
     pairs = paired_correct(runs, a, b)
     if not pairs:
         return None
+    differ = data_difference([r for r in runs if r.name in (a, b) and r.seed in pairs
+                              and r.read_config().get("status") == "finished"])  # the runs paired above
+    if differ:  # each seed on one copy, the seeds on two: a pooled difference would mix test sets
+        raise RecordError(f"the seeds of {a} and {b} were {differ}: a difference pooled over them would mix test "
+                          "sets")
     pooled = pool_paired([rb.astype(float) - ra.astype(float) for _, ra, rb in pairs.values()])
     # a difference of accuracies lies in [-1, 1]; the t interval over a few spread seeds can reach beyond it
     return replace(pooled, interval=pooled.interval.clipped(-1.0, 1.0))
