@@ -349,3 +349,28 @@ def test_string_padding_in_the_functional_api():
         assert torch.allclose(valid, sharpened_sdp2d(x, layer.weight, p, padding=0, dilation=(1, 2)))
         with pytest.raises(ValueError, match="stride 1"):
             sharpened_sdp2d(x, layer.weight, p, stride=2, padding="same")
+
+
+@pytest.mark.parametrize("padding", [b"same", ("same",), ("same", "same"), {"a": 1}, 1.5, 1.0, None, True, (1, 1, 1)])
+def test_padding_that_is_neither_numbers_nor_a_mode_is_a_type_error(padding):
+    """As F.conv2d: a TypeError naming the argument, in training and in evaluation alike (never an IndexError, an
+    int added to a str deep inside, or b'same' read as the padding 115, 97, 109, 101)."""
+    from scs_probe.layers.functional import sharpened_cosine_similarity2d
+    x, weight, p = torch.rand(1, 2, 6, 6), torch.rand(3, 2, 3, 3), torch.full((3,), 2.0)
+    for grad in (False, True):
+        with pytest.raises(TypeError, match="padding must be"):
+            sharpened_cosine_similarity2d(x, weight.requires_grad_(grad), p, torch.tensor(0.1), padding=padding)
+    with pytest.raises(TypeError, match="padding must be"):
+        SharpenedCosineSimilarity2d(2, 3, kernel_size=3, padding=padding)
+
+
+def test_one_padding_in_a_sequence_pads_both_sides_as_in_conv2d():
+    """padding=(1,) is padding=1 for F.conv2d; the sharpened forms gave it in training and failed in evaluation."""
+    from scs_probe.layers.functional import sharpened_sdp2d
+    x, weight, p = torch.rand(1, 2, 6, 5), torch.rand(3, 2, 3, 3), torch.full((3,), 2.0)
+    for grad in (False, True):
+        w = weight.clone().requires_grad_(grad)
+        assert torch.equal(sharpened_sdp2d(x, w, p, padding=(1,)), sharpened_sdp2d(x, w, p, padding=1))
+    layer = SharpenedCosineSimilarity2d(2, 3, kernel_size=3, padding=[1])
+    with torch.no_grad():
+        assert layer.padding == (1, 1) and layer(x).shape[-2:] == x.shape[-2:]

@@ -21,6 +21,8 @@ what small layers spend their time on. A max or max-abs pooling right after the 
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 
@@ -35,11 +37,25 @@ def to_pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def _is_index(v) -> bool:
+    """An int (or an int-like: numpy's, a one-element integer tensor), never a bool."""
+    if isinstance(v, bool):
+        return False
+    try:
+        operator.index(v)
+    except TypeError:
+        return False
+    return True
+
+
 def conv_padding(padding, kernel_size, stride, dilation) -> tuple:
     """Conv2d's padding argument as a pair of ints: numbers, "valid" (none) or "same" (stride 1, with an odd
     dilated kernel: Conv2d pads an even one more on one side, which the patch norm's box sum does not do)."""
-    if not isinstance(padding, str):
-        return to_pair(padding)
+    if not isinstance(padding, str):  # an int, or one or two of them (F.conv2d's forms), else a TypeError as there
+        pair = (padding,) if not isinstance(padding, tuple | list) else tuple(padding)
+        if len(pair) not in (1, 2) or not all(_is_index(v) for v in pair):
+            raise TypeError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+        return tuple(int(v) for v in pair * (3 - len(pair)))
     if padding == "valid":
         return (0, 0)
     if padding != "same":
