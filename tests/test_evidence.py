@@ -138,6 +138,38 @@ def test_seeds_on_different_copies_of_the_data_are_not_pooled(tmp_path):
     assert len(compare(runs[:2], CONV.name, SCS.name, n_boot=100)) == 1  # one seed, one copy: compared
 
 
+def test_a_study_pair_on_two_copies_of_the_data_is_left_out_of_the_comparisons(tmp_path, capsys):
+    """The report's comparison (the study's pairs) leaves the pair out with a warning instead of failing the whole
+    report (its claims say why); a pair asked for is refused; `compare` says why its table is empty."""
+    from scs_probe.analysis import ComparisonAnalysis, Context
+    from scs_probe.analysis.compare import COLUMNS
+    from scs_probe.cli import main
+    from scs_probe.errors import RecordError
+    from scs_probe.rundir import RunsDir
+    from tests.test_untrusted_records import one_line_error
+    rng = np.random.default_rng(0)
+    runs = [fake_run(tmp_path / "runs", v, s, rng.random(200) < 0.6) for s in (0, 1) for v in (CONV, SCS)]
+    for run in runs:
+        _set_fingerprint(run, "sha256:" + "a" * 64)
+    logged = []
+    rows = ComparisonAnalysis(n_boot=100).run(runs, tmp_path / "one", Context(log=logged.append)).summary
+    assert rows and all(list(r) == COLUMNS for r in rows)  # the header an empty table is written with
+    _set_fingerprint(runs[2], "sha256:" + "b" * 64)  # seed 1's conv run: another copy
+    result = ComparisonAnalysis(n_boot=100).run(runs, tmp_path / "two", Context(log=logged.append))
+    assert result.summary == [] and len(logged) == 1, logged
+    assert ComparisonAnalysis.staleness(tmp_path / "two", runs, {}) == ""  # an empty table is stored as current
+    assert f"{SCS.name} vs {CONV.name} not compared: trained on different copies of the data" in logged[0]
+    assert "aaaaaaaaaaaa" in logged[0] and "bbbbbbbbbbbb" in logged[0]
+    asked = ComparisonAnalysis(n_boot=100, pairs=((CONV.name, SCS.name),))
+    with pytest.raises(RecordError, match="different copies of the data.*compare runs trained on one copy"):
+        asked.run(runs, tmp_path / "asked", Context(log=logged.append))
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "runs"), "--n-boot", "100"]) == 1
+    err = one_line_error(capsys)
+    assert "nothing to compare" in err and "different copies of the data" in err, err
+    assert RunsDir(tmp_path / "runs").analysis_dir("compare").is_dir()
+
+
 def test_claims_when_the_scs_run_stayed_near_chance(tmp_path):
     """Every SCS run near chance (left out of the claims): the activation claim says so, no KeyError."""
     ok, chance = np.ones(100, dtype=bool), np.arange(100) % 10 == 0

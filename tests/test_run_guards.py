@@ -383,6 +383,32 @@ def test_changed_predictions_make_the_comparison_stale(tmp_path):
     assert "predictions changed" in ComparisonAnalysis.staleness(out, RunsDir(tmp_path).runs(), {})
 
 
+def test_the_data_the_runs_were_trained_on_makes_an_analysis_stale(tmp_path):
+    """A run's data fingerprint counts; analyses stored before it was counted are reused while the runs were
+    trained on one copy of the data (no recomputation after an upgrade), not once they span two."""
+    from scs_probe.analysis import ComparisonAnalysis
+    from scs_probe.analysis.base import OPTIONS_FILE
+    runs = [fake_run(tmp_path, CONV, s) for s in (0, 1)] + [fake_run(tmp_path, SCS, s) for s in (0, 1)]
+
+    def set_data(run, fingerprint):  # the run's save record ("updated") unchanged
+        config = run.read_config()
+        write_json(run.config_path, config | {"data": config["data"] | {"fingerprint": fingerprint}})
+    for run in runs:
+        set_data(run, "sha256:" + "a" * 64)
+    out = RunsDir(tmp_path).analysis_dir("compare")
+    ComparisonAnalysis(n_boot=200).run(RunsDir(tmp_path).runs(), out)
+    stored = read_json(out / OPTIONS_FILE)
+    assert ComparisonAnalysis.staleness(out, RunsDir(tmp_path).runs(), {}) == ""
+    older = stored | {"runs": [{k: v for k, v in r.items() if k != "data"} for r in stored["runs"]]}
+    write_json(out / OPTIONS_FILE, older)  # stored before the data was counted
+    assert ComparisonAnalysis.staleness(out, RunsDir(tmp_path).runs(), {}) == ""
+    set_data(runs[3], "sha256:" + "b" * 64)
+    changed = "the data fingerprints the runs recorded changed"
+    assert ComparisonAnalysis.staleness(out, RunsDir(tmp_path).runs(), {}) == changed
+    write_json(out / OPTIONS_FILE, stored)
+    assert ComparisonAnalysis.staleness(out, RunsDir(tmp_path).runs(), {}) == changed
+
+
 @pytest.mark.parametrize("analysis", ["saliency", "pgd"])
 def test_test_images_of_another_data_set_make_an_analysis_stale(tmp_path, analysis):
     from scs_probe.analysis import Context, RobustnessAnalysis, SaliencyAnalysis

@@ -92,12 +92,16 @@ def _file_hash(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _same_runs(a: list[dict], b: list[dict], predictions: bool = False) -> bool:
+def _same_runs(a: list[dict], b: list[dict], predictions: bool = False, data: bool = True) -> bool:
     """Same runs, epochs and checkpoints (size and the run's own save record: a run retrained in place differs,
     a copied one does not), trained on the same copy of the data, and with `predictions` the same predictions.csv
-    contents."""
+    contents (without `data`, whatever data they were trained on). Rows stored before the data was counted (no
+    "data") still answer for runs of one copy: a run's data changes only with its save record; runs that span two
+    copies may have been compared across them."""
+    data = data and (all("data" in r for r in a + b) or len({r.get("data") for r in a + b if r.get("data")}) > 1)
+
     def key(rows):
-        return [(r.get("name"), r.get("epoch"), r.get("size"), r.get("saved"), r.get("data"),
+        return [(r.get("name"), r.get("epoch"), r.get("size"), r.get("saved"), r.get("data") if data else None,
                  r.get("predictions") if predictions else None) for r in rows]
     return key(a) == key(b)
 
@@ -189,8 +193,10 @@ class Analysis(ABC):
                 return f"stored by an older scs-probe ({name} has no {missing[0]})"
         config, stored_runs = stored
         now = run_fingerprint(runs)
-        if not _same_runs(stored_runs, now):
+        if not _same_runs(stored_runs, now, data=False):
             return "the runs or their checkpoints changed"
+        if not _same_runs(stored_runs, now):
+            return "the data fingerprints the runs recorded changed"
         if cls.reads_predictions and not _same_runs(stored_runs, now, predictions=True):
             return "the runs' predictions changed"
         if cls.uses_test_images:

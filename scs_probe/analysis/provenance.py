@@ -52,8 +52,8 @@ def data_difference(runs: list) -> str:
     if len(copies) < 2:
         return ""
     (fa, ra), (fb, rb) = list(copies.items())[:2]
-    return (f"trained on different copies of the data: {ra.path.name} on {fa.split(':')[-1][:12]}, "
-            f"{rb.path.name} on {fb.split(':')[-1][:12]} (data fingerprints)")
+    return (f"trained on different copies of the data (data fingerprint {fa.split(':')[-1][:12]} for {ra.path.name}, "
+            f"{fb.split(':')[-1][:12]} for {rb.path.name})")
 
 
 def hardware_label(runs: list) -> str:

@@ -189,11 +189,12 @@ def _warn_near_chance(runs, rows) -> None:
 
 def _empty_comparison(runs, pairs) -> str:
     """Why `compare` found nothing to compare: no conv/SCS pair at the study's settings (one variant only, or
-    runs of different data sets), or no seed at which both variants of a pair finished."""
-    from ..analysis.compare import study_pairs, variant_axes
+    runs of different data sets), a study pair whose runs were trained on different copies of the data (left out),
+    or no seed at which both variants of a pair finished."""
+    from ..analysis.compare import pair_data_difference, study_pairs, variant_axes
     axes = {r.name: variant_axes(r) for r in runs}
     variants = ", ".join(sorted(axes))
-    pairs = pairs or study_pairs(runs)
+    asked, pairs = pairs, pairs or study_pairs(runs)
     if not pairs:
         datasets = sorted({v["dataset"] for v in axes.values()})
         why = (f"its runs are of different data sets ({', '.join(datasets)}), and a pair needs one"
@@ -207,6 +208,10 @@ def _empty_comparison(runs, pairs) -> str:
     for a, b in pairs:
         if not finished[a] or not finished[b]:
             return f"nothing to compare: --pair {a},{b}: no finished run of {a if not finished[a] else b}"
+    for a, b in pairs if asked is None else ():  # a study pair on two copies of the data is left out
+        differ = pair_data_difference(runs, a, b)
+        if differ:
+            return f"nothing to compare: {b} vs {a}: its runs were {differ}; compare runs trained on one copy"
     a, b = pairs[0]
     return f"nothing to compare: --pair {a},{b}: no seed at which both finished"
 

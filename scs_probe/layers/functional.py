@@ -278,8 +278,9 @@ def pool_spec(absolute: bool, kernel_size, stride=None, padding=0, dilation=1, c
 def sharpened_cosine_similarity2d(x, weight, p, q, stride=1, padding=0, dilation=1, groups=1, eps=EPS, pool=None):
     """SCS: sign(s.k) * (|s.k| / ((||s|| + q) ||k||) + eps) ** p for every patch s and kernel k.
 
-    `p` has one value per output channel, `q` is a scalar tensor. `pool` (see `pool_spec`): return the pooled output,
-    computed at a fraction of the cost.
+    `p` has one value per output channel, `q` is a scalar tensor. stride, padding, dilation, groups: as in
+    F.conv2d (padding also 'valid' or 'same'; see `conv_padding`). `pool` (see `pool_spec`): return the pooled
+    output, computed at a fraction of the cost.
     """
     return _sharpened(x, weight, p, q.reshape(()), stride, padding, dilation, groups, True, eps, pool)
 
