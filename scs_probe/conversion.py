@@ -3,8 +3,9 @@ the same geometry, optionally max-pooling for max-abs pooling and activation mod
 manner of torch's and timm's module-swapping helpers (`convert_sync_batchnorm`, `freeze_batch_norm_2d`).
 
 What cannot be swapped is listed, never silently left: conv biases (SCS has none: they are dropped), convs with
-string padding or a non-zero padding mode (left as convolutions), and activations called functionally inside a
-`forward` (found by tracing it with torch.fx where it traces), which no module swap can remove.
+a non-zero padding mode or a padding='same' the sharpened layers cannot match (stride 2, or an even kernel that
+Conv2d pads more on one side; left as convolutions), and activations called functionally inside a `forward` (found
+by tracing it with torch.fx where it traces), which no module swap can remove.
 """
 
 from __future__ import annotations
@@ -169,11 +170,15 @@ def convert(model: nn.Module, layer: str = "scs", activation: str = "keep", pool
         if isinstance(module, nn.Conv2d) and type(module) is not nn.Conv2d:
             report.skipped[name] = f"{type(module).__name__}, a Conv2d subclass whose forward may differ"
         elif type(module) is nn.Conv2d and layer != "keep":
-            if isinstance(module.padding, str) or module.padding_mode != "zeros":
-                report.skipped[name] = (f"padding {module.padding!r}" if isinstance(module.padding, str)
-                                        else f"padding_mode {module.padding_mode!r}")
+            if module.padding_mode != "zeros":
+                report.skipped[name] = f"padding_mode {module.padding_mode!r}"
                 continue
-            swaps.append((name, _sharpened_twin(module, layer, copy_weights, fixed_p)))
+            try:  # 'valid', and 'same' where it pads both sides alike, as the sharpened layers do
+                twin = _sharpened_twin(module, layer, copy_weights, fixed_p)
+            except ValueError as e:
+                report.skipped[name] = f"padding {module.padding!r}: {e}"
+                continue
+            swaps.append((name, twin))
             report.replaced.append(name)
             if copy_weights:
                 report.copied.append(name)

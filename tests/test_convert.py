@@ -17,13 +17,14 @@ class Tiny(nn.Module):
         self.act = nn.ReLU()
         self.pool = nn.MaxPool2d(2)
         self.dw = nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=8, bias=False)
-        self.same = nn.Conv2d(8, 8, 3, padding="same", bias=False)      # string padding: left as it is
+        self.same = nn.Conv2d(8, 8, 3, padding="same", bias=False)      # string padding: swapped
+        self.even = nn.Conv2d(8, 8, 2, padding="same", bias=False)      # padded more on one side: left as it is
         self.head = nn.Linear(8, 10)
 
     def forward(self, x):
         x = self.pool(self.act(self.stem(x)))
         x = F.relu(self.dw(x))                                          # functional: cannot be removed
-        return self.head(self.same(x).mean((2, 3)))
+        return self.head(self.even(self.same(x)).mean((2, 3)))
 
 
 def sharpened_extra(model):
@@ -48,11 +49,13 @@ def test_convert_swaps_modules_and_reports_what_stays():
     assert isinstance(new.stem, SharpenedCosineSimilarity2d) and isinstance(new.dw, SharpenedCosineSimilarity2d)
     assert (new.dw.stride, new.dw.padding, new.dw.dilation, new.dw.groups) == ((2, 2), (2, 2), (2, 2), 8)
     assert torch.equal(new.stem.weight, model.stem.weight) and torch.equal(new.dw.weight, model.dw.weight)
-    assert type(new.same) is nn.Conv2d and "padding 'same'" in report.skipped["same"]
+    assert isinstance(new.same, SharpenedCosineSimilarity2d) and new.same.padding == (1, 1)
+    assert type(new.even) is nn.Conv2d and "padding 'same'" in report.skipped["even"]
+    assert "one side" in report.skipped["even"]
     assert isinstance(new.pool, MaxAbsPool2d) and isinstance(new.act, nn.Identity)
-    assert report.replaced == ["stem", "dw"] and report.dropped_biases == ["stem"]
+    assert report.replaced == ["stem", "dw", "same"] and report.dropped_biases == ["stem"]
     assert report.removed_activations == ["act (ReLU)"] and report.pools == ["pool"]
-    assert report.traced and report.functional_activations == ["torch.nn.functional.relu (test_convert.py:25 in "
+    assert report.traced and report.functional_activations == ["torch.nn.functional.relu (test_convert.py:26 in "
                                                                 "forward)"]
     assert count(new) == count(model) - 8 + sharpened_extra(new)  # stem's bias gone, p and q added
     x = torch.rand(2, 3, 16, 16)
