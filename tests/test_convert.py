@@ -41,6 +41,7 @@ def count(model):
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")  # Tiny.even, on purpose
 def test_convert_swaps_modules_and_reports_what_stays():
     torch.manual_seed(0)
     model = Tiny()
