@@ -64,8 +64,16 @@ def printable(value, limit: int = 200) -> str:
         text = "[" + ", ".join(items) + "]"
     else:
         text = _shown(value)
-    shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text[:limit])
-    return shown + ("..." if len(text) > limit else "")
+    return escape_controls(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def escape_controls(text: str, keep_lines: bool = False) -> str:
+    """`text` with every character a terminal would act on (escape sequences, carriage returns, bells) written as
+    its Python escape (with `keep_lines`, newlines kept): names and values read from files reach error lines and
+    logs this way, never the terminal."""
+    if keep_lines:
+        return "\n".join(escape_controls(line) for line in str(text).split("\n"))
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _where(field: str, key) -> str:

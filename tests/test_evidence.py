@@ -613,3 +613,21 @@ def test_compare_warns_about_runs_near_chance(capsys):
     assert "near chance" in out and "scs seed 0 (0.100)" in out and "other" not in out and "conv" not in out
     _warn_near_chance(runs[:1], [{"a": "conv", "b": "scs", "seed": 0}])
     assert capsys.readouterr().out == ""
+
+
+def test_escape_sequences_read_from_run_files_never_reach_the_terminal(tmp_path, capsys):
+    """A crafted config.json's fingerprint holds an escape sequence (it could retitle the terminal or hide text):
+    the error line and the warning show it escaped, and say the rest as before."""
+    from scs_probe.cli import main
+    rng = np.random.default_rng(0)
+    runs = [fake_run(tmp_path / "runs", v, 0, rng.random(100) < 0.6) for v in (CONV, SCS)]
+    _set_fingerprint(runs[0], "sha256:\x1b]0;x\x07" + "a" * 60)
+    _set_fingerprint(runs[1], "sha256:" + "b" * 64)
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "runs"), "--pair", f"{CONV.name},{SCS.name}", "--n-boot", "100"]) == 1
+    out = capsys.readouterr()
+    assert "\x1b" not in out.err and "\x07" not in out.err and "\\x1b]0;x\\x07" in out.err, out.err
+    assert "different copies of the data" in out.err and len(out.err.strip().splitlines()) == 1
+    assert main(["compare", str(tmp_path / "runs"), "--n-boot", "100"]) == 1  # the study pair: left out, warned
+    out = capsys.readouterr()
+    assert "\x1b" not in out.out + out.err and "\\x1b]0;x\\x07" in out.out + out.err, out

@@ -14,6 +14,7 @@ from typing import ClassVar
 from .. import __version__
 from ..errors import CheckpointError, OptionError, RecordError
 from ..rundir import RunDir
+from ..schema import escape_controls
 from ..serialization import DictSerializable
 from ..storage import read_csv, read_json, write_json
 
@@ -40,6 +41,11 @@ class AnalysisConfig(DictSerializable):
             raise OptionError(option, message)
 
 
+def print_escaped(message: str) -> None:
+    """print, with control characters escaped line by line: run names and values read from files reach the log."""
+    print(escape_controls(message, keep_lines=True))
+
+
 @dataclass
 class Context:
     """Where and how an analysis runs: none of it changes the numbers it writes."""
@@ -47,7 +53,7 @@ class Context:
     dataset: str | None = None        # test images from this data set (None: the one the runs were trained on)
     device: object = "cpu"
     progress: bool = True
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = print_escaped
 
 
 @dataclass

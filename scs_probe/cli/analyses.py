@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..schema import escape_controls
 from ..zoo import trust_model_code
 from .options import (
     command,
@@ -269,7 +270,7 @@ def report(directory, out, data_dir, dataset, device, saliency_images, pgd_image
     for analysis in (SaliencyAnalysis, RobustnessAnalysis):  # an eps of 2 is refused now, not after other analyses
         analysis(**asked[analysis.name])
     context = Context(data_dir=data_dir, dataset=dataset, device=resolve_device(device),
-                      log=lambda m: click.echo(m, err=True))
+                      log=lambda m: click.echo(escape_controls(m, keep_lines=True), err=True))
     click.echo(f"report: {build_report(directory, out, asked, context, paper_experiment)}")
 
 

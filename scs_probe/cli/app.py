@@ -15,6 +15,7 @@ import warnings
 import click
 
 from .. import cpu_memory, errors
+from ..schema import escape_controls
 from ..zoo import trust_model_code
 from .options import BACKEND_ENV, BACKENDS, flag
 
@@ -63,7 +64,7 @@ def cli(ctx, backend):
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {escape_controls(' '.join(str(message).split()))}", file=sys.stderr)
 
 
 def _message(e: errors.ScsProbeError) -> str:
@@ -84,7 +85,8 @@ def _message(e: errors.ScsProbeError) -> str:
 
 
 def _error(text: str) -> None:
-    click.echo(f"scs-probe: error: {' '.join(text.split())}", err=True)
+    click.echo(f"scs-probe: error: {escape_controls(' '.join(text.split()))}", err=True)  # names from files: no
+    # escape sequence reaches the terminal
 
 
 def argv_command(argv) -> str | None:
