@@ -6,6 +6,8 @@ import sys
 
 from tqdm.auto import tqdm
 
+from .schema import escape_controls
+
 
 def interactive() -> bool:
     return sys.stderr.isatty()
@@ -17,5 +19,6 @@ def progress_bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
 
 
 def write_line(message: str, log=print) -> None:
-    """One line of output that does not break a bar in progress (tqdm.write on a terminal, `log` elsewhere)."""
-    (tqdm.write if interactive() and log is print else log)(message)
+    """One line of output that does not break a bar in progress (tqdm.write on a terminal, `log` elsewhere), its
+    control characters escaped (run outcomes quote errors, which may quote files)."""
+    (tqdm.write if interactive() and log is print else log)(escape_controls(message, keep_lines=True))

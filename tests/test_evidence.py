@@ -631,3 +631,7 @@ def test_escape_sequences_read_from_run_files_never_reach_the_terminal(tmp_path,
     assert main(["compare", str(tmp_path / "runs"), "--n-boot", "100"]) == 1  # the study pair: left out, warned
     out = capsys.readouterr()
     assert "\x1b" not in out.out + out.err and "\\x1b]0;x\\x07" in out.out + out.err, out
+    from scs_probe.progress import write_line
+    lines = []
+    write_line("run: failed: \x1b[2Jcleared\nnext", lines.append)  # a sweep's or tune's outcome quoting an error
+    assert lines == ["run: failed: \\x1b[2Jcleared\nnext"]
