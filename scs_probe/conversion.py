@@ -22,6 +22,7 @@ from torch import nn
 
 from .errors import OptionError
 from .layers import CosineSimilarity2d, MaxAbsPool2d, SharpenedCosineSimilarity2d, SharpenedSDP2d
+from .layers.functional import conv_padding
 
 LAYERS = {"scs": SharpenedCosineSimilarity2d, "sdp": SharpenedSDP2d, "cosine": CosineSimilarity2d}
 # The nonlinearities between layers that activation="none" removes. Sigmoid-like modules (nn.Sigmoid,
@@ -173,12 +174,13 @@ def convert(model: nn.Module, layer: str = "scs", activation: str = "keep", pool
             if module.padding_mode != "zeros":
                 report.skipped[name] = f"padding_mode {module.padding_mode!r}"
                 continue
-            try:  # 'valid', and 'same' where it pads both sides alike, as the sharpened layers do
-                twin = _sharpened_twin(module, layer, copy_weights, fixed_p)
+            try:  # 'valid', and 'same' where it pads both sides alike, as the sharpened layers do; only the
+                # padding's refusal is a skip (any other ValueError, e.g. a fixed_p out of range, is the caller's)
+                conv_padding(module.padding, module.kernel_size, module.stride, module.dilation)
             except ValueError as e:
                 report.skipped[name] = f"padding {module.padding!r}: {e}"
                 continue
-            swaps.append((name, twin))
+            swaps.append((name, _sharpened_twin(module, layer, copy_weights, fixed_p)))
             report.replaced.append(name)
             if copy_weights:
                 report.copied.append(name)

@@ -80,6 +80,8 @@ def test_convert_options():
     for bad in ({"layer": "conv"}, {"activation": "gelu"}, {"pool": "avg"}):
         with pytest.raises(OptionError):
             convert(Tiny(), **bad)
+    with pytest.raises(ValueError, match="fixed_p must be >= 0.1"):  # a bad argument: not every conv "skipped"
+        convert(Tiny(), fixed_p=0.05)
 
 
 TORCHVISION = ["resnet18", "vgg11", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"]
