@@ -18,7 +18,13 @@ def progress_bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
     return tqdm(iterable, disable=not (enabled and interactive()), dynamic_ncols=True, **kwargs)
 
 
-def write_line(message: str, log=print) -> None:
+def print_escaped(message: str) -> None:
+    """print, with control characters escaped line by line: run names and values read from files reach the log
+    (the default log of train, sweep, tune and analyses)."""
+    print(escape_controls(message, keep_lines=True))
+
+
+def write_line(message: str, log=print_escaped) -> None:
     """One line of output that does not break a bar in progress (tqdm.write on a terminal, `log` elsewhere), its
     control characters escaped (run outcomes quote errors, which may quote files)."""
-    (tqdm.write if interactive() and log is print else log)(escape_controls(message, keep_lines=True))
+    (tqdm.write if interactive() and log in (print, print_escaped) else log)(escape_controls(message, keep_lines=True))

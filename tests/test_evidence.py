@@ -635,3 +635,40 @@ def test_escape_sequences_read_from_run_files_never_reach_the_terminal(tmp_path,
     lines = []
     write_line("run: failed: \x1b[2Jcleared\nnext", lines.append)  # a sweep's or tune's outcome quoting an error
     assert lines == ["run: failed: \\x1b[2Jcleared\nnext"]
+
+
+def test_escape_sequences_in_run_names_never_reach_tables_or_training_logs(tmp_path, capsys, monkeypatch):
+    """A run's config.json names its variant with an escape sequence (click strips only colour codes, not a
+    title-setting OSC): compare's table and near-chance warning, and the default log of train, sweep and tune
+    (which quotes checkpoint statuses and errors), show it escaped; a name in another script passes as it is."""
+    import inspect
+    from types import SimpleNamespace
+
+    from scs_probe import progress
+    from scs_probe.cli import main
+    from scs_probe.cli.analyses import _warn_near_chance
+    from scs_probe.training.sweep import sweep
+    from scs_probe.training.trainer import Trainer
+    from scs_probe.training.tune import tune
+    evil = "\x1b]0;pwned\x07"
+    rng = np.random.default_rng(0)
+    runs = [fake_run(tmp_path / "runs", v, 0, rng.random(100) < 0.6) for v in (CONV, SCS)]
+    for run, suffix in zip(runs, (evil, "-é猫")):
+        run.write_config(run.read_config() | {"variant_name": run.read_config()["variant_name"] + suffix})
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "runs"), "--pair", f"{CONV.name}{evil},{SCS.name}-é猫",
+                 "--n-boot", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and f"{CONV.name}\\x1b]0;pwned\\x07" in out, out
+    assert f"{SCS.name}-é猫" in out
+    low = [SimpleNamespace(summary=lambda: {"variant": "scs" + evil, "seed": 0, "test_acc": 0.1, "num_classes": 10})]
+    _warn_near_chance(low, [{"a": "conv", "b": "scs" + evil, "seed": 0}])
+    assert "scs\\x1b]0;pwned\\x07 seed 0" in capsys.readouterr().out
+    for fn in (Trainer.__init__, sweep, tune):
+        inspect.signature(fn).parameters["log"].default(f"status {evil}\nnext é")
+        assert capsys.readouterr().out == "status \\x1b]0;pwned\\x07\nnext é\n", fn
+    written = []  # on a terminal, the default log still writes above the progress bar
+    monkeypatch.setattr(progress, "interactive", lambda: True)
+    monkeypatch.setattr(progress.tqdm, "write", written.append)
+    progress.write_line(f"done {evil}", inspect.signature(sweep).parameters["log"].default)
+    assert written == ["done \\x1b]0;pwned\\x07"]

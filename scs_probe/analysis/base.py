@@ -13,8 +13,8 @@ from typing import ClassVar
 
 from .. import __version__
 from ..errors import CheckpointError, OptionError, RecordError
+from ..progress import print_escaped
 from ..rundir import RunDir
-from ..schema import escape_controls
 from ..serialization import DictSerializable
 from ..storage import read_csv, read_json, write_json
 
@@ -39,11 +39,6 @@ class AnalysisConfig(DictSerializable):
     def require(option: str, ok: bool, message: str) -> None:
         if not ok:
             raise OptionError(option, message)
-
-
-def print_escaped(message: str) -> None:
-    """print, with control characters escaped line by line: run names and values read from files reach the log."""
-    print(escape_controls(message, keep_lines=True))
 
 
 @dataclass

@@ -171,8 +171,9 @@ def compare(directory, pairs, n_boot, out):
     _warn_near_chance(runs, result.summary)
     for r in result.summary:
         if "clipped" in str(r.get("interval", "")):
-            click.echo(f"{r['b']} - {r['a']} (seed {r['seed']}): interval {r['interval'].split('; ')[-1]} (it "
-                       "reached beyond what a difference of accuracies can be)")
+            click.echo(escape_controls(f"{r['b']} - {r['a']} (seed {r['seed']}): interval "
+                                       f"{r['interval'].split('; ')[-1]} (it reached beyond what a difference of "
+                                       "accuracies can be)"))
     click.echo(f"outputs: {dest}")
 
 
@@ -184,8 +185,8 @@ def _warn_near_chance(runs, rows) -> None:
     low = sorted({f"{row['variant']} seed {row['seed']} ({float(row['test_acc']):.3f})"
                   for row in (r.summary() for r in runs) if row.get("variant") in compared and near_chance(row)})
     if low:
-        click.echo(f"warning: near chance (test accuracy below 1.5 / classes), did not train: {'; '.join(low)}; "
-                   "their differences say nothing about the architectures")
+        click.echo(escape_controls(f"warning: near chance (test accuracy below 1.5 / classes), did not train: "
+                                   f"{'; '.join(low)}; their differences say nothing about the architectures"))
 
 
 def _empty_comparison(runs, pairs) -> str:

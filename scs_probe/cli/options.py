@@ -12,6 +12,7 @@ import importlib.util
 import click
 
 from ..choices import DATA_ENV, DEFAULT_ARCH, DEVICES, WORKERS_MAX
+from ..schema import escape_controls
 from ..zoo import AXES, Variant, axis_choices, list_archs, trust_model_code
 from .types import SEED_MAX, FiniteFloatRange, GivenPath, Name, OutPath
 
@@ -233,7 +234,7 @@ def print_table(rows: list[dict], columns) -> None:
         if not isinstance(v, float):
             return str(v)
         return f"{v:.2g}" if 0 < abs(v) < 5e-5 else f"{v:.4f}"
-    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[escape_controls(fmt(r.get(c, ""))) for c in columns] for r in rows]  # names from files: escaped
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for row in cells:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import Busy, CheckpointError, OptionError, RecordError, TrainingDiverged, TrainingError
-from ..progress import interactive, progress_bar, write_line
+from ..progress import interactive, print_escaped, progress_bar, write_line
 from ..rundir import RunsDir
 from ..stats import t_interval
 from ..zoo import Variant, variant_grid
@@ -74,7 +74,7 @@ def summarize_variants(rows: list[dict]) -> list[dict]:
     return out
 
 
-def sweep(variants: list[Variant], out, base: TrainOptions, log=print, progress: bool = True,
+def sweep(variants: list[Variant], out, base: TrainOptions, log=print_escaped, progress: bool = True,
           seeds: list[int] | None = None, explicit: set[str] | None = None, executor=None) -> list[dict]:
     """Train each variant (once per seed of `seeds`, else once with base.seed): skip finished and diverged runs,
     resume unfinished ones, keep going past a run that diverges or that another process is training (an orphaned

@@ -37,7 +37,7 @@ from ..errors import (
     TrainingError,
 )
 from ..layers import backend_used
-from ..progress import progress_bar, write_line
+from ..progress import print_escaped, progress_bar, write_line
 from ..rundir import RunDir
 from ..schema import _shown
 from ..zoo import build_model, count_params, get_arch
@@ -99,7 +99,7 @@ class Trainer:
     same run is refused (Busy)."""
 
     def __init__(self, options: TrainOptions, resume: bool = False, explicit: set[str] | None = None,
-                 progress: bool = True, log=print, on_epoch=None):
+                 progress: bool = True, log=print_escaped, on_epoch=None):
         """`explicit`: the option names the user gave (TrainOptions fields, or a Variant's axes); resuming with
         one that differs from the stored run's is a ResumeConflict, the others are taken from the run."""
         self.log, self.progress = log, progress

@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..layers import get_backend
 from ..plotting import plt, save
-from ..progress import progress_bar, write_line
+from ..progress import print_escaped, progress_bar, write_line
 from ..rundir import StudyDir
 from ..schema import STUDY, check
 from .executors import cap_jobs, checked_data_dir, is_parallel, prepare_worker, run_all
@@ -363,7 +363,7 @@ class _QuietFailedTrials(logging.Filter):
 _QUIET = _QuietFailedTrials()
 
 
-def tune(base: TrainOptions, out, config: TuneConfig, log=print, progress: bool = True, executor=None,
+def tune(base: TrainOptions, out, config: TuneConfig, log=print_escaped, progress: bool = True, executor=None,
          worker: int = 0):
     """Run trials until the study holds `config.n_trials` complete or pruned ones; returns the study.
 
