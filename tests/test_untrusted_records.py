@@ -628,6 +628,11 @@ def test_malformed_history_and_norms_records_name_their_file(tmp_path, capsys):
         assert main(["norms", str(run.path), "--out", str(tmp_path / "n")]) == 1
         assert f"{run.record_path(record)}: unreadable or malformed" in one_line_error(capsys)
         run.record_path(record).write_text(good)
+    good = run.record_path("norms").read_text()
+    run.record_path("norms").write_text("epoch,batch,layer,kind,l2\n")  # emptied: no layer to draw
+    assert main(["norms", str(run.path), "--out", str(tmp_path / "n")]) == 1
+    assert f"{run.record_path('norms')}: holds no norms" in one_line_error(capsys)
+    run.record_path("norms").write_text(good)
     fake_run(tmp_path, CONV)
     run.record_path("history").write_text("epoch,test_acc,train_seconds,eval_seconds\n3,abc,1,1\n")
     assert main(["report", str(tmp_path)]) == 1

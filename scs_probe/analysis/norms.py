@@ -27,6 +27,9 @@ def load_records(runs: list[RunDir]) -> tuple[pd.DataFrame, pd.DataFrame]:
         if not run.has_record("norms"):
             raise NoRunsError(f"{run.path} is not a run directory (no norms record)")
         n = _frame(run, "norms", {"epoch": int, "l2": float, "batch": "string"})
+        if n.empty:  # training records the norms before its first epoch: the file was cut or emptied
+            raise RecordError(f"{run.record_path('norms')}: holds no norms (a run records them from epoch 0: the "
+                              "file was cut or emptied)")
         n["batch"] = n["batch"].replace("", pd.NA)
         norms.append(n.assign(run=name, variant=run.name))
         e = _frame(run, "exponents", {"epoch": int, "channel": int, "p": float})
