@@ -356,14 +356,19 @@ def _patch_norm_backward_eager(gx, gn, root, x, sdt, geometry):
     return gx.to(sdt).addcmul_(x, _expand_groups(gsq, x.shape[1]), value=2.0)
 
 
-def _make_norms_backward(geometry):
+def _make_norms_backward(geometry, eager: bool = False):
     """(gx, gn, root, x, n, gw, w, s, sdt, unit) -> (d L / d x, d L / d w, d L / d q): what SCS adds to the
     convolution's gradients, in one graph: the patch norm's term on the input gradient gx
-    (`_make_patch_norm_backward`), the kernel norms' on the raw kernels' gradient gw (`_raw_kernels_backward_math`;
-    `unit`, float16: gw is the unit kernels' gradient, the raw ones' gw s) and q's gradient, the sum of gn. gx or
-    gw None: not wanted. (One compiled call where there were two and three ATen calls: a compiled call costs
-    some 20 us of dynamo and wrappers before its kernel runs.)"""
-    patch_norm_backward = _make_patch_norm_backward(geometry)
+    (`_make_patch_norm_backward`; `eager`: `_patch_norm_backward_eager`, for the op-by-op path), the kernel norms'
+    on the raw kernels' gradient gw (`_raw_kernels_backward_math`; `unit`, float16: gw is the unit kernels'
+    gradient, the raw ones' gw s) and q's gradient, the sum of gn. gx or gw None: not wanted. (One compiled call
+    where there were two and three ATen calls: a compiled call costs some 20 us of dynamo and wrappers before its
+    kernel runs.)"""
+    if eager:
+        def patch_norm_backward(gx, gn, root, x, sdt):
+            return _patch_norm_backward_eager(gx, gn, root, x, sdt, geometry)
+    else:
+        patch_norm_backward = _make_patch_norm_backward(geometry)
 
     def norms_backward(gx, gn, root, x, n, gw, w, s, sdt: torch.dtype, unit: bool):
         if n is not None:  # gn is sharpen_backward's t
@@ -376,23 +381,13 @@ def _make_norms_backward(geometry):
     return norms_backward
 
 
-def _norms_backward_eager(gx, gn, root, x, n, gw, w, s, sdt, unit, geometry):
-    if n is not None:
-        gn = _grouped(gn, n.shape[1]).sum(dim=2).div_(n).neg_()
-    if gx is not None:
-        gx = _patch_norm_backward_eager(gx, gn, root, x, sdt, geometry)
-    if gw is not None:
-        gw = _raw_kernels_backward_math(gw, w, s, unit)
-    return gx, gw, gn.sum()
-
-
 def norms_backward(gx, gn, root, x, gw, w, s, geometry, unit: bool = False, n=None):
     """The gradients an SCS layer's two norms add (`_make_norms_backward`; float32 at least): gx, gw None where not
     wanted; w: the detached kernels, s their inverse norms. With n, gn is `sharpen_backward`'s t, reduced to
     d L / d n here."""
     geometry = tuple(geometry)
     args = (gx, gn, root, x, n, gw, w, s, _sharpen_dtype(gn), bool(unit))
-    return _fused(_make_norms_backward, geometry, args, lambda *a: _norms_backward_eager(*a, geometry), x,
+    return _fused(_make_norms_backward, geometry, args, _make_norms_backward(geometry, eager=True), x,
                   batched=5)
 
 
