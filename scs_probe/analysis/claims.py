@@ -30,8 +30,8 @@ from ..stats import (
     to_decide,
 )
 from ..storage import read_csv
-from .compare import accuracy_pool, study_pairs, variant_axes
-from .provenance import data_difference, near_chance, near_chance_threshold, speed_comparability
+from .compare import accuracy_pool, pair_data_difference, study_pairs, variant_axes
+from .provenance import near_chance, near_chance_threshold, speed_comparability
 from .robustness import load_per_image
 from .sources import run_labels
 
@@ -107,7 +107,7 @@ def _problems(runs, a: str, b: str, left_out: list[RunDir] = ()) -> str:
         return f"settings differ ({diff})"
     if not {r["seed"] for r in ra} & {r["seed"] for r in rb}:
         return "no seed has a usable run of both"
-    return data_difference(_finished(runs, a) + _finished(runs, b))
+    return pair_data_difference(runs, a, b)
 
 
 def _test_split(runs: list[RunDir], used: int) -> int:

@@ -96,10 +96,11 @@ def paired_correct(runs: list[RunDir], a: str, b: str) -> dict:
     return out
 
 
-def pair_data_difference(runs: list[RunDir], a: str, b: str) -> str:
-    """`data_difference` of the finished runs of variants a and b: '' where they were trained on one copy of the
-    data."""
-    return data_difference([r for r in runs if r.name in (a, b) and r.read_config().get("status") == "finished"])
+def pair_data_difference(runs: list[RunDir], a: str, b: str, seeds=None) -> str:
+    """`data_difference` of the finished runs of variants a and b (those of `seeds`, where given): '' where they
+    were trained on one copy of the data."""
+    return data_difference([r for name in (a, b) for r in runs if r.name == name and (seeds is None or r.seed in seeds)
+                            and r.read_config().get("status") == "finished"])
 
 
 def accuracy_pool(runs: list[RunDir], a: str, b: str) -> Pooled | None:
@@ -108,8 +109,7 @@ def accuracy_pool(runs: list[RunDir], a: str, b: str) -> Pooled | None:
     pairs = paired_correct(runs, a, b)
     if not pairs:
         return None
-    differ = data_difference([r for r in runs if r.name in (a, b) and r.seed in pairs
-                              and r.read_config().get("status") == "finished"])  # the runs paired above
+    differ = pair_data_difference(runs, a, b, seeds=pairs)  # the runs paired above
     if differ:  # each seed on one copy, the seeds on two: a pooled difference would mix test sets
         raise RecordError(f"the seeds of {a} and {b} were {differ}: a difference pooled over them would mix test "
                           "sets")
